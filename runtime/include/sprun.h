@@ -1,0 +1,301 @@
+/* sprun: the public C API of the fault-tolerance core.
+ *
+ * The core is pure C11: it never reads a clock, never allocates on a hot
+ * path and keeps no global state. Every function that depends on time takes
+ * `now_ms`, a monotonic time in milliseconds chosen by the caller, so that
+ * every rule can be driven with literal times from tests.
+ *
+ * Conventions (after libuv):
+ *  - functions return `int`: 0 (or a non-negative event mask, where said)
+ *    on success, or a negative SP_E* error code;
+ *  - results go through out-parameters;
+ *  - struct fields are marked public (the caller may set them before init),
+ *    read-only (the caller may read them at any time) or private.
+ */
+#ifndef SPRUN_H
+#define SPRUN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SP_VERSION_MAJOR 0
+#define SP_VERSION_MINOR 1
+#define SP_VERSION_PATCH 0
+#define SP_VERSION_STRING "0.1.0"
+
+/* ------------------------------------------------------------------------ */
+/* Errors                                                                    */
+
+/* One table gives the codes, their names and their messages. */
+#define SP_ERRNO_MAP(XX)                                                     \
+  XX(EINVAL, -1, "invalid argument")                                         \
+  XX(ENOMEM, -2, "out of memory")                                            \
+  XX(ECIRCUITOPEN, -3, "circuit open")                                       \
+  XX(ETIMEDOUT, -4, "timed out")                                             \
+  XX(ECANCELED, -5, "cancelled")                                             \
+  XX(ENOENT, -6, "no such entry")                                            \
+  XX(ERANGE, -7, "value out of range")                                       \
+  XX(EFULL, -8, "capacity reached")
+
+typedef enum {
+#define XX(code, value, _) SP_##code = value,
+  SP_ERRNO_MAP(XX)
+#undef XX
+  SP_ERRNO_MIN = -8
+} sp_errno_t;
+
+/* "SP_EINVAL" for SP_EINVAL, "SP_EUNKNOWN" for anything else. */
+const char *sp_err_name(int err);
+/* "invalid argument" for SP_EINVAL, "unknown error" for anything else. */
+const char *sp_strerror(int err);
+
+const char *sp_version_string(void);
+
+/* ------------------------------------------------------------------------ */
+/* Circuit breaker                                                           */
+
+typedef enum {
+  SP_BREAKER_STATE_CLOSED = 0,
+  SP_BREAKER_STATE_OPEN = 1,
+  SP_BREAKER_STATE_HALF_OPEN = 2
+} sp_breaker_state_t;
+
+/* Transitions a call caused, returned as a bit mask by every function that
+ * can change the breaker. When several bits are set they happened in the
+ * order of their values (HALF_OPENED before CLOSED, for example). */
+enum {
+  SP_BREAKER_OPENED = 1 << 0,
+  SP_BREAKER_HALF_OPENED = 1 << 1,
+  SP_BREAKER_CLOSED = 1 << 2,
+  /* Not a transition: the result was ignored because the breaker changed
+   * state (its generation moved on) after the call was admitted. */
+  SP_BREAKER_IGNORED = 1 << 8
+};
+
+/* Outcome of one call, as the breaker counts it. */
+typedef enum {
+  SP_OUTCOME_SUCCESS = 0,
+  SP_OUTCOME_FAILURE = 1,
+  /* A failure for the caller that the breaker does not count (the
+   * `is_failure` predicate said no). It still returns a half-open permit. */
+  SP_OUTCOME_NEUTRAL = 2
+} sp_outcome_t;
+
+typedef enum {
+  /* `failure_threshold` consecutive failures open the breaker. */
+  SP_WINDOW_CONSECUTIVE = 0
+  /* Rate-based windows (count, time) take the next values. */
+} sp_window_type_t;
+
+typedef struct sp_breaker_config_s {
+  uint32_t failure_threshold;   /* >= 1 */
+  uint32_t half_open_max_calls; /* 0 closes as soon as the timeout ends */
+  uint64_t reset_timeout_ms;    /* from the moment it opened */
+  int window_type;              /* sp_window_type_t */
+} sp_breaker_config_t;
+
+typedef struct sp_breaker_s {
+  /* read-only: configuration, as given to sp_breaker_init. */
+  sp_breaker_config_t config;
+  /* read-only: sp_breaker_state_t. */
+  int state;
+  /* read-only: moves on at every transition (and at reset). A result is
+   * counted only if it carries the generation current at that moment. */
+  uint32_t generation;
+  /* read-only: consecutive failures (closed), or the failures that
+   * opened the breaker (open). */
+  uint32_t failure_count;
+  /* read-only: consecutive successes since the last failure or
+   * transition; in half-open, the successful probes so far. */
+  uint32_t success_count;
+  /* read-only: probes in flight (half-open). */
+  uint32_t half_open_calls;
+  /* read-only: when it last opened; 0 if it never did. */
+  uint64_t opened_at_ms;
+  /* read-only: running totals, never reset except by sp_breaker_reset. */
+  uint64_t rejected_count;
+  uint64_t total_successes;
+  uint64_t total_failures;
+  uint64_t ignored_count;
+} sp_breaker_t;
+
+/* Checks the configuration and starts closed. SP_EINVAL if
+ * failure_threshold is 0 or window_type is unknown. */
+int sp_breaker_init(sp_breaker_t *b, const sp_breaker_config_t *config);
+
+/* Applies the open -> half-open transition if its time has come.
+ * Returns the transitions made (0 or HALF_OPENED, possibly with CLOSED when
+ * half_open_max_calls is 0). */
+int sp_breaker_tick(sp_breaker_t *b, uint64_t now_ms);
+
+/* Admits or rejects one call. On admission returns the (non-negative)
+ * transitions made; the caller reads b->generation right after and passes it
+ * to sp_breaker_record. On rejection returns SP_ECIRCUITOPEN and counts it
+ * in rejected_count. */
+int sp_breaker_acquire(sp_breaker_t *b, uint64_t now_ms);
+
+/* Would sp_breaker_acquire admit a call now? Reserves nothing, changes
+ * nothing: call sp_breaker_tick first. Returns 1 or 0. */
+int sp_breaker_would_admit(const sp_breaker_t *b);
+
+/* Ends a call admitted under `generation`. Returns the transitions made,
+ * or SP_BREAKER_IGNORED if the breaker has moved on since the admission.
+ * SP_EINVAL for an unknown outcome. `duration_ms` is kept for rate windows
+ * (slow calls). */
+int sp_breaker_record(sp_breaker_t *b, uint32_t generation, int outcome,
+                      uint64_t now_ms, uint64_t duration_ms);
+
+/* Counts a success or a failure that did not go through acquire (the
+ * seed's record_success / record_failure). No permit is returned. */
+int sp_breaker_record_success(sp_breaker_t *b, uint64_t now_ms);
+int sp_breaker_record_failure(sp_breaker_t *b, uint64_t now_ms);
+
+/* Closes the breaker and zeroes every count. Returns SP_BREAKER_CLOSED if
+ * it was not closed, 0 otherwise. */
+int sp_breaker_reset(sp_breaker_t *b);
+
+/* When the open breaker turns half-open; 0 when it is not open. */
+uint64_t sp_breaker_half_open_at(const sp_breaker_t *b);
+
+/* "closed", "open", "half_open"; NULL for an unknown value. */
+const char *sp_breaker_state_name(int state);
+
+/* ------------------------------------------------------------------------ */
+/* Health monitor                                                            */
+
+typedef struct sp_health_config_s {
+  uint32_t max_crashes;     /* >= 1: unhealthy at this many in the window */
+  /* >= 1: workers remembered at once. The monitor keeps room for at least
+   * max_crashes + 1, so a worker with a crash in the window is never
+   * forgotten to make room for a new one. */
+  uint32_t max_workers;
+  uint64_t crash_window_ms; /* the window, boundary inclusive */
+} sp_health_config_t;
+
+/* What the monitor knows of one worker. */
+typedef struct sp_worker_stats_s {
+  uint32_t crashes_in_window;
+  uint32_t pad_;
+  uint64_t total_crashes;
+  uint64_t last_crash_ms;
+} sp_worker_stats_t;
+
+typedef struct sp_health_slot_s sp_health_slot_t; /* private */
+
+typedef struct sp_health_s {
+  /* read-only */
+  sp_health_config_t config;
+  uint64_t total_crashes;
+  /* read-only: crashes in the window as of the last call that passed
+   * `now_ms` (record, expire, ...). Never more than max_crashes: the monitor
+   * keeps the times of the latest max_crashes crashes, which is exactly
+   * what the health decision needs. */
+  uint32_t crashes_in_window;
+  /* read-only: workers with at least one crash in the window, as above. */
+  uint32_t workers_with_crashes;
+  /* read-only: workers remembered now (<= max_workers). */
+  uint32_t worker_count;
+  /* private */
+  uint32_t head_;    /* index of the oldest crash kept */
+  uint64_t latest_;  /* latest time seen; earlier times are taken as it */
+  uint64_t *times_;  /* ring of crash times, max_crashes long */
+  uint32_t *owners_; /* ring of worker slots, parallel to times_ */
+  sp_health_slot_t *slots_;
+  uint32_t idle_head_, idle_tail_; /* workers with no crash in the window */
+  uint32_t free_head_;             /* slots never used */
+} sp_health_t;
+
+/* Allocates the rings (the only allocation a monitor makes). SP_EINVAL for a
+ * zero max_crashes or max_workers, SP_ENOMEM when memory runs out. */
+int sp_health_init(sp_health_t *h, const sp_health_config_t *config);
+/* Frees what sp_health_init allocated; safe to call twice. */
+void sp_health_close(sp_health_t *h);
+
+/* Finds a slot for a new worker. If every slot is taken, the worker that
+ * has gone longest without a crash in the window is forgotten and its slot
+ * is reused: *evicted receives that slot (UINT32_MAX if none), so the caller
+ * can drop its name. SP_EFULL only if every slot holds a worker with a crash
+ * in the window, which the sizing above rules out. */
+int sp_health_worker_add(sp_health_t *h, uint32_t *slot, uint32_t *evicted);
+
+/* Records one crash of the worker in `slot` at `now_ms`. O(1) amortised.
+ * Returns 1 if this crash made the monitor unhealthy, 0 otherwise;
+ * SP_ENOENT for a slot not in use. */
+int sp_health_record(sp_health_t *h, uint32_t slot, uint64_t now_ms);
+
+/* Forgets crashes older than the window. Returns crashes_in_window. */
+uint32_t sp_health_expire(sp_health_t *h, uint64_t now_ms);
+
+/* 1 while fewer than max_crashes crashes are in the window at now_ms. */
+int sp_health_is_healthy(sp_health_t *h, uint64_t now_ms);
+
+/* Fills *out for the worker in `slot` as of now_ms; SP_ENOENT if unused. */
+int sp_health_worker(sp_health_t *h, uint32_t slot, uint64_t now_ms,
+                     sp_worker_stats_t *out);
+
+/* ------------------------------------------------------------------------ */
+/* Retry policy                                                              */
+
+#define SP_RETRY_MAX_BACKOFF 64
+
+typedef enum {
+  SP_BACKOFF_LIST = 0,       /* backoff_ms[attempt], last value repeats */
+  SP_BACKOFF_EXPONENTIAL = 1 /* base * multiplier^(attempt - 1) */
+} sp_backoff_t;
+
+typedef enum {
+  SP_JITTER_NONE = 0,
+  SP_JITTER_PROPORTIONAL = 1, /* uniform over delay +- delay * factor */
+  SP_JITTER_FULL = 2,         /* uniform over [0, delay] */
+  SP_JITTER_EQUAL = 3,        /* delay / 2 + uniform over [0, delay / 2] */
+  SP_JITTER_DECORRELATED = 4  /* uniform over [base, previous * 3] */
+} sp_jitter_t;
+
+typedef struct sp_retry_config_s {
+  uint32_t max_attempts; /* >= 1: the total number of calls */
+  uint32_t backoff_count;      /* 1..SP_RETRY_MAX_BACKOFF (list backoff) */
+  double backoff_ms[SP_RETRY_MAX_BACKOFF];
+  int backoff;                 /* sp_backoff_t */
+  double base_backoff_ms;      /* exponential: the first delay, >= 0 */
+  double multiplier;           /* exponential: >= 1 */
+  double max_backoff_ms;       /* the cap, >= 0 */
+  int jitter;                  /* sp_jitter_t */
+  double jitter_factor;        /* proportional: 0..1 */
+  uint64_t seed;
+} sp_retry_config_t;
+
+typedef struct sp_retry_s {
+  /* read-only */
+  sp_retry_config_t config;
+  /* private: xoshiro256** state and the previous decorrelated delay. */
+  uint64_t rng_[4];
+  double previous_;
+} sp_retry_t;
+
+/* Checks the configuration (SP_EINVAL on any value out of its range) and
+ * seeds the generator. */
+int sp_retry_init(sp_retry_t *r, const sp_retry_config_t *config);
+
+/* 1 while attempt (the attempts made so far, from 1) < max_attempts. */
+int sp_retry_should_retry(const sp_retry_t *r, uint32_t attempt);
+
+/* The delay in whole milliseconds before the attempt after `attempt`
+ * (attempt >= 1; 0 is taken as 1). Never negative, never above
+ * max_backoff_ms. Advances the generator when jitter is on. */
+double sp_retry_backoff(sp_retry_t *r, uint32_t attempt);
+
+/* Reseeds the generator (the same seed gives the same delays). */
+void sp_retry_seed(sp_retry_t *r, uint64_t seed);
+
+/* A uniform double in [0, 1) from the policy's generator. */
+double sp_retry_random(sp_retry_t *r);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SPRUN_H */
