@@ -13,18 +13,22 @@ CPPFLAGS_ALL := -D_GNU_SOURCE -Iruntime/include $(CPPFLAGS)
 SAN ?=
 LUAJIT_CFLAGS = $(shell pkg-config --cflags luajit 2>/dev/null)
 LUAJIT_LIBS = $(shell pkg-config --libs luajit 2>/dev/null)
+UV_CFLAGS = $(shell pkg-config --cflags libuv 2>/dev/null)
+UV_LIBS = $(shell pkg-config --libs libuv 2>/dev/null)
 
 # Debian packages the build and the tests need (checked by `make deps`).
 DEPS := libluajit-5.1-dev luajit libuv1-dev lua-busted pkg-config
 
 CORE_SRC := $(wildcard runtime/core/*.c)
 MOD_SRC := $(wildcard runtime/lua/*.c)
+LOOP_SRC := $(wildcard runtime/loop/*.c)
 CTEST_SRC := $(wildcard tests/c/*.c)
 CORE_OBJ := $(CORE_SRC:runtime/%.c=$(BUILD)/obj/%.o)
-MOD_OBJ := $(MOD_SRC:runtime/%.c=$(BUILD)/obj/%.o)
+LOOP_OBJ := $(LOOP_SRC:runtime/%.c=$(BUILD)/obj/%.o)
+MOD_OBJ := $(MOD_SRC:runtime/%.c=$(BUILD)/obj/%.o) $(LOOP_OBJ)
 CTEST_OBJ := $(CTEST_SRC:tests/c/%.c=$(BUILD)/obj/tests/%.o)
 HEADERS := runtime/include/sprun.h $(wildcard runtime/core/*.h) \
-           $(wildcard runtime/lua/*.h)
+           $(wildcard runtime/lua/*.h) $(wildcard runtime/loop/*.h)
 
 LUA_MOD_DIR := $(BUILD)/lib/lua/5.1/sprun
 BIN := $(BUILD)/sprun
@@ -71,17 +75,21 @@ $(BUILD)/obj/core/%.o: runtime/core/%.c $(HEADERS)
 
 $(BUILD)/obj/lua/%.o: runtime/lua/%.c $(HEADERS)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS_ALL) $(LUAJIT_CFLAGS) $(WARN) $(CFLAGS) $(SAN) -fPIC \
+	$(CC) $(CPPFLAGS_ALL) $(LUAJIT_CFLAGS) $(UV_CFLAGS) $(WARN) $(CFLAGS) \
+	  $(SAN) -fPIC -c $< -o $@
+
+$(BUILD)/obj/loop/%.o: runtime/loop/%.c $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS_ALL) $(UV_CFLAGS) $(WARN) $(CFLAGS) $(SAN) -fPIC \
 	  -c $< -o $@
 
 $(BUILD)/obj/main.o: runtime/main.c $(HEADERS)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS_ALL) $(LUAJIT_CFLAGS) $(WARN) $(CFLAGS) $(SAN) \
-	  -DSP_BUILD_LUADIR='"$(abspath lua)"' -c $< -o $@
+	$(CC) $(CPPFLAGS_ALL) $(LUAJIT_CFLAGS) $(WARN) $(CFLAGS) $(SAN) -c $< -o $@
 
 $(BUILD)/obj/tests/%.o: tests/c/%.c $(HEADERS) $(wildcard tests/c/*.h)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS_ALL) $(WARN) $(CFLAGS) $(SAN) -c $< -o $@
+	$(CC) $(CPPFLAGS_ALL) $(UV_CFLAGS) $(WARN) $(CFLAGS) $(SAN) -c $< -o $@
 
 $(LIB): $(CORE_OBJ)
 	@mkdir -p $(@D)
@@ -91,15 +99,16 @@ $(LIB): $(CORE_OBJ)
 # plain luajit can ffi.load it.
 $(MODULE): $(MOD_OBJ) $(CORE_OBJ)
 	@mkdir -p $(@D)
-	$(CC) -shared $(CFLAGS) $(SAN) -o $@ $^ -lm
+	$(CC) -shared $(CFLAGS) $(SAN) -o $@ $^ $(UV_LIBS) -lm
 
 # -Wl,-E exports the sp_* symbols so ffi.C finds them in the executable.
 $(BIN): $(BUILD)/obj/main.o $(MOD_OBJ) $(LIB)
 	$(CC) $(CFLAGS) $(SAN) -Wl,-E -o $@ $(BUILD)/obj/main.o $(MOD_OBJ) \
-	  -Wl,--whole-archive $(LIB) -Wl,--no-whole-archive $(LUAJIT_LIBS) -lm -ldl
+	  -Wl,--whole-archive $(LIB) -Wl,--no-whole-archive $(LUAJIT_LIBS) \
+	  $(UV_LIBS) -lm -ldl
 
-$(CTEST): $(CTEST_OBJ) $(LIB)
-	$(CC) $(CFLAGS) $(SAN) -o $@ $(CTEST_OBJ) $(LIB) -lm
+$(CTEST): $(CTEST_OBJ) $(LOOP_OBJ) $(LIB)
+	$(CC) $(CFLAGS) $(SAN) -o $@ $(CTEST_OBJ) $(LOOP_OBJ) $(LIB) $(UV_LIBS) -lm
 
 test: deps
 	@$(MAKE) --no-print-directory build

@@ -65,8 +65,9 @@ typedef enum {
 } sp_breaker_state_t;
 
 /* Transitions a call caused, returned as a bit mask by every function that
- * can change the breaker. When several bits are set they happened in the
- * order of their values (HALF_OPENED before CLOSED, for example). */
+ * can change the breaker. When several bits are set, HALF_OPENED happened
+ * first, then OPENED or CLOSED (a manual failure right after the reset
+ * timeout turns the breaker half-open, then opens it again). */
 enum {
   SP_BREAKER_OPENED = 1 << 0,
   SP_BREAKER_HALF_OPENED = 1 << 1,
@@ -168,7 +169,8 @@ const char *sp_breaker_state_name(int state);
 /* Health monitor                                                            */
 
 typedef struct sp_health_config_s {
-  uint32_t max_crashes;     /* >= 1: unhealthy at this many in the window */
+  /* 1 .. UINT32_MAX - 2: unhealthy at this many in the window. */
+  uint32_t max_crashes;
   /* >= 1: workers remembered at once. The monitor keeps room for at least
    * max_crashes + 1, so a worker with a crash in the window is never
    * forgotten to make room for a new one. */
@@ -197,7 +199,8 @@ typedef struct sp_health_s {
   uint32_t crashes_in_window;
   /* read-only: workers with at least one crash in the window, as above. */
   uint32_t workers_with_crashes;
-  /* read-only: workers remembered now (<= max_workers). */
+  /* read-only: workers remembered now (<= config.max_workers, which init
+   * raises to max_crashes + 1 when it was given lower). */
   uint32_t worker_count;
   /* private */
   uint32_t head_;    /* index of the oldest crash kept */

@@ -1,0 +1,304 @@
+-- Argument checking shared by every sprun module (internal).
+--
+-- Misuse raises one error, at the caller's level, that names the function,
+-- the option or argument, what is allowed and what was given:
+--
+--   circuit_breaker.start_link: option 'failure_threshold' must be an
+--   integer >= 1, got -3
+--
+-- Every raising function here is meant to be called directly from the API
+-- function the user called (never as a tail call), so level 3 is the user's
+-- line: 1 is this function, 2 the API function, 3 its caller.
+--
+-- Bounds come in two flavours. `max` is part of the rule (a probability is
+-- between 0 and 1) and is always stated. `limit` is only what the C type
+-- can hold (a uint32 count, a double holding whole ms exactly); it is
+-- stated only to a value that goes past it, so the usual message stays
+-- "must be an integer >= 1".
+
+local type = type
+local pairs = pairs
+local error = error
+local tostring = tostring
+local tonumber = tonumber
+local getmetatable = getmetatable
+local huge = math.huge
+local floor = math.floor
+local max = math.max
+local min = math.min
+local byte = string.byte
+local format = string.format
+local concat = table.concat
+local sort = table.sort
+
+local _M = {
+  UINT32_MAX = 4294967295,
+  -- The largest whole number of ms a double holds exactly.
+  MS_MAX = 2 ^ 53,
+}
+
+-- How a value given by the user is shown after "got".
+local function describe(v)
+  local t = type(v)
+  if t == "string" then
+    return format("%q", v)
+  elseif t == "number" then
+    if v ~= v then
+      return "nan"
+    elseif v == huge then
+      return "inf"
+    elseif v == -huge then
+      return "-inf"
+    elseif v % 1 == 0 and v > -1e9 and v < 1e9 then
+      return format("%d", v)
+    end
+    -- The shortest form that reads back as the same number: 1.5, 5e+12.
+    for digits = 1, 17 do
+      local s = format("%." .. digits .. "g", v)
+      if tonumber(s) == v then
+        return s
+      end
+    end
+    return format("%.17g", v)
+  elseif t == "nil" or t == "boolean" then
+    return tostring(v)
+  end
+  return t
+end
+_M.describe = describe
+
+local function bound(n)
+  if n % 1 == 0 then
+    return format("%.0f", n)
+  end
+  return tostring(n)
+end
+
+local function is_number(v)
+  return type(v) == "number" and v == v
+end
+
+-- nil if v is an integer in [lo, limit], else what is expected of it.
+local function expect_integer(v, lo, limit)
+  if is_number(v) and v % 1 == 0 and v >= lo and v <= limit then
+    return nil
+  end
+  if is_number(v) and v > limit then
+    return format("must be an integer between %s and %s", bound(lo),
+                  bound(limit))
+  end
+  return "must be an integer >= " .. bound(lo)
+end
+_M.expect_integer = expect_integer
+
+-- nil if v is a number in [lo, hi] (hi = the rule's max, or the limit),
+-- else what is expected of it.
+local function expect_number(v, lo, hi, limit)
+  local top = hi or limit or _M.MS_MAX
+  if is_number(v) and v >= lo and v <= top then
+    return nil
+  end
+  if hi ~= nil or (is_number(v) and v > top) then
+    return format("must be a number between %s and %s", bound(lo), bound(top))
+  end
+  return "must be a number >= " .. bound(lo)
+end
+_M.expect_number = expect_number
+
+-- "a", "b" or "c"
+local function alternatives(values)
+  local shown = {}
+  for i = 1, #values do
+    shown[i] = describe(values[i])
+  end
+  if #shown == 1 then
+    return shown[1]
+  end
+  return concat(shown, ", ", 1, #shown - 1) .. " or " .. shown[#shown]
+end
+
+local expect = {}
+
+function expect.integer(v, s)
+  return expect_integer(v, s.min, s.limit)
+end
+
+function expect.number(v, s)
+  return expect_number(v, s.min, s.max, s.limit)
+end
+
+function expect.string(v)
+  if type(v) == "string" and v ~= "" then
+    return nil
+  end
+  return "must be a non-empty string"
+end
+
+expect["function"] = function(v)
+  if type(v) == "function" then
+    return nil
+  end
+  return "must be a function"
+end
+
+function expect.choice(v, s)
+  local values = s.values
+  for i = 1, #values do
+    if v == values[i] then
+      return nil
+    end
+  end
+  return "must be " .. alternatives(values)
+end
+
+-- Optimal string alignment distance: edits, with a swap of two neighbours
+-- counting as one, so 'failure_treshold' is one edit from the real name.
+local function distance(a, b)
+  local la, lb = #a, #b
+  local d = {}
+  for i = 0, la do
+    d[i] = { [0] = i }
+  end
+  for j = 1, lb do
+    d[0][j] = j
+  end
+  for i = 1, la do
+    local ca = byte(a, i)
+    for j = 1, lb do
+      local cb = byte(b, j)
+      local cost = ca == cb and 0 or 1
+      local v = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
+      if i > 1 and j > 1 and ca == byte(b, j - 1) and byte(a, i - 1) == cb then
+        v = min(v, d[i - 2][j - 2] + 1)
+      end
+      d[i][j] = v
+    end
+  end
+  return d[la][lb]
+end
+_M.distance = distance
+
+local function unknown_option(key, names)
+  if type(key) == "string" then
+    local best, best_d
+    for i = 1, #names do
+      local d = distance(key, names[i])
+      if d <= max(2, floor(#names[i] / 3)) and (best_d == nil or d < best_d)
+      then
+        best, best_d = names[i], d
+      end
+    end
+    if best ~= nil then
+      return format("unknown option '%s' (did you mean '%s'?)", key, best)
+    end
+    key = "'" .. key .. "'"
+  else
+    key = "[" .. describe(key) .. "]"
+  end
+  return format("unknown option %s (valid options: %s)", key,
+                concat(names, ", "))
+end
+
+local function keys_in_order(t)
+  local keys = {}
+  for k in pairs(t) do
+    keys[#keys + 1] = k
+  end
+  sort(keys, function(a, b)
+    if type(a) == type(b) and (type(a) == "string" or type(a) == "number") then
+      return a < b
+    end
+    return type(a) < type(b)
+  end)
+  return keys
+end
+
+-- Returns parse(opts): it checks a table of options against `spec` and
+-- returns a new table with every option, defaults filled in. `spec` maps
+-- each option name to { kind, required =, default =, ... } where kind is
+-- "integer" (min, limit), "number" (min, max or limit), "string",
+-- "function" or "choice" (values); or to { check = fn } where fn(v)
+-- returns nil when v is fine, else the expectation and, for a part of v,
+-- the label of that part and the text to show after "got".
+function _M.options(fname, spec)
+  local names = keys_in_order(spec)
+  local any_required = false
+  for _, s in pairs(spec) do
+    any_required = any_required or s.required == true
+  end
+
+  return function(opts)
+    if opts == nil and not any_required then
+      opts = {}
+    end
+    if type(opts) ~= "table" then
+      error(fname .. ": options must be a table, got " .. describe(opts), 3)
+    end
+    local given = keys_in_order(opts)
+    for i = 1, #given do
+      local k = given[i]
+      if spec[k] == nil then
+        error(fname .. ": " .. unknown_option(k, names), 3)
+      end
+    end
+    local out = {}
+    for i = 1, #names do
+      local k = names[i]
+      local s, v = spec[k], opts[k]
+      if v == nil and not s.required then
+        out[k] = s.default
+      else
+        local expectation, label, got
+        if s.check then
+          expectation, label, got = s.check(v)
+        else
+          expectation = expect[s[1]](v, s)
+        end
+        if expectation ~= nil then
+          error(format("%s: option '%s' %s, got %s", fname, label or k,
+                       expectation, got or describe(v)), 3)
+        end
+        out[k] = v
+      end
+    end
+    return out
+  end
+end
+
+-- Raises "<fname>: <name> <expectation>, got <v>" at the caller's level.
+function _M.arg_error(fname, name, expectation, v)
+  error(format("%s: %s %s, got %s", fname, name, expectation, describe(v)), 3)
+end
+
+-- The checks of the hot paths: they cost a compare when all is well.
+
+function _M.self(self, mt, fname, what)
+  if getmetatable(self) ~= mt then
+    error(fname .. ": self must be " .. what .. ", got " .. describe(self), 3)
+  end
+end
+
+function _M.func(fname, name, v)
+  if type(v) ~= "function" then
+    error(fname .. ": " .. name .. " must be a function, got " .. describe(v),
+          3)
+  end
+end
+
+function _M.integer(fname, name, v, lo, limit)
+  if type(v) ~= "number" or v % 1 ~= 0 or v < lo or v > limit then
+    error(format("%s: %s %s, got %s", fname, name,
+                 expect_integer(v, lo, limit), describe(v)), 3)
+  end
+end
+
+-- An id used as a table key: a string or a number other than nan.
+function _M.id(fname, name, v)
+  local t = type(v)
+  if t ~= "string" and (t ~= "number" or v ~= v) then
+    error(fname .. ": " .. name .. " must be a string or a number, got "
+          .. describe(v), 3)
+  end
+end
+
+return _M

@@ -1,0 +1,50 @@
+-- Time as sprun reads it (internal). now() is monotonic whole ms and
+-- hrtime() nanoseconds, both read in runtime/lua/module.c. Breakers and
+-- monitors read time through reader(), which gives either now() or the
+-- user's `clock` option, checked at every read.
+
+local sp = require "sprun.ffi"
+local check = require "sprun.check"
+
+local C = sp.C
+local type = type
+local error = error
+local format = string.format
+local describe = check.describe
+local expect_number = check.expect_number
+
+local _M = {}
+
+-- Neither ends in a tail call: a function whose root trace would end in a
+-- tail call to C cannot be compiled on its own, gets blacklisted, and then
+-- aborts every trace that calls it.
+function _M.now()
+  local ms = C.sp_clock_ms()
+  return ms
+end
+
+function _M.hrtime()
+  local ns = C.sp_clock_ns()
+  return ns
+end
+
+-- The function that gives the time in ms for `owner` ("circuit_breaker"):
+-- `clock` when the user gave one, else now(). A user clock must return a
+-- number >= 0; the error names the option, since that is what to fix.
+function _M.reader(owner, clock)
+  if clock == nil then
+    return _M.now
+  end
+  return function()
+    local t = clock()
+    if type(t) ~= "number" or not (t >= 0 and t <= check.MS_MAX) then
+      local expectation = expect_number(t, 0) or ""
+      error(format("%s: option 'clock' %s, got %s", owner,
+                   expectation:gsub("^must be", "must return"), describe(t)),
+            3)
+    end
+    return t
+  end
+end
+
+return _M

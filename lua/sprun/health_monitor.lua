@@ -1,0 +1,188 @@
+-- Health monitor: tracks worker crashes and decides whether a pool is
+-- healthy (fewer than max_crashes crashes in the last crash_window_ms).
+--
+-- The counting is sp_health_t of runtime/core: O(1) per crash, memory
+-- bounded by max_crashes and max_workers. This module maps worker ids
+-- (strings or numbers) to the slots of the C monitor and keeps the last
+-- few crash reasons of each worker.
+--
+-- The trap: when the C monitor runs out of slots it forgets the worker
+-- idle longest and hands its slot to the new one; the Lua maps must drop
+-- that id at once, or two ids would share a slot.
+
+local sp = require "sprun.ffi"
+local check = require "sprun.check"
+local clock = require "sprun.clock"
+local errors = require "sprun.errors"
+
+local ffi = sp.ffi
+local C = sp.C
+local type = type
+local tonumber = tonumber
+local setmetatable = setmetatable
+local check_self = check.self
+local check_id = check.id
+local arg_error = check.arg_error
+
+-- Crash reasons kept per worker.
+local REASONS = 4
+-- What sp_health_worker_add puts in *evicted when it evicted nobody.
+local NO_SLOT = check.UINT32_MAX
+
+local WHAT = "a health monitor"
+
+local _M = {}
+
+local mt = { __index = _M }
+
+local parse_options = check.options("health_monitor.start_link", {
+  name = { "string" },
+  pool = { "string", default = "default" },
+  crash_window_ms = { "integer", min = 1, limit = check.MS_MAX,
+                      default = 60000 },
+  max_crashes = { "integer", min = 1, limit = check.UINT32_MAX,
+                  default = 10 },
+  check_interval_ms = { "integer", min = 1, limit = check.MS_MAX,
+                        default = 30000 },
+  max_workers = { "integer", min = 1, limit = check.UINT32_MAX,
+                  default = 1024 },
+  clock = { "function" },
+})
+
+function _M.start_link(opts)
+  local o = parse_options(opts)
+  local h = ffi.gc(ffi.new("sp_health_t"), C.sp_health_close)
+  local config = ffi.new("sp_health_config_t", {
+    max_crashes = o.max_crashes,
+    max_workers = o.max_workers,
+    crash_window_ms = o.crash_window_ms,
+  })
+  local rc = C.sp_health_init(h, config)
+  if rc < 0 then
+    return nil, errors.from_code(rc)
+  end
+  return setmetatable({
+    _h = h,
+    _name = o.name or o.pool,
+    _pool = o.pool,
+    _check_interval_ms = o.check_interval_ms,
+    _clock = clock.reader("health_monitor", o.clock),
+    _slots = {},    -- worker id -> slot
+    _ids = {},      -- slot -> worker id
+    _reasons = {},  -- slot -> ring { head =, n =, [1..REASONS] }
+    _slot_out = ffi.new("uint32_t[2]"),
+    _worker_out = ffi.new("sp_worker_stats_t"),
+  }, mt)
+end
+
+-- The slot of a worker seen for the first time.
+local function add_worker(self, worker_id)
+  local out = self._slot_out
+  local rc = C.sp_health_worker_add(self._h, out, out + 1)
+  if rc < 0 then
+    return nil, errors.from_code(rc)
+  end
+  local slot, evicted = out[0], out[1]
+  if evicted ~= NO_SLOT then
+    local old = self._ids[evicted]
+    if old ~= nil then
+      self._slots[old] = nil
+      self._ids[evicted] = nil
+    end
+  end
+  self._slots[worker_id] = slot
+  self._ids[slot] = worker_id
+  self._reasons[slot] = { head = 0, n = 0, false, false, false, false }
+  return slot
+end
+
+-- Records one crash of `worker_id`; info.reason, if any, is kept. Returns
+-- true, or nil and an error if the monitor has no room for a new worker.
+function _M.record_crash(self, worker_id, info)
+  check_self(self, mt, "health_monitor.record_crash", WHAT)
+  check_id("health_monitor.record_crash", "worker_id", worker_id)
+  if info ~= nil and type(info) ~= "table" then
+    arg_error("health_monitor.record_crash", "info", "must be a table or nil",
+              info)
+  end
+  local slot = self._slots[worker_id]
+  if slot == nil then
+    local err
+    slot, err = add_worker(self, worker_id)
+    if slot == nil then
+      return nil, err
+    end
+  end
+  C.sp_health_record(self._h, slot, self._clock())
+  local reason = info and info.reason
+  if reason ~= nil then
+    local ring = self._reasons[slot]
+    local head = ring.head % REASONS + 1
+    ring[head] = reason
+    ring.head = head
+    if ring.n < REASONS then
+      ring.n = ring.n + 1
+    end
+  end
+  return true
+end
+
+function _M.is_healthy(self)
+  check_self(self, mt, "health_monitor.is_healthy", WHAT)
+  return C.sp_health_is_healthy(self._h, self._clock()) == 1
+end
+
+function _M.healthy(self)
+  check_self(self, mt, "health_monitor.healthy", WHAT)
+  return C.sp_health_is_healthy(self._h, self._clock()) == 1
+end
+
+-- What the monitor knows of one worker, or nil for a worker it does not
+-- know (never crashed, or forgotten to make room).
+function _M.worker_health(self, worker_id)
+  check_self(self, mt, "health_monitor.worker_health", WHAT)
+  check_id("health_monitor.worker_health", "worker_id", worker_id)
+  local slot = self._slots[worker_id]
+  if slot == nil then
+    return nil
+  end
+  local w = self._worker_out
+  if C.sp_health_worker(self._h, slot, self._clock(), w) < 0 then
+    return nil
+  end
+  local ring, reasons = self._reasons[slot], {}
+  for i = 1, ring.n do
+    -- oldest first: the ring's oldest entry follows its head
+    reasons[i] = ring[(ring.head - ring.n + i - 1) % REASONS + 1]
+  end
+  return {
+    healthy = w.crashes_in_window < self._h.config.max_crashes,
+    crash_count = w.crashes_in_window,
+    last_crash_ms = tonumber(w.last_crash_ms),
+    total_crashes = tonumber(w.total_crashes),
+    reasons = reasons,
+  }
+end
+
+function _M.stats(self)
+  check_self(self, mt, "health_monitor.stats", WHAT)
+  local h = self._h
+  local in_window = C.sp_health_expire(h, self._clock())
+  return {
+    pool = self._pool,
+    name = self._name,
+    total_crashes = tonumber(h.total_crashes),
+    crashes_in_window = in_window,
+    workers_with_crashes = h.workers_with_crashes,
+    max_crashes = h.config.max_crashes,
+    crash_window_ms = tonumber(h.config.crash_window_ms),
+    is_healthy = in_window < h.config.max_crashes,
+  }
+end
+
+function _M.name(self)
+  check_self(self, mt, "health_monitor.name", WHAT)
+  return self._name
+end
+
+return _M

@@ -1,0 +1,140 @@
+/* Private to runtime/loop: the structures behind loop.h, shared by loop.c,
+ * heap.c, process.c and tcp.c (and the C tests, which check the heap
+ * directly). Nothing outside runtime/loop and tests/c includes this.
+ */
+#ifndef SPRUN_LOOP_INTERNAL_H
+#define SPRUN_LOOP_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "loop.h"
+
+/* ---- timer heap ---------------------------------------------------------- */
+
+/* A heap node: the ordering key and the slot that describes the timer. The
+ * key is (deadline, seq): seq counts additions, so equal deadlines come out
+ * in the order they went in. */
+typedef struct sp__heap_node_s {
+  uint64_t deadline;
+  uint64_t seq;
+  uint32_t slot;
+} sp__heap_node_t;
+
+/* A slot: what an id points at. `gen` is odd while the slot holds a timer
+ * and even while it is free; `link` is then the node's heap index, or the
+ * next free slot. */
+typedef struct sp__heap_slot_s {
+  uint64_t token;
+  uint32_t link;
+  uint32_t gen;
+} sp__heap_slot_t;
+
+typedef struct sp__heap_s {
+  sp__heap_node_t *nodes;
+  uint32_t count;
+  uint32_t nodes_cap;
+  sp__heap_slot_t *slots;
+  uint32_t slots_used;
+  uint32_t slots_cap;
+  uint32_t free_head; /* SP__HEAP_NONE when no slot is free */
+  uint64_t next_seq;
+} sp__heap_t;
+
+#define SP__HEAP_NONE UINT32_MAX
+
+/* Ids are (gen << SP__HEAP_SLOT_BITS) | slot and stay below 2^53, so that a
+ * Lua number holds them exactly. */
+#define SP__HEAP_SLOT_BITS 26
+#define SP__HEAP_GEN_BITS 27
+
+void sp__heap_init(sp__heap_t *heap);
+void sp__heap_free(sp__heap_t *heap);
+/* 0 or UV_ENOMEM. */
+int sp__heap_add(sp__heap_t *heap, uint64_t deadline, uint64_t token,
+                 uint64_t *id);
+/* 0 or UV_ENOENT. */
+int sp__heap_cancel(sp__heap_t *heap, uint64_t id);
+/* The earliest node, or NULL when the heap is empty. */
+const sp__heap_node_t *sp__heap_peek(const sp__heap_t *heap);
+/* Removes the earliest node and returns its token (the heap is not
+ * empty). Its id is dead from here on. */
+uint64_t sp__heap_pop(sp__heap_t *heap);
+/* Bytes allocated, for the memory-per-timer check. */
+size_t sp__heap_memory(const sp__heap_t *heap);
+
+/* ---- handles ------------------------------------------------------------- */
+
+enum {
+  SP__KIND_PROC = 1,
+  SP__KIND_TCP,
+  SP__KIND_SIGNAL
+};
+
+/* What every process, socket and signal watcher starts with: the loop's
+ * list of open handles (walked by sp__loop_free) and the accounting. */
+typedef struct sp__handle_s {
+  sp_loop_t *loop;
+  struct sp__handle_s *prev;
+  struct sp__handle_s *next;
+  uint64_t token;
+  int kind;
+  /* 1 once the owner closed it (or the loop is closing it). */
+  int closing;
+  /* 0 for a handle whose creation failed: it is closed and freed without
+   * an event, and was never counted. */
+  int counted;
+} sp__handle_t;
+
+struct sp_loop_s {
+  uv_loop_t uv;
+  /* The one libuv timer: armed for the earliest deadline before each
+   * poll, it only wakes the poll; the timers fire in sp__loop_step. */
+  uv_timer_t timer;
+  uint64_t armed_deadline;
+  int armed;
+  int virtual_time;
+  uint64_t vnow;
+  /* While a virtual-time step waits for I/O, the clock follows the real
+   * time from (io_real0, io_v0). */
+  int io_clock;
+  uint64_t io_real0;
+  uint64_t io_v0;
+  sp__heap_t heap;
+  sp_event_cb cb;
+  void *ctx;
+  sp__handle_t handles; /* sentinel of a circular list */
+  unsigned handle_count;
+  /* Running children, pending connects and writes, reading sockets. */
+  unsigned inflight;
+  int stepping;
+  int freeing;
+  char readbuf[65536];
+};
+
+void sp__handle_link(sp_loop_t *loop, sp__handle_t *h, int kind,
+                     uint64_t token);
+/* Called once the handle's memory is about to go: unlinks it and reports
+ * SP_EV_CLOSED if it was counted. */
+void sp__handle_unlink(sp__handle_t *h);
+
+void sp__emit(sp_loop_t *loop, uint64_t token, int type, int64_t a,
+              int64_t b, const char *data, size_t len, void *handle);
+
+/* The shared read buffer (data is handed over synchronously). */
+void sp__alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf);
+
+/* A write request with its own copy of the data. */
+typedef struct sp__write_s {
+  uv_write_t req;
+  sp_loop_t *loop;
+  uint64_t token;
+  char data[];
+} sp__write_t;
+
+int sp__stream_write(sp_loop_t *loop, uv_stream_t *stream, const char *data,
+                     size_t len, uint64_t write_token);
+
+#endif /* SPRUN_LOOP_INTERNAL_H */

@@ -1,0 +1,379 @@
+/* The loop: one libuv loop, the timer heap, the clock (real or virtual),
+ * signal watchers and the accounting that every handle shares.
+ *
+ * The rule: sp__loop_step polls I/O once, then fires every due timer. A
+ * timer is fired by sp__loop_step itself, never from a libuv callback: the
+ * one uv_timer only ends the poll on time (it calls uv_stop). Timers fire
+ * in (deadline, order of addition) order, and only those added before the
+ * firing began: a timer added by a timer's callback, even one already due,
+ * waits for the next step, after a poll, so a callback that keeps arming
+ * zero-delay timers cannot starve I/O. A timer added by an I/O callback
+ * during the poll is older than the firing, and fires in the same step if
+ * it is due.
+ *
+ * Virtual time: the clock starts at the real time and jumps to the next
+ * deadline whenever no I/O is in flight (no running child, no connect or
+ * write pending, no socket reading). While I/O is in flight the step
+ * waits for it, as in real time, but never longer than the real time left
+ * until the next deadline, and the clock moves on by the real time the
+ * wait took: time never jumps past an event that is still coming, and a
+ * timeout around an operation that hangs still fires.
+ *
+ * The trap: libuv must be able to run the close callbacks, so nothing is
+ * freed until they ran; sp__loop_free closes every handle, kills and reaps
+ * the children, and runs the loop until uv_loop_close can succeed. No event
+ * is reported while the loop is being freed.
+ */
+#include <assert.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+typedef struct sp__signal_s {
+  sp__handle_t h;
+  uv_signal_t signal;
+} sp__signal_t;
+
+/* ---- events and handle accounting ---------------------------------------- */
+
+/* In virtual time, while waiting for I/O: the clock moves with the real
+ * time (libuv refreshes its time after every poll). */
+static void follow_real_time(sp_loop_t *loop) {
+  uint64_t v = loop->io_v0 + (uv_now(&loop->uv) - loop->io_real0);
+
+  if (v > loop->vnow)
+    loop->vnow = v;
+}
+
+void sp__emit(sp_loop_t *loop, uint64_t token, int type, int64_t a,
+              int64_t b, const char *data, size_t len, void *handle) {
+  sp_event_t ev;
+
+  if (loop->cb == NULL)
+    return;
+  if (loop->io_clock)
+    follow_real_time(loop);
+  ev.type = type;
+  ev.a = a;
+  ev.b = b;
+  ev.data = data;
+  ev.len = len;
+  ev.handle = handle;
+  loop->cb(loop->ctx, token, &ev);
+}
+
+void sp__handle_link(sp_loop_t *loop, sp__handle_t *h, int kind,
+                     uint64_t token) {
+  h->loop = loop;
+  h->kind = kind;
+  h->token = token;
+  h->counted = 1;
+  h->next = &loop->handles;
+  h->prev = loop->handles.prev;
+  h->prev->next = h;
+  loop->handles.prev = h;
+  loop->handle_count++;
+}
+
+void sp__handle_unlink(sp__handle_t *h) {
+  sp_loop_t *loop = h->loop;
+
+  if (!h->counted)
+    return;
+  h->counted = 0;
+  h->prev->next = h->next;
+  h->next->prev = h->prev;
+  loop->handle_count--;
+  /* The handle structs start with their sp__handle_t, so `h` is also the
+   * pointer the owner holds. */
+  sp__emit(loop, h->token, SP_EV_CLOSED, 0, 0, NULL, 0, h);
+}
+
+void sp__alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
+  sp_loop_t *loop = (sp_loop_t *) handle->loop;
+
+  (void) suggested;
+  buf->base = loop->readbuf;
+  buf->len = sizeof(loop->readbuf);
+}
+
+static void write_cb(uv_write_t *req, int status) {
+  sp__write_t *w = (sp__write_t *) req;
+  sp_loop_t *loop = w->loop;
+
+  loop->inflight--;
+  sp__emit(loop, w->token, SP_EV_WRITE, status, 0, NULL, 0,
+           req->handle->data);
+  free(w);
+}
+
+int sp__stream_write(sp_loop_t *loop, uv_stream_t *stream, const char *data,
+                     size_t len, uint64_t write_token) {
+  sp__write_t *w;
+  uv_buf_t buf;
+  int err;
+
+  if (len > UINT32_MAX)
+    return UV_E2BIG;
+  w = malloc(sizeof(*w) + len);
+  if (w == NULL)
+    return UV_ENOMEM;
+  w->loop = loop;
+  w->token = write_token;
+  if (len > 0)
+    memcpy(w->data, data, len);
+  buf = uv_buf_init(w->data, (unsigned) len);
+  err = uv_write(&w->req, stream, &buf, 1, write_cb);
+  if (err) {
+    free(w);
+    return err;
+  }
+  loop->inflight++;
+  return 0;
+}
+
+/* ---- the loop ------------------------------------------------------------ */
+
+/* The uv_timer's only job is to end the poll; uv_stop makes the poll of the
+ * current iteration non-blocking even if libuv ran the timer before it. */
+static void wake_cb(uv_timer_t *timer) {
+  sp_loop_t *loop = timer->data;
+
+  loop->armed = 0;
+  uv_stop(&loop->uv);
+}
+
+static void disarm(sp_loop_t *loop) {
+  if (loop->armed) {
+    uv_timer_stop(&loop->timer);
+    loop->armed = 0;
+  }
+}
+
+/* Arms the uv_timer to end the poll in `timeout` real ms. In real time a
+ * deadline already armed is not re-armed: the wake-up time is the same. */
+static void arm(sp_loop_t *loop, uint64_t deadline, uint64_t timeout) {
+  if (loop->armed && !loop->virtual_time && loop->armed_deadline == deadline)
+    return;
+  uv_timer_start(&loop->timer, wake_cb, timeout, 0);
+  loop->armed = 1;
+  loop->armed_deadline = deadline;
+}
+
+static void fire_due(sp_loop_t *loop, uint64_t now) {
+  uint64_t limit = loop->heap.next_seq;
+  const sp__heap_node_t *top;
+
+  while ((top = sp__heap_peek(&loop->heap)) != NULL &&
+         top->deadline <= now && top->seq < limit) {
+    uint64_t deadline = top->deadline;
+    uint64_t token = sp__heap_pop(&loop->heap);
+
+    sp__emit(loop, token, SP_EV_TIMER, (int64_t) deadline, 0, NULL, 0, NULL);
+  }
+  if (loop->heap.count == 0)
+    disarm(loop);
+}
+
+int sp__loop_new(sp_loop_t **out, int virtual_time, sp_event_cb cb,
+                 void *ctx) {
+  sp_loop_t *loop;
+  int err;
+
+  loop = calloc(1, sizeof(*loop));
+  if (loop == NULL)
+    return UV_ENOMEM;
+  err = uv_loop_init(&loop->uv);
+  if (err) {
+    free(loop);
+    return err;
+  }
+  uv_timer_init(&loop->uv, &loop->timer);
+  loop->timer.data = loop;
+  sp__heap_init(&loop->heap);
+  loop->handles.next = &loop->handles;
+  loop->handles.prev = &loop->handles;
+  loop->virtual_time = virtual_time != 0;
+  loop->cb = cb;
+  loop->ctx = ctx;
+  uv_update_time(&loop->uv);
+  loop->vnow = uv_now(&loop->uv);
+  /* A write to a pipe or socket whose reader went away must fail with
+   * EPIPE, not kill the whole process. Children get the default back
+   * (libuv resets signal dispositions in the child). */
+  signal(SIGPIPE, SIG_IGN);
+  *out = loop;
+  return 0;
+}
+
+static void signal_close_cb(uv_handle_t *handle) {
+  sp__signal_t *s = handle->data;
+
+  sp__handle_unlink(&s->h);
+  free(s);
+}
+
+void sp__loop_free(sp_loop_t *loop) {
+  sp__handle_t *h;
+  int err;
+
+  assert(!loop->stepping);
+  loop->freeing = 1;
+  loop->cb = NULL;
+  /* Closing unlinks nothing at once (that happens in the close callbacks),
+   * so the list can be walked while closing. */
+  for (h = loop->handles.next; h != &loop->handles; h = h->next) {
+    if (h->closing)
+      continue;
+    switch (h->kind) {
+    case SP__KIND_PROC:
+      sp__proc_close((sp_proc_t *) h);
+      break;
+    case SP__KIND_TCP:
+      sp__tcp_close((sp_tcp_t *) h);
+      break;
+    case SP__KIND_SIGNAL:
+      h->closing = 1;
+      uv_close((uv_handle_t *) &((sp__signal_t *) h)->signal,
+               signal_close_cb);
+      break;
+    }
+  }
+  uv_close((uv_handle_t *) &loop->timer, NULL);
+  /* Runs until every child is reaped and every close callback ran. */
+  while (uv_run(&loop->uv, UV_RUN_DEFAULT) != 0)
+    ;
+  assert(loop->handles.next == &loop->handles);
+  err = uv_loop_close(&loop->uv);
+  assert(err == 0);
+  (void) err;
+  sp__heap_free(&loop->heap);
+  free(loop);
+}
+
+uint64_t sp__loop_now(const sp_loop_t *loop) {
+  return loop->virtual_time ? loop->vnow : uv_now(&loop->uv);
+}
+
+void sp__loop_update_time(sp_loop_t *loop) {
+  if (!loop->virtual_time)
+    uv_update_time(&loop->uv);
+}
+
+static void step_real(sp_loop_t *loop, uv_run_mode mode) {
+  const sp__heap_node_t *top = sp__heap_peek(&loop->heap);
+  uint64_t now = uv_now(&loop->uv);
+
+  if (top == NULL)
+    disarm(loop);
+  else if (top->deadline <= now)
+    mode = UV_RUN_NOWAIT;
+  else
+    arm(loop, top->deadline, top->deadline - now);
+  uv_run(&loop->uv, mode);
+  fire_due(loop, uv_now(&loop->uv));
+}
+
+static void step_virtual(sp_loop_t *loop, uv_run_mode mode) {
+  const sp__heap_node_t *top = sp__heap_peek(&loop->heap);
+  int io = loop->inflight > 0;
+
+  if (top == NULL) {
+    disarm(loop);
+  } else if (top->deadline <= loop->vnow || !io) {
+    /* Due now, or about to be by a jump: only pick up what is ready. */
+    disarm(loop);
+    mode = UV_RUN_NOWAIT;
+  } else {
+    arm(loop, top->deadline, top->deadline - loop->vnow);
+  }
+  if (io) {
+    uv_update_time(&loop->uv);
+    loop->io_real0 = uv_now(&loop->uv);
+    loop->io_v0 = loop->vnow;
+    loop->io_clock = 1;
+  }
+  uv_run(&loop->uv, mode);
+  if (io) {
+    uv_update_time(&loop->uv);
+    follow_real_time(loop);
+    loop->io_clock = 0;
+  }
+  top = sp__heap_peek(&loop->heap);
+  if (top != NULL && loop->inflight == 0 && top->deadline > loop->vnow)
+    loop->vnow = top->deadline;
+  fire_due(loop, loop->vnow);
+}
+
+int sp__loop_step(sp_loop_t *loop, int nowait) {
+  uv_run_mode mode = nowait ? UV_RUN_NOWAIT : UV_RUN_ONCE;
+
+  assert(!loop->stepping && !loop->freeing);
+  loop->stepping = 1;
+  if (loop->virtual_time)
+    step_virtual(loop, mode);
+  else
+    step_real(loop, mode);
+  loop->stepping = 0;
+  return loop->heap.count > 0 || uv_loop_alive(&loop->uv);
+}
+
+unsigned sp__loop_handle_count(const sp_loop_t *loop) {
+  return loop->handle_count;
+}
+
+unsigned sp__loop_timer_count(const sp_loop_t *loop) {
+  return loop->heap.count;
+}
+
+/* ---- timers -------------------------------------------------------------- */
+
+int sp__timer_add(sp_loop_t *loop, uint64_t deadline_ms, uint64_t token,
+                  uint64_t *id) {
+  /* The uv_timer is armed before the next poll, so nothing else to do. */
+  return sp__heap_add(&loop->heap, deadline_ms, token, id);
+}
+
+int sp__timer_cancel(sp_loop_t *loop, uint64_t id) {
+  int err = sp__heap_cancel(&loop->heap, id);
+
+  /* An armed uv_timer would keep the loop alive for nothing. */
+  if (err == 0 && loop->heap.count == 0)
+    disarm(loop);
+  return err;
+}
+
+/* ---- signals ------------------------------------------------------------- */
+
+static void signal_cb(uv_signal_t *handle, int signum) {
+  sp__signal_t *s = handle->data;
+
+  sp__emit(s->h.loop, s->h.token, SP_EV_SIGNAL, signum, 0, NULL, 0, NULL);
+}
+
+int sp__signal_watch(sp_loop_t *loop, int signum, uint64_t token) {
+  sp__signal_t *s;
+  int err;
+
+  s = calloc(1, sizeof(*s));
+  if (s == NULL)
+    return UV_ENOMEM;
+  s->h.loop = loop;
+  err = uv_signal_init(&loop->uv, &s->signal);
+  if (err) {
+    free(s);
+    return err;
+  }
+  s->signal.data = s;
+  err = uv_signal_start(&s->signal, signal_cb, signum);
+  if (err) {
+    /* Not linked: freed in the close callback without an event. */
+    uv_close((uv_handle_t *) &s->signal, signal_close_cb);
+    return err;
+  }
+  uv_unref((uv_handle_t *) &s->signal);
+  sp__handle_link(loop, &s->h, SP__KIND_SIGNAL, token);
+  return 0;
+}

@@ -1,0 +1,16 @@
+/* The loop part of `sprun.core`: the binding of runtime/loop to Lua. */
+#ifndef SPRUN_LUA_LOOP_H
+#define SPRUN_LUA_LOOP_H
+
+#include <lua.h>
+
+/* With the module table on top of the stack, adds loop_new, signals,
+ * signal_name, uv_err_name, uv_strerror and the EV_* constants to it.
+ * Leaves the stack as it was. */
+int sp__lua_loop_open(lua_State *L);
+
+/* The time of the most recently created loop that is still open, in ms, or
+ * the monotonic clock in whole ms when no loop is open. For the FFI. */
+double sp_loop_now_ms(void);
+
+#endif /* SPRUN_LUA_LOOP_H */

@@ -1,0 +1,281 @@
+/* The sprun executable: LuaJIT with the sprun module built in, running one
+ * script (or -e code) as a coroutine.
+ *
+ *   sprun [options] script.lua [args...]
+ *   sprun [options] -e CODE [args...]
+ *
+ * Exit status: the number the script returns, else 0; 1 after an uncaught
+ * error (`sprun: file:line: message` and a traceback on stderr); 2 when the
+ * command line is wrong or the script cannot be read.
+ *
+ * The Lua library is found next to the binary: `<bindir>/../lua` in the
+ * build tree, `<bindir>/../share/lua/5.1` once installed, so that no
+ * environment variable is needed. The trap: the chunk runs in a coroutine,
+ * so its traceback must be taken from that coroutine, not from the main
+ * state, after lua_resume returns.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <luajit.h>
+#include <lualib.h>
+
+#include "sprun.h"
+#include "../lua/sprun_lua.h"
+
+#define EXIT_USAGE 2
+
+typedef struct {
+  const char *code;   /* -e CODE, or NULL */
+  const char *script; /* the script path, or NULL */
+  int first_arg;      /* index in argv of the script (or of what follows -e) */
+} options_t;
+
+static const char usage_text[] =
+    "usage: sprun [options] script.lua [args...]\n"
+    "       sprun [options] -e CODE [args...]\n"
+    "\n"
+    "Runs a Lua script on LuaJIT with the sprun fault-tolerance library\n"
+    "(require \"sprun\"). The script's returned number is the exit status.\n"
+    "\n"
+    "options:\n"
+    "  -e CODE    run CODE instead of a script file\n"
+    "  -v         print the version of sprun, LuaJIT and exit\n"
+    "  -h         print this help and exit\n"
+    "  --         stop handling options\n"
+    "\n"
+    "exit status: the script's returned number, else 0; 1 on an uncaught\n"
+    "error; 2 on a bad command line or an unreadable script.\n";
+
+static int usage_error(const char *fmt, const char *what) {
+  fprintf(stderr, "sprun: ");
+  fprintf(stderr, fmt, what);
+  fprintf(stderr, " (see sprun -h)\n");
+  return EXIT_USAGE;
+}
+
+/* Returns -1 when the command line is complete, or an exit status. */
+static int parse_options(int argc, char **argv, options_t *o) {
+  int i;
+
+  memset(o, 0, sizeof(*o));
+  for (i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (a[0] != '-' || a[1] == '\0')
+      break;
+    if (strcmp(a, "--") == 0) {
+      i++;
+      break;
+    }
+    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+      fputs(usage_text, stdout);
+      return 0;
+    }
+    if (strcmp(a, "-v") == 0 || strcmp(a, "--version") == 0) {
+      printf("sprun %s (%s)\n", sp_version_string(), LUAJIT_VERSION);
+      return 0;
+    }
+    if (strcmp(a, "-e") == 0) {
+      if (i + 1 >= argc)
+        return usage_error("option '%s' needs an argument", a);
+      o->code = argv[++i];
+      o->first_arg = i;
+      return -1;
+    }
+    return usage_error("unknown option '%s'", a);
+  }
+  if (i >= argc) {
+    fputs(usage_text, stderr);
+    return EXIT_USAGE;
+  }
+  o->script = argv[i];
+  o->first_arg = i;
+  return -1;
+}
+
+static int file_exists(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0;
+}
+
+/* Puts the sprun Lua library first on package.path. */
+static void set_lua_path(lua_State *L) {
+  static const char *const candidates[] = {"/../lua",
+                                           "/../share/lua/5.1"};
+  char exe[PATH_MAX];
+  char dir[PATH_MAX + 32];
+  char probe[PATH_MAX + 64];
+  ssize_t n;
+  size_t k;
+  char *slash;
+
+  n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (n <= 0)
+    return;
+  exe[n] = '\0';
+  slash = strrchr(exe, '/');
+  if (slash == NULL)
+    return;
+  *slash = '\0';
+
+  for (k = 0; k < sizeof(candidates) / sizeof(candidates[0]); k++) {
+    /* exe is shorter than PATH_MAX, so neither can be truncated. */
+    snprintf(dir, sizeof(dir), "%s%s", exe, candidates[k]);
+    snprintf(probe, sizeof(probe), "%s/sprun/init.lua", dir);
+    if (!file_exists(probe))
+      continue;
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "path");
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", dir, dir,
+                    lua_tostring(L, -1));
+    lua_setfield(L, -3, "path");
+    lua_pop(L, 2);
+    return;
+  }
+}
+
+static void preload_core(lua_State *L) {
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "preload");
+  lua_pushcfunction(L, luaopen_sprun_core);
+  lua_setfield(L, -2, "sprun.core");
+  lua_pop(L, 2);
+}
+
+/* arg[0] is the script, arg[1..] its arguments, arg[-k] what came before,
+ * as luajit sets it. */
+static void set_arg_table(lua_State *L, int argc, char **argv, int script) {
+  int i;
+
+  lua_createtable(L, argc - script - 1, script);
+  for (i = 0; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, i - script);
+  }
+  lua_setglobal(L, "arg");
+}
+
+/* Prints an uncaught error with the traceback of the coroutine it came
+ * from. */
+static void report_error(lua_State *L, lua_State *co) {
+  const char *msg;
+
+  if (lua_isstring(co, -1)) {
+    msg = lua_tostring(co, -1);
+  } else if (luaL_callmeta(co, -1, "__tostring") && lua_isstring(co, -1)) {
+    msg = lua_tostring(co, -1);
+  } else {
+    msg = lua_pushfstring(co, "(error object is a %s value)",
+                          luaL_typename(co, -1));
+  }
+  luaL_traceback(L, co, msg, 0);
+  fprintf(stderr, "sprun: %s\n", lua_tostring(L, -1));
+  lua_pop(L, 1);
+  fflush(stderr);
+}
+
+/* Loads the chunk; returns -1 when it is on the stack, else an exit code. */
+static int load_chunk(lua_State *L, const options_t *o) {
+  struct stat st;
+  FILE *f;
+
+  if (o->code != NULL) {
+    if (luaL_loadbuffer(L, o->code, strlen(o->code), "=(command line)") == 0)
+      return -1;
+    fprintf(stderr, "sprun: %s\n", lua_tostring(L, -1));
+    return 1;
+  }
+  if (stat(o->script, &st) != 0) {
+    fprintf(stderr, "sprun: cannot open %s: %s\n", o->script,
+            strerror(errno));
+    return EXIT_USAGE;
+  }
+  if (S_ISDIR(st.st_mode)) {
+    fprintf(stderr, "sprun: cannot run %s: it is a directory\n", o->script);
+    return EXIT_USAGE;
+  }
+  f = fopen(o->script, "r");
+  if (f == NULL) {
+    fprintf(stderr, "sprun: cannot open %s: %s\n", o->script,
+            strerror(errno));
+    return EXIT_USAGE;
+  }
+  fclose(f);
+  if (luaL_loadfile(L, o->script) == 0)
+    return -1;
+  fprintf(stderr, "sprun: %s\n", lua_tostring(L, -1));
+  return 1;
+}
+
+static int exit_status(lua_State *co, int nresults) {
+  lua_Number n;
+
+  if (nresults < 1 || lua_type(co, -nresults) != LUA_TNUMBER)
+    return 0;
+  n = lua_tonumber(co, -nresults);
+  /* As exit(3) does: the low 8 bits of a whole number. */
+  if (!(n > -2147483648.0 && n < 2147483648.0))
+    return 1;
+  return (int)n & 0xff;
+}
+
+static int run(lua_State *L, int argc, char **argv, const options_t *o) {
+  lua_State *co;
+  int nargs;
+  int status;
+  int i;
+  int rc;
+
+  luaL_openlibs(L);
+  preload_core(L);
+  set_lua_path(L);
+  set_arg_table(L, argc, argv, o->first_arg);
+
+  co = lua_newthread(L);
+  rc = load_chunk(co, o);
+  if (rc >= 0)
+    return rc;
+
+  nargs = argc - o->first_arg - 1;
+  luaL_checkstack(co, nargs + LUA_MINSTACK, "too many arguments");
+  for (i = o->first_arg + 1; i < argc; i++)
+    lua_pushstring(co, argv[i]);
+
+  status = lua_resume(co, nargs);
+  if (status == 0)
+    return exit_status(co, lua_gettop(co));
+  if (status == LUA_YIELD) {
+    fprintf(stderr, "sprun: %s: the script yielded outside a task\n",
+            o->script != NULL ? o->script : "(command line)");
+    return 1;
+  }
+  report_error(L, co);
+  return 1;
+}
+
+int main(int argc, char **argv) {
+  options_t o;
+  lua_State *L;
+  int rc;
+
+  rc = parse_options(argc, argv, &o);
+  if (rc >= 0)
+    return rc;
+
+  L = luaL_newstate();
+  if (L == NULL) {
+    fprintf(stderr, "sprun: cannot create a Lua state: out of memory\n");
+    return 1;
+  }
+  rc = run(L, argc, argv, &o);
+  fflush(stdout);
+  lua_close(L);
+  return rc;
+}

@@ -1,0 +1,113 @@
+-- Every code block of README.md runs, and prints what the README says.
+--
+-- In lua and c blocks, a line ending in `--> text` (`// --> text` in C)
+-- says the next line of output is `text`. sh blocks run with HOME set to a
+-- fresh directory; `make demo` and `make test` lines are checked with
+-- `make -n` (running them here would recurse), and `# --> text` lines give
+-- the expected output. text blocks must match `sprun -h`.
+local h = require "helpers"
+
+local readme = h.read_file(h.root .. "/README.md")
+
+local blocks = {}
+do
+  local line_no = 0
+  local cur
+  for line in (readme .. "\n"):gmatch("([^\n]*)\n") do
+    line_no = line_no + 1
+    if cur then
+      if line:match("^```%s*$") then
+        blocks[#blocks + 1] = cur
+        cur = nil
+      else
+        cur.lines[#cur.lines + 1] = line
+      end
+    else
+      local lang = line:match("^```(%S*)%s*$")
+      if lang then
+        cur = { lang = lang, line = line_no + 1, lines = {} }
+      end
+    end
+  end
+  assert(cur == nil, "README.md: a code block is not closed")
+end
+
+local function expected(lines, marker)
+  local out = {}
+  for _, l in ipairs(lines) do
+    local e = l:match(marker)
+    if e then out[#out + 1] = e end
+  end
+  return out
+end
+
+local function output_lines(s)
+  local out = {}
+  for l in s:gmatch("([^\n]*)\n") do out[#out + 1] = l end
+  return out
+end
+
+local runners = {}
+
+function runners.lua(b, dir)
+  local path = h.write_file(dir .. "/block.lua", table.concat(b.lines, "\n") .. "\n")
+  local r = h.sprun_run { path }
+  assert.are.equal(0, r.code, r.stderr)
+  assert.are.same(expected(b.lines, "%-%-> (.*)$"), output_lines(r.stdout))
+end
+
+function runners.c(b, dir)
+  local src = h.write_file(dir .. "/block.c", table.concat(b.lines, "\n") .. "\n")
+  local r = h.run("cc -std=c11 -Wall -Wextra -Werror -I" .. h.shell_quote(h.root
+    .. "/runtime/include") .. " -o " .. h.shell_quote(dir .. "/block") .. " "
+    .. h.shell_quote(src) .. " " .. h.shell_quote(h.build .. "/libsprun.a")
+    .. " -lm && " .. h.shell_quote(dir .. "/block"))
+  assert.are.equal(0, r.code, r.stderr)
+  assert.are.same(expected(b.lines, "// %-%-> (.*)$"), output_lines(r.stdout))
+end
+
+function runners.sh(b, dir)
+  local script = {}
+  for _, l in ipairs(b.lines) do
+    local target = l:match("^make (%a+)%s") or l:match("^make (%a+)$")
+    if target == "test" or target == "demo" then
+      l = "make -n " .. target .. " >/dev/null"
+    end
+    script[#script + 1] = l
+  end
+  local path = h.write_file(dir .. "/block.sh", "set -e\n" .. table.concat(script, "\n") .. "\n")
+  local r = h.run("cd " .. h.shell_quote(h.root) .. " && HOME=" .. h.shell_quote(dir)
+    .. " BUILD=" .. h.shell_quote(h.build) .. " sh " .. h.shell_quote(path))
+  assert.are.equal(0, r.code, r.stdout .. r.stderr)
+  local want = expected(b.lines, "^# %-%-> (.*)$")
+  if #want > 0 then
+    local got = output_lines(r.stdout)
+    assert.are.same(want, { unpack(got, #got - #want + 1) })
+  end
+end
+
+function runners.text(b)
+  local usage = h.sprun_run({ "-h" }).stdout
+  for _, l in ipairs(b.lines) do
+    assert.is_truthy(usage:find(l, 1, true), "not in sprun -h: " .. l)
+  end
+end
+
+describe("README.md", function()
+  it("has code blocks, each of a known kind", function()
+    assert.is_true(#blocks >= 10)
+    for _, b in ipairs(blocks) do
+      assert.is_truthy(runners[b.lang], "README.md:" .. b.line
+        .. ": code block of unknown kind '" .. b.lang .. "'")
+    end
+  end)
+
+  for _, b in ipairs(blocks) do
+    it("block at line " .. b.line .. " (" .. b.lang .. ") runs as shown", function()
+      local dir = h.tmpdir()
+      local ok, err = pcall(runners[b.lang], b, dir)
+      h.rmrf(dir)
+      assert(ok, err)
+    end)
+  end
+end)
