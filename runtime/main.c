@@ -35,6 +35,7 @@
 typedef struct {
   const char *code;   /* -e CODE, or NULL */
   const char *script; /* the script path, or NULL */
+  int virtual_time;   /* --virtual-time */
   int first_arg;      /* index in argv of the script (or of what follows -e) */
 } options_t;
 
@@ -46,13 +47,19 @@ static const char usage_text[] =
     "(require \"sprun\"). The script's returned number is the exit status.\n"
     "\n"
     "options:\n"
-    "  -e CODE    run CODE instead of a script file\n"
-    "  -v         print the version of sprun, LuaJIT and exit\n"
-    "  -h         print this help and exit\n"
-    "  --         stop handling options\n"
+    "  -e CODE          run CODE instead of a script file\n"
+    "  --virtual-time   run on a virtual clock: when every task waits on a\n"
+    "                   timer, time jumps to the next deadline\n"
+    "  -v               print the version of sprun, LuaJIT and exit\n"
+    "  -h               print this help and exit\n"
+    "  --               stop handling options\n"
+    "\n"
+    "The script runs as the main task: it may sleep and await, and sprun\n"
+    "exits when every task is done. SIGINT and SIGTERM cancel every task.\n"
     "\n"
     "exit status: the script's returned number, else 0; 1 on an uncaught\n"
-    "error; 2 on a bad command line or an unreadable script.\n";
+    "error; 2 on a bad command line or an unreadable script; 130/143 after\n"
+    "SIGINT/SIGTERM.\n";
 
 static int usage_error(const char *fmt, const char *what) {
   fprintf(stderr, "sprun: ");
@@ -81,6 +88,10 @@ static int parse_options(int argc, char **argv, options_t *o) {
     if (strcmp(a, "-v") == 0 || strcmp(a, "--version") == 0) {
       printf("sprun %s (%s)\n", sp_version_string(), LUAJIT_VERSION);
       return 0;
+    }
+    if (strcmp(a, "--virtual-time") == 0) {
+      o->virtual_time = 1;
+      continue;
     }
     if (strcmp(a, "-e") == 0) {
       if (i + 1 >= argc)
@@ -162,23 +173,19 @@ static void set_arg_table(lua_State *L, int argc, char **argv, int script) {
   lua_setglobal(L, "arg");
 }
 
-/* Prints an uncaught error with the traceback of the coroutine it came
- * from. */
-static void report_error(lua_State *L, lua_State *co) {
-  const char *msg;
-
-  if (lua_isstring(co, -1)) {
-    msg = lua_tostring(co, -1);
-  } else if (luaL_callmeta(co, -1, "__tostring") && lua_isstring(co, -1)) {
-    msg = lua_tostring(co, -1);
-  } else {
-    msg = lua_pushfstring(co, "(error object is a %s value)",
-                          luaL_typename(co, -1));
+/* The message handler of the protected call into the scheduler: adds a
+ * traceback to errors raised outside any task. */
+static int traceback(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (msg == NULL) {
+    if (luaL_callmeta(L, 1, "__tostring") && lua_isstring(L, -1))
+      msg = lua_tostring(L, -1);
+    else
+      msg = lua_pushfstring(L, "(error object is a %s value)",
+                            luaL_typename(L, 1));
   }
-  luaL_traceback(L, co, msg, 0);
-  fprintf(stderr, "sprun: %s\n", lua_tostring(L, -1));
-  lua_pop(L, 1);
-  fflush(stderr);
+  luaL_traceback(L, L, msg, 1);
+  return 1;
 }
 
 /* Loads the chunk; returns -1 when it is on the stack, else an exit code. */
@@ -214,50 +221,61 @@ static int load_chunk(lua_State *L, const options_t *o) {
   return 1;
 }
 
-static int exit_status(lua_State *co, int nresults) {
-  lua_Number n;
-
-  if (nresults < 1 || lua_type(co, -nresults) != LUA_TNUMBER)
-    return 0;
-  n = lua_tonumber(co, -nresults);
-  /* As exit(3) does: the low 8 bits of a whole number. */
+/* As exit(3) does with its argument: the low 8 bits of a whole number. */
+static int exit_status(lua_Number n) {
   if (!(n > -2147483648.0 && n < 2147483648.0))
     return 1;
   return (int)n & 0xff;
 }
 
+/* Runs the chunk on top of the stack as the main task of the scheduler
+ * (sprun.sched.main), which returns the exit status and, after an uncaught
+ * error, the message with its traceback. */
 static int run(lua_State *L, int argc, char **argv, const options_t *o) {
-  lua_State *co;
   int nargs;
-  int status;
   int i;
   int rc;
+  int base;
 
   luaL_openlibs(L);
   preload_core(L);
   set_lua_path(L);
   set_arg_table(L, argc, argv, o->first_arg);
 
-  co = lua_newthread(L);
-  rc = load_chunk(co, o);
+  lua_pushcfunction(L, traceback);
+  base = lua_gettop(L);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "sprun.sched");
+  if (lua_pcall(L, 1, 1, base) != 0) {
+    fprintf(stderr, "sprun: cannot load the sprun library: %s\n",
+            lua_tostring(L, -1));
+    return 1;
+  }
+  lua_getfield(L, -1, "main");
+  lua_remove(L, -2);
+
+  lua_createtable(L, 0, 1);
+  lua_pushstring(L, o->virtual_time ? "virtual" : "real");
+  lua_setfield(L, -2, "clock");
+
+  rc = load_chunk(L, o);
   if (rc >= 0)
     return rc;
 
   nargs = argc - o->first_arg - 1;
-  luaL_checkstack(co, nargs + LUA_MINSTACK, "too many arguments");
+  luaL_checkstack(L, nargs + LUA_MINSTACK, "too many arguments");
   for (i = o->first_arg + 1; i < argc; i++)
-    lua_pushstring(co, argv[i]);
+    lua_pushstring(L, argv[i]);
 
-  status = lua_resume(co, nargs);
-  if (status == 0)
-    return exit_status(co, lua_gettop(co));
-  if (status == LUA_YIELD) {
-    fprintf(stderr, "sprun: %s: the script yielded outside a task\n",
-            o->script != NULL ? o->script : "(command line)");
+  if (lua_pcall(L, nargs + 2, 2, base) != 0) {
+    fprintf(stderr, "sprun: %s\n", lua_tostring(L, -1));
     return 1;
   }
-  report_error(L, co);
-  return 1;
+  if (lua_isstring(L, -1)) {
+    fprintf(stderr, "%s\n", lua_tostring(L, -1));
+    fflush(stderr);
+  }
+  return exit_status(lua_tonumber(L, -2));
 }
 
 int main(int argc, char **argv) {

@@ -18,6 +18,7 @@
 local sp = require "sprun.ffi"
 local check = require "sprun.check"
 local clock = require "sprun.clock"
+local sched = require "sprun.sched"
 local errors = require "sprun.errors"
 
 local ffi = sp.ffi
@@ -27,6 +28,7 @@ local error = error
 local pcall = pcall
 local tonumber = tonumber
 local setmetatable = setmetatable
+local getmetatable = getmetatable
 local check_self = check.self
 local check_func = check.func
 
@@ -83,6 +85,8 @@ function _M.start_link(opts)
     _b = b,
     _name = o.name,
     _clock = clock.reader("circuit_breaker", o.clock),
+    _loop_clock = o.clock == nil,
+    _reset_timeout_ms = o.reset_timeout_ms,
     _is_failure = o.is_failure,
     _open_error = errors.error(errors.CIRCUIT_OPEN,
                                "circuit breaker '" .. o.name .. "' is open",
@@ -93,6 +97,10 @@ end
 -- Reports the transitions of a mask returned by the C breaker, in the order
 -- they happened. Every C call that can change the breaker ends here.
 local function transitions(self, mask)
+  if band(mask, OPENED) ~= 0 and self._loop_clock then
+    -- Turn half-open on time even if no call comes to notice.
+    sched.after(self._reset_timeout_ms, _M.state, self)
+  end
   local hook = _M._on_transition
   if hook == nil then
     return
@@ -229,6 +237,10 @@ function _M.reset(self)
   if mask > 0 then
     transitions(self, mask)
   end
+end
+
+function _M.is_breaker(v)
+  return getmetatable(v) == mt
 end
 
 function _M.name(self)

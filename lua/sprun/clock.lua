@@ -18,8 +18,10 @@ local _M = {}
 -- Neither ends in a tail call: a function whose root trace would end in a
 -- tail call to C cannot be compiled on its own, gets blacklisted, and then
 -- aborts every trace that calls it.
+-- The running loop's time (virtual under a virtual clock), else the
+-- monotonic clock.
 function _M.now()
-  local ms = C.sp_clock_ms()
+  local ms = C.sp_loop_now_ms()
   return ms
 end
 

@@ -172,6 +172,7 @@ double sp_retry_random(sp_retry_t *r);
 
 double sp_clock_ms(void);
 double sp_clock_ns(void);
+double sp_loop_now_ms(void);
 ]]
 end
 

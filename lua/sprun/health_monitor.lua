@@ -13,6 +13,7 @@
 local sp = require "sprun.ffi"
 local check = require "sprun.check"
 local clock = require "sprun.clock"
+local sched = require "sprun.sched"
 local errors = require "sprun.errors"
 
 local ffi = sp.ffi
@@ -98,6 +99,26 @@ end
 
 -- Records one crash of `worker_id`; info.reason, if any, is kept. Returns
 -- true, or nil and an error if the monitor has no room for a new worker.
+-- Every check_interval_ms of a running loop, crashes older than the
+-- window are dropped (queries stay exact without it; this keeps the counts
+-- read from stats() fresh and frees idle workers' slots for reuse).
+local function cleanup(self)
+  if self._cleanup_sched ~= sched.running() then
+    self._cleanup_sched = nil
+    return
+  end
+  C.sp_health_expire(self._h, self._clock())
+  sched.after(self._check_interval_ms, cleanup, self)
+end
+
+local function arm_cleanup(self)
+  local running = sched.running()
+  if running ~= nil and self._cleanup_sched ~= running then
+    self._cleanup_sched = running
+    sched.after(self._check_interval_ms, cleanup, self)
+  end
+end
+
 function _M.record_crash(self, worker_id, info)
   check_self(self, mt, "health_monitor.record_crash", WHAT)
   check_id("health_monitor.record_crash", "worker_id", worker_id)
@@ -114,6 +135,9 @@ function _M.record_crash(self, worker_id, info)
     end
   end
   C.sp_health_record(self._h, slot, self._clock())
+  if self._cleanup_sched == nil then
+    arm_cleanup(self)
+  end
   local reason = info and info.reason
   if reason ~= nil then
     local ring = self._reasons[slot]

@@ -1,10 +1,12 @@
 -- sprun: fault tolerance for LuaJIT. Every module is also usable on its
 -- own: require "sprun.circuit_breaker", "sprun.health_monitor",
--- "sprun.retry_policy", "sprun.errors".
+-- "sprun.retry_policy", "sprun.errors", "sprun.executor", "sprun.process",
+-- "sprun.tcp".
 
 local sp = require "sprun.ffi"
 local clock = require "sprun.clock"
 local errors = require "sprun.errors"
+local sched = require "sprun.sched"
 
 local _M = {
   version = sp.ffi.string(sp.C.sp_version_string()),
@@ -14,9 +16,17 @@ local _M = {
   errors = errors,
   error = errors.error,
   error_kind = errors.kind,
-  -- Monotonic time in whole ms, and in ns for measuring durations.
+  executor = require "sprun.executor",
+  process = require "sprun.process",
+  tcp = require "sprun.tcp",
+  -- The loop's monotonic time in whole ms (virtual under a virtual clock),
+  -- and the real clock in ns for measuring durations.
   now = clock.now,
   hrtime = clock.hrtime,
+  -- The scheduler.
+  run = sched.run,
+  spawn = sched.spawn,
+  sleep = sched.sleep,
 }
 
 return _M

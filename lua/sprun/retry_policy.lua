@@ -20,6 +20,7 @@ local type = type
 local pairs = pairs
 local format = string.format
 local setmetatable = setmetatable
+local getmetatable = getmetatable
 local error_kind = errors.kind
 local describe = check.describe
 local expect_number = check.expect_number
@@ -109,7 +110,9 @@ local function check_retriable(v)
   end
 end
 
-local parse_options = check.options("retry_policy.new", {
+-- The options of a policy; other functions that take retry options (the
+-- executor) check them with the same rules under their own name.
+local SPEC = {
   max_attempts = { "integer", min = 1, limit = UINT32_MAX, default = 3 },
   backoff = { "choice", values = { "list", "exponential" }, default = "list" },
   backoff_ms = { check = check_backoff_list,
@@ -125,7 +128,21 @@ local parse_options = check.options("retry_policy.new", {
                        default = { "timeout", "unavailable",
                                    "connection_refused", "worker_crash" } },
   seed = { "integer", min = 0, limit = check.MS_MAX },
-})
+}
+
+-- check.options for the policy's options plus `extra` (for other modules).
+function _M._options_parser(fname, extra)
+  local spec = {}
+  for k, v in pairs(SPEC) do
+    spec[k] = v
+  end
+  for k, v in pairs(extra or {}) do
+    spec[k] = v
+  end
+  return check.options(fname, spec)
+end
+
+local parse_options = _M._options_parser("retry_policy.new")
 
 -- Two policies made in the same millisecond must not share a seed.
 local seeds_made = 0
@@ -135,8 +152,13 @@ local function fresh_seed()
   return C.sp_clock_ns() % 2 ^ 43 * 1024 + seeds_made % 1024
 end
 
-function _M.new(opts)
-  local o = parse_options(opts)
+-- A policy from options already checked by a parser of _options_parser
+-- (keys other than the policy's are ignored).
+function _M._from_options(parsed)
+  local o = {}
+  for k in pairs(SPEC) do
+    o[k] = parsed[k]
+  end
   o.seed = o.seed or fresh_seed()
   o.backoff_ms = copy(o.backoff_ms)
 
@@ -169,6 +191,14 @@ function _M.new(opts)
     end
   end
   return setmetatable({ _r = r, _options = o, _retriable = retriable }, mt)
+end
+
+function _M.new(opts)
+  return _M._from_options(parse_options(opts))
+end
+
+function _M.is_policy(v)
+  return getmetatable(v) == mt
 end
 
 -- attempt: the attempts made so far, from 1. True while another is allowed.

@@ -1,0 +1,269 @@
+-- The executor: retry, circuit breaker, timeout and bounded batches around
+-- an operation (a Lua function).
+--
+-- An operation fails when it raises, or returns nil/false followed by a
+-- non-nil error; anything else is a success. Each function here runs inside
+-- the scheduler: called from a task it waits by yielding; called from plain
+-- Lua code it runs a loop until it is done and returns.
+--
+-- The trap: user code runs under pcall here, and a cancellation of the
+-- calling task is raised through that code. A pcall that swallowed it would
+-- retry (or report) an operation that was meant to stop, so every pcall
+-- hands a cancellation straight back (sched.reraise_cancel).
+
+local sched = require "sprun.sched"
+local errors = require "sprun.errors"
+local check = require "sprun.check"
+local retry_policy = require "sprun.retry_policy"
+local circuit_breaker = require "sprun.circuit_breaker"
+
+local type = type
+local pcall = pcall
+local pairs = pairs
+local select = select
+local unpack = unpack
+local error = error
+local tostring = tostring
+local format = string.format
+local min = math.min
+
+local _M = {}
+
+local function pack(...)
+  return { n = select("#", ...), ... }
+end
+
+-- A raised value as an error object: error objects stay as they are,
+-- anything else becomes kind "error" with the value in details.
+local function raised(e)
+  if errors.is_error(e) then
+    return e
+  end
+  return errors.error("error", tostring(e), { value = e })
+end
+_M._raised = raised
+
+--- execute_with_retry ----------------------------------------------------
+
+local parse_retry = retry_policy._options_parser("executor.execute_with_retry",
+  {
+    policy = { check = function(v)
+      if not retry_policy.is_policy(v) then
+        return "must be a retry policy (retry_policy.new)"
+      end
+    end },
+    operation = { "string" },
+    pool = { "string" },
+  })
+
+local function policy_from(o)
+  if o.policy then
+    return o.policy
+  end
+  return retry_policy._from_options(o)
+end
+
+-- The outcome of one attempt: ok (a success), or false and the error.
+local function attempt_outcome(ok, a, b)
+  if not ok then
+    sched.reraise_cancel(a)
+    return false, raised(a)
+  end
+  if (a == nil or a == false) and b ~= nil then
+    return false, b
+  end
+  return true
+end
+
+local function mark_exhausted(err, attempts)
+  if errors.is_error(err) then
+    local d = err.details
+    if type(d) ~= "table" then
+      d = {}
+      err.details = d
+    end
+    d.retries_exhausted = true
+    d.attempts = attempts
+  end
+  return err
+end
+
+local function retry_loop(policy, fn, args)
+  local attempt = 1
+  while true do
+    local res = pack(pcall(fn, unpack(args, 1, args.n)))
+    local ok, err = attempt_outcome(res[1], res[2], res[3])
+    if ok then
+      return unpack(res, 2, res.n)
+    end
+    if not policy:retry_for_error(err) then
+      return nil, err
+    end
+    if not policy:should_retry(attempt) then
+      return nil, mark_exhausted(err, attempt)
+    end
+    sched.sleep(policy:backoff_for_attempt(attempt))
+    attempt = attempt + 1
+  end
+end
+
+-- Calls fn(...) until it succeeds, the error is not retriable, or
+-- max_attempts calls were made; sleeps the policy's backoff in between
+-- (yielding to other tasks). Returns the first success's values or the
+-- last `nil, err` (details.retries_exhausted = true when attempts ran out).
+-- opts: retry_policy options, or { policy = p }.
+function _M.execute_with_retry(fn, opts, ...)
+  check.func("executor.execute_with_retry", "fn", fn)
+  local o = parse_retry(opts)
+  local policy = policy_from(o)
+  return sched.in_task(retry_loop, policy, fn, pack(...))
+end
+
+--- execute_with_circuit_breaker ---------------------------------------------
+
+-- cb:call(fn, ...), inside a task.
+function _M.execute_with_circuit_breaker(cb, fn, ...)
+  if not circuit_breaker.is_breaker(cb) then
+    check.arg_error("executor.execute_with_circuit_breaker", "cb",
+                    "must be a circuit breaker", cb)
+  end
+  check.func("executor.execute_with_circuit_breaker", "fn", fn)
+  return sched.in_task(cb.call, cb, fn, ...)
+end
+
+--- execute_with_timeout --------------------------------------------------
+
+local parse_timeout = check.options("executor.execute_with_timeout", {
+  timeout_ms = { "number", min = 0, limit = check.MS_MAX, required = true },
+})
+
+local function timeout_in_task(fn, ms, args)
+  local task = sched.spawn(fn, unpack(args, 1, args.n))
+  task.quiet = true
+  return task:await(ms)
+end
+
+-- Runs fn(...) as a child task. If it is not done within timeout_ms it is
+-- cancelled for real (timers stopped, processes killed, sockets closed) and
+-- the caller gets nil, err (kind "timeout"). A raised error gives kind
+-- "task_crashed" with the error and its traceback in details.
+function _M.execute_with_timeout(fn, opts, ...)
+  check.func("executor.execute_with_timeout", "fn", fn)
+  local o = parse_timeout(opts)
+  return sched.in_task(timeout_in_task, fn, o.timeout_ms, pack(...))
+end
+
+--- execute_batch -----------------------------------------------------------
+
+local parse_batch = check.options("executor.execute_batch", {
+  timeout_ms = { "number", min = 0, limit = check.MS_MAX, default = 30000 },
+  max_concurrency = { "integer", min = 1, limit = check.UINT32_MAX },
+})
+
+local function batch_item(fn, ms)
+  local task = sched.spawn(fn)
+  task.quiet = true
+  local res = pack(task:await(ms))
+  local ok, err = attempt_outcome(true, res[1], res[2])
+  if ok then
+    return { ok = true, values = { unpack(res, 1, res.n) }, n = res.n,
+             value = res[1] }
+  end
+  return { ok = false, error = err }
+end
+
+local function batch_worker(state)
+  local fns, results = state.fns, state.results
+  while state.next <= #fns do
+    local i = state.next
+    state.next = i + 1
+    results[i] = batch_item(fns[i], state.timeout_ms)
+  end
+end
+
+local function batch_in_task(fns, o)
+  local n = #fns
+  local state = { fns = fns, results = {}, next = 1, timeout_ms = o.timeout_ms }
+  local workers = {}
+  for w = 1, min(o.max_concurrency or n, n) do
+    workers[w] = sched.spawn(batch_worker, state)
+  end
+  for w = 1, #workers do
+    local ok, err = workers[w]:await()
+    if ok == nil and err ~= nil then
+      error(err, 0)
+    end
+  end
+  return state.results
+end
+
+local function check_fns(fns)
+  local fname = "executor.execute_batch"
+  if type(fns) ~= "table" then
+    check.arg_error(fname, "fns", "must be a list of functions", fns)
+  end
+  local n = #fns
+  for k, v in pairs(fns) do
+    if type(k) ~= "number" or k < 1 or k > n or k % 1 ~= 0 then
+      error(format("%s: fns must be a list of functions, got key %s", fname,
+                   check.describe(k)), 3)
+    end
+    if type(v) ~= "function" then
+      error(format("%s: fns[%d] must be a function, got %s", fname, k,
+                   check.describe(v)), 3)
+    end
+  end
+end
+
+-- Runs the functions as tasks, at most max_concurrency at a time (default:
+-- all), each with its own timeout. Returns a list in input order; item i is
+-- { ok = true, values = {...}, n = count, value = first } or
+-- { ok = false, error = err }.
+function _M.execute_batch(fns, opts)
+  check_fns(fns)
+  local o = parse_batch(opts)
+  if #fns == 0 then
+    return {}
+  end
+  return sched.in_task(batch_in_task, fns, o)
+end
+
+--- execute_with_protection ------------------------------------------------
+
+-- Retry around the breaker: each attempt is one cb:call(fn, ...).
+function _M.execute_with_protection(cb, fn, opts, ...)
+  if not circuit_breaker.is_breaker(cb) then
+    check.arg_error("executor.execute_with_protection", "cb",
+                    "must be a circuit breaker", cb)
+  end
+  check.func("executor.execute_with_protection", "fn", fn)
+  local o = parse_retry(opts)
+  local policy = policy_from(o)
+  local call = cb.call
+  return sched.in_task(retry_loop, policy, function(...)
+    return call(cb, fn, ...)
+  end, pack(...))
+end
+
+--- execute_async -------------------------------------------------------------
+
+-- Starts fn(...) as a task and returns it (task:await([timeout_ms])).
+-- Outside a running loop, runs the task to completion first.
+function _M.execute_async(fn, ...)
+  check.func("executor.execute_async", "fn", fn)
+  if sched._sched() ~= nil then
+    return sched.spawn(fn, ...)
+  end
+  local args = pack(...)
+  return sched.run(function()
+    local t = sched.spawn(fn, unpack(args, 1, args.n))
+    t.quiet = true
+    while t:status() ~= "done" and t:status() ~= "failed"
+          and t:status() ~= "cancelled" do
+      t:await()
+    end
+    return t
+  end)
+end
+
+return _M

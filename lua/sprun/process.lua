@@ -1,0 +1,408 @@
+-- Child processes as tasks see them.
+--
+--   local r = sprun.process.run{ "sh", "-c", "echo hi", timeout_ms = 1000 }
+--   -- r = { code = 0, signal = nil, stdout = "hi\n", stderr = "", pid = ... }
+--
+--   local w = sprun.process.spawn{ "python3", "-u", "worker.py", stdin = true }
+--   w:write("job\n"); local line = w:read_line(); w:kill("SIGTERM"); w:wait()
+--
+-- Each child runs in its own process group, and belongs to the task that
+-- started it: cancelling that task (a timeout, a batch, Ctrl-C) kills the
+-- whole group and reaps it. Output that arrives before anyone reads it is
+-- kept. The trap: a child's exit is reported only after its output pipes
+-- reached end of file, so `wait` never returns before the last line was
+-- read into the buffers.
+
+local core = require "sprun.core"
+local sched = require "sprun.sched"
+local errors = require "sprun.errors"
+local check = require "sprun.check"
+local ffi = require "ffi"
+
+local type = type
+local pairs = pairs
+local tostring = tostring
+local error = error
+local setmetatable = setmetatable
+local concat = table.concat
+local find = string.find
+local sub = string.sub
+local format = string.format
+
+local EV_PROC_STDOUT = core.EV_PROC_STDOUT
+local EV_PROC_STDERR = core.EV_PROC_STDERR
+local EV_PROC_EXIT = core.EV_PROC_EXIT
+local EV_WRITE = core.EV_WRITE
+local EV_CLOSED = core.EV_CLOSED
+local WAKE_TIMER = sched.WAKE_TIMER
+
+pcall(ffi.cdef, "extern char **environ;")
+
+local _M = {}
+
+local Proc = {}
+Proc.__index = Proc
+
+-- The inherited environment with `env` laid over it (false removes a
+-- variable), as a list of "K=V" strings.
+local function environment(env)
+  local vars, order = {}, {}
+  local ep = ffi.C.environ
+  local i = 0
+  while ep[i] ~= nil do
+    local kv = ffi.string(ep[i])
+    local k = kv:match("^([^=]*)=")
+    if k and vars[k] == nil then
+      vars[k] = kv
+      order[#order + 1] = k
+    end
+    i = i + 1
+  end
+  for k, v in pairs(env) do
+    if vars[k] == nil then
+      order[#order + 1] = k
+    end
+    vars[k] = v ~= false and (k .. "=" .. tostring(v)) or false
+  end
+  local list = {}
+  for j = 1, #order do
+    if vars[order[j]] then
+      list[#list + 1] = vars[order[j]]
+    end
+  end
+  return list
+end
+
+local function check_env(v)
+  if type(v) ~= "table" then
+    return "must be a table of NAME = value"
+  end
+  for k, x in pairs(v) do
+    if type(k) ~= "string" or k == "" or find(k, "=", 1, true) then
+      return "must be a table of NAME = value", "env", "key " .. check.describe(k)
+    end
+    local t = type(x)
+    if t ~= "string" and t ~= "number" and x ~= false then
+      return "must map names to strings, numbers or false", "env." .. k,
+             check.describe(x)
+    end
+  end
+end
+
+local function check_stdin(v)
+  if type(v) == "string" or type(v) == "boolean" then
+    return nil
+  end
+  return "must be a string (written then closed) or a boolean (a pipe)"
+end
+
+local function opt_spec(with_timeout)
+  local spec = {
+    stdin = { check = check_stdin },
+    env = { check = check_env },
+    cwd = { "string" },
+  }
+  if with_timeout then
+    spec.timeout_ms = { "number", min = 0, limit = check.MS_MAX }
+  end
+  return spec
+end
+
+local function make_parser(fname, with_timeout)
+  local parse = check.options(fname, opt_spec(with_timeout))
+  return function(opts)
+    if type(opts) ~= "table" then
+      error(fname .. ": options must be a table, got " .. check.describe(opts), 3)
+    end
+    local cmd = opts[1]
+    if type(cmd) ~= "string" or cmd == "" then
+      error(fname .. ": the command (element 1) must be a non-empty string, got "
+            .. check.describe(cmd), 3)
+    end
+    local args, named = { cmd }, {}
+    for k, v in pairs(opts) do
+      if type(k) == "number" then
+        if k % 1 ~= 0 or k < 1 or k > #opts then
+          error(format("%s: arguments must be a list, got key %s", fname,
+                       check.describe(k)), 3)
+        end
+        if type(v) ~= "string" and type(v) ~= "number" then
+          error(format("%s: argument %d must be a string or a number, got %s",
+                       fname, k - 1, check.describe(v)), 3)
+        end
+        args[k] = tostring(v)
+      else
+        named[k] = v
+      end
+    end
+    return args, parse(named)
+  end
+end
+
+local parse_run = make_parser("process.run", true)
+local parse_spawn = make_parser("process.spawn", false)
+
+local function spawn_error(cmd, name, msg)
+  local kind = name == "ENOENT" and "not_found" or "spawn_failed"
+  return errors.error(kind, format("cannot run %s: %s", cmd, msg),
+                      { code = name, command = cmd })
+end
+
+local function current(fname)
+  local task = sched.current()
+  if task == nil then
+    error(fname .. ": must be called from a task (inside sprun.run or a "
+          .. "script run by sprun)", 3)
+  end
+  return task
+end
+
+local function start(task, args, o)
+  local S = sched._sched()
+  local self = setmetatable({
+    out = {}, err = {}, out_eof = false, err_eof = false,
+    exited = false, closed = false, writers = {}, owner = task,
+  }, Proc)
+  self.token = sched._new_token(self)
+  local handle, pid, ename, emsg = S.loop:spawn({
+    file = args[1], args = args, cwd = o.cwd,
+    env = o.env and environment(o.env) or nil,
+    stdin = o.stdin ~= nil and o.stdin ~= false,
+  }, self.token)
+  if handle == nil then
+    sched._free_token(self.token)
+    return nil, spawn_error(args[1], pid, ename or emsg)
+  end
+  self.handle, self.pid = handle, pid
+  sched._own(task, self)
+  if type(o.stdin) == "string" then
+    handle:write(o.stdin, self.token)
+    self.writers[#self.writers + 1] = false
+    handle:close_stdin()
+  end
+  return self
+end
+
+function Proc:_event(kind, a, b, data)
+  if kind == EV_PROC_STDOUT then
+    if data == nil or #data == 0 then
+      self.out_eof = true
+    else
+      self.out[#self.out + 1] = data
+    end
+    sched._wake(self)
+  elseif kind == EV_PROC_STDERR then
+    if data == nil or #data == 0 then
+      self.err_eof = true
+    else
+      self.err[#self.err + 1] = data
+    end
+  elseif kind == EV_PROC_EXIT then
+    -- Exactly one of code and signal is set: a child killed by a signal
+    -- has no exit code.
+    self.exited = true
+    if b ~= 0 then
+      self.signal = core.signal_name(b) or tostring(b)
+    else
+      self.code = a
+    end
+    self:_close()
+    sched._wake(self)
+  elseif kind == EV_WRITE then
+    local w = table.remove(self.writers, 1)
+    if w then
+      w.result = a
+      if not w.task.queued then
+        sched._enqueue(w.task, sched.WAKE_IO)
+      end
+    end
+  elseif kind == EV_CLOSED then
+    sched._free_token(self.token)
+  end
+end
+
+function Proc:_close()
+  if not self.closed then
+    self.closed = true
+    self.handle:close()
+    sched._disown(self.owner, self)
+  end
+end
+
+-- Called when the owning task is cancelled: kill the group and reap it.
+function Proc:_abort()
+  self.killed = true
+  self:_close()
+  sched._wake(self)
+end
+
+local function status(self)
+  return { code = self.code, signal = self.signal, pid = self.pid }
+end
+
+local function check_proc(self, fname)
+  check.self(self, Proc, fname, "a process")
+end
+
+-- Waits for the child to exit: { code, signal, pid } (signal: "SIGSEGV" or
+-- nil), or nil, err if it was killed because its task was cancelled.
+function Proc:wait()
+  check_proc(self, "process.wait")
+  local task = current("process.wait")
+  while not self.exited do
+    if self.killed then
+      return nil, errors.error(errors.CANCELLED, "process was killed")
+    end
+    sched._block(self, task)
+  end
+  return status(self)
+end
+
+-- The next line of the child's stdout without its newline; nil, err
+-- (kind "eof") once the output has ended.
+function Proc:read_line()
+  check_proc(self, "process.read_line")
+  local task = current("process.read_line")
+  while true do
+    local out = self.out
+    if #out > 1 then
+      out[1] = concat(out)
+      for i = #out, 2, -1 do out[i] = nil end
+    end
+    local buf = out[1]
+    if buf then
+      local nl = find(buf, "\n", 1, true)
+      if nl then
+        local rest = sub(buf, nl + 1)
+        out[1] = rest ~= "" and rest or nil
+        return (sub(buf, 1, nl - 1):gsub("\r$", ""))
+      end
+      if self.out_eof then
+        out[1] = nil
+        return buf
+      end
+    end
+    if self.out_eof or self.closed then
+      return nil, errors.error("eof", "the process's output has ended")
+    end
+    sched._block(self, task)
+  end
+end
+
+-- Everything the child wrote to stdout so far and not read yet.
+function Proc:read()
+  check_proc(self, "process.read")
+  local s = concat(self.out)
+  self.out = {}
+  return s
+end
+
+-- Writes to the child's stdin (spawned with stdin = true); true once
+-- written, or nil, err.
+function Proc:write(data)
+  check_proc(self, "process.write")
+  if type(data) ~= "string" then
+    check.arg_error("process.write", "data", "must be a string", data)
+  end
+  local task = current("process.write")
+  if self.closed then
+    return nil, errors.error("closed", "the process has exited")
+  end
+  local ok, ename, emsg = self.handle:write(data, self.token)
+  if not ok then
+    return nil, errors.error("write_failed", emsg, { code = ename })
+  end
+  local w = { task = task }
+  self.writers[#self.writers + 1] = w
+  while w.result == nil do
+    sched._wait(task)
+  end
+  if w.result ~= 0 then
+    return nil, errors.error("write_failed", "write to the process failed",
+                             { code = w.result })
+  end
+  return true
+end
+
+function Proc:close_stdin()
+  check_proc(self, "process.close_stdin")
+  if not self.closed then
+    self.handle:close_stdin()
+  end
+  return true
+end
+
+-- Sends a signal ("SIGTERM" by default, or a name or number) to the
+-- child's process group.
+function Proc:kill(sig)
+  check_proc(self, "process.kill")
+  local signum = sig or "SIGTERM"
+  if type(signum) == "string" then
+    signum = core.signals[signum]
+  end
+  if type(signum) ~= "number" or core.signal_name(signum) == nil then
+    check.arg_error("process.kill", "signal",
+                    "must be a signal name such as \"SIGTERM\" or its number",
+                    sig)
+  end
+  if self.closed then
+    return nil, errors.error("closed", "the process has exited")
+  end
+  local ok, ename, emsg = self.handle:kill(signum)
+  if not ok then
+    return nil, errors.error("kill_failed", emsg, { code = ename })
+  end
+  return true
+end
+
+function Proc:pid()
+  return self.pid
+end
+
+--- API -----------------------------------------------------------------
+
+local function run_in_task(args, o)
+  local task = sched.current()
+  local self, err = start(task, args, o)
+  if self == nil then
+    return nil, err
+  end
+  if o.timeout_ms then
+    sched._arm(task, o.timeout_ms)
+  end
+  while not self.exited do
+    local why = sched._block(self, task)
+    if why == WAKE_TIMER and not self.exited then
+      self:_abort()
+      return nil, errors.error(errors.TIMEOUT, format(
+        "%s did not finish within %d ms (killed)", args[1], o.timeout_ms), {
+          timeout_ms = o.timeout_ms, pid = self.pid,
+          stdout = concat(self.out), stderr = concat(self.err),
+        })
+    end
+  end
+  sched._disarm(task)
+  local r = status(self)
+  r.stdout = concat(self.out)
+  r.stderr = concat(self.err)
+  return r
+end
+
+-- Runs a command to completion: { code, signal, stdout, stderr, pid }, or
+-- nil, err (kind "not_found" or "spawn_failed" if it cannot start,
+-- "timeout" if it ran past timeout_ms and was killed).
+function _M.run(opts)
+  local args, o = parse_run(opts)
+  return sched.in_task(run_in_task, args, o)
+end
+
+-- Starts a long-lived child; returns a process object or nil, err.
+function _M.spawn(opts)
+  local args, o = parse_spawn(opts)
+  local task = current("process.spawn")
+  return start(task, args, o)
+end
+
+_M.Process = Proc
+
+return _M

@@ -1,0 +1,374 @@
+-- TCP connections and local servers as tasks see them.
+--
+--   local conn, err = sprun.tcp.connect("127.0.0.1", 8080, { timeout_ms = 500 })
+--   conn:write("PING\n"); local line = conn:read_line(); conn:close()
+--
+--   local server = sprun.tcp.listen("127.0.0.1", 0, function(conn) ... end)
+--   print(server.port); server:wait()
+--
+-- A socket reads only while a task waits for data (what the peer sends
+-- meanwhile stays in the kernel), so memory stays bounded and virtual time
+-- can move while connections are idle. A socket belongs to the task that
+-- opened it; cancelling the task closes it. The trap: a write completes
+-- after the event loop ran, so a writer waits in a queue of its own, apart
+-- from the reader.
+
+local core = require "sprun.core"
+local sched = require "sprun.sched"
+local errors = require "sprun.errors"
+local check = require "sprun.check"
+
+local type = type
+local pcall = pcall
+local tostring = tostring
+local error = error
+local setmetatable = setmetatable
+local concat = table.concat
+local remove = table.remove
+local find = string.find
+local sub = string.sub
+local format = string.format
+
+local EV_WRITE = core.EV_WRITE
+local EV_TCP_CONNECT = core.EV_TCP_CONNECT
+local EV_TCP_DATA = core.EV_TCP_DATA
+local EV_TCP_ACCEPT = core.EV_TCP_ACCEPT
+local EV_CLOSED = core.EV_CLOSED
+local WAKE_TIMER = sched.WAKE_TIMER
+local WAKE_IO = sched.WAKE_IO
+
+local _M = {}
+
+local Conn = {}
+Conn.__index = Conn
+
+local Server = {}
+Server.__index = Server
+
+-- libuv error names to error kinds a retry policy can name.
+local KINDS = {
+  ECONNREFUSED = "connection_refused",
+  ETIMEDOUT = "timeout",
+  ECONNRESET = "connection_reset",
+  EPIPE = "connection_closed",
+  ENOTCONN = "connection_closed",
+  EADDRINUSE = "address_in_use",
+  EADDRNOTAVAIL = "address_not_available",
+  EINVAL = "invalid_address",
+  ENETUNREACH = "unreachable",
+  EHOSTUNREACH = "unreachable",
+}
+
+local function io_error(what, name, msg)
+  return errors.error(KINDS[name] or "io_error", format("%s: %s", what, msg),
+                      { code = name })
+end
+
+local function current(fname)
+  local task = sched.current()
+  if task == nil then
+    error(fname .. ": must be called from a task (inside sprun.run or a "
+          .. "script run by sprun)", 3)
+  end
+  return task
+end
+
+local function new_conn(handle, owner)
+  local self = setmetatable({
+    handle = handle, buf = {}, eof = false, closed = false, writers = {},
+    owner = owner, reading = false,
+  }, Conn)
+  self.token = sched._new_token(self)
+  if handle then
+    handle:set_token(self.token)
+  end
+  sched._own(owner, self)
+  return self
+end
+
+function Conn:_event(kind, a, b, data)
+  if kind == EV_TCP_DATA then
+    if a < 0 then
+      self.read_error = a
+      self.eof = true
+    elseif data == nil or #data == 0 then
+      self.eof = true
+    else
+      self.buf[#self.buf + 1] = data
+    end
+    sched._wake(self)
+  elseif kind == EV_TCP_CONNECT then
+    self.connect_result = a
+    sched._wake(self)
+  elseif kind == EV_WRITE then
+    local w = remove(self.writers, 1)
+    if w then
+      w.result = a
+      if not w.task.queued then
+        sched._enqueue(w.task, WAKE_IO)
+      end
+    end
+  elseif kind == EV_CLOSED then
+    sched._free_token(self.token)
+  end
+end
+
+function Conn:_abort()
+  self:close()
+end
+
+local function check_conn(self, fname)
+  check.self(self, Conn, fname, "a TCP connection")
+end
+
+-- Waits until data is buffered or the stream ended.
+local function fill(self, task)
+  if not self.reading then
+    self.reading = true
+    self.handle:read_start()
+  end
+  local ok, err = pcall(sched._block, self, task)
+  if #self.buf > 0 or self.eof or self.closed then
+    self.reading = false
+    if not self.closed then
+      self.handle:read_stop()
+    end
+  end
+  if not ok then
+    error(err, 0)
+  end
+end
+
+local function closed_error(self)
+  if self.read_error then
+    return errors.error("connection_reset", "the connection failed while reading")
+  end
+  return errors.error("closed", "the connection is closed")
+end
+
+-- Returns the next data received (at most `max` bytes when given), or nil,
+-- err (kind "closed") once the peer closed the connection.
+function Conn:read(max)
+  check_conn(self, "tcp.read")
+  if max ~= nil then
+    check.integer("tcp.read", "max", max, 1, check.MS_MAX)
+  end
+  local task = current("tcp.read")
+  while #self.buf == 0 do
+    if self.eof or self.closed then
+      return nil, closed_error(self)
+    end
+    fill(self, task)
+  end
+  local s = #self.buf == 1 and self.buf[1] or concat(self.buf)
+  if max and #s > max then
+    self.buf = { sub(s, max + 1) }
+    return sub(s, 1, max)
+  end
+  self.buf = {}
+  return s
+end
+
+-- Returns the next line without its "\n" (or "\r\n"); at the end of the
+-- stream, what is left, then nil, err (kind "closed").
+function Conn:read_line()
+  check_conn(self, "tcp.read_line")
+  local task = current("tcp.read_line")
+  while true do
+    local buf = self.buf
+    if #buf > 1 then
+      buf = { concat(buf) }
+      self.buf = buf
+    end
+    local s = buf[1]
+    if s then
+      local nl = find(s, "\n", 1, true)
+      if nl then
+        local rest = sub(s, nl + 1)
+        buf[1] = rest ~= "" and rest or nil
+        return (sub(s, 1, nl - 1):gsub("\r$", ""))
+      end
+      if self.eof or self.closed then
+        buf[1] = nil
+        return s
+      end
+    end
+    if self.eof or self.closed then
+      return nil, closed_error(self)
+    end
+    fill(self, task)
+  end
+end
+
+-- Sends data; true once the kernel took it, or nil, err.
+function Conn:write(data)
+  check_conn(self, "tcp.write")
+  if type(data) ~= "string" then
+    check.arg_error("tcp.write", "data", "must be a string", data)
+  end
+  local task = current("tcp.write")
+  if self.closed then
+    return nil, closed_error(self)
+  end
+  local ok, ename, emsg = self.handle:write(data, self.token)
+  if not ok then
+    return nil, io_error("write", ename, emsg)
+  end
+  local w = { task = task }
+  self.writers[#self.writers + 1] = w
+  while w.result == nil do
+    sched._wait(task)
+  end
+  if w.result ~= 0 then
+    return nil, io_error("write", core.uv_err_name(w.result),
+                         core.uv_strerror(w.result))
+  end
+  return true
+end
+
+-- Closes the connection; a task waiting to read gets nil, err. Idempotent.
+function Conn:close()
+  check_conn(self, "tcp.close")
+  if not self.closed then
+    self.closed = true
+    self.handle:close()
+    sched._disown(self.owner, self)
+    sched._wake(self)
+  end
+  return true
+end
+
+local parse_connect = check.options("tcp.connect", {
+  timeout_ms = { "number", min = 0, limit = check.MS_MAX },
+})
+
+local function check_endpoint(fname, host, port)
+  if type(host) ~= "string" or host == "" then
+    check.arg_error(fname, "host", "must be a non-empty string", host)
+  end
+  check.integer(fname, "port", port, 0, 65535)
+end
+
+local function connect_in_task(host, port, o)
+  local task = sched.current()
+  local S = sched._sched()
+  local self = new_conn(nil, task)
+  local handle, ename, emsg = S.loop:tcp_connect(host, port, self.token)
+  if handle == nil then
+    sched._free_token(self.token)
+    sched._disown(task, self)
+    return nil, io_error(format("connect to %s:%d", host, port), ename, emsg)
+  end
+  self.handle = handle
+  if o.timeout_ms then
+    sched._arm(task, o.timeout_ms)
+  end
+  while self.connect_result == nil do
+    local ok, why = pcall(sched._block, self, task)
+    if not ok then
+      self:close()
+      error(why, 0)
+    end
+    if why == WAKE_TIMER and self.connect_result == nil then
+      self:close()
+      return nil, errors.error(errors.TIMEOUT, format(
+        "connect to %s:%d did not finish within %d ms", host, port,
+        o.timeout_ms), { timeout_ms = o.timeout_ms })
+    end
+  end
+  sched._disarm(task)
+  if self.connect_result ~= 0 then
+    local r = self.connect_result
+    self:close()
+    return nil, io_error(format("connect to %s:%d", host, port),
+                         core.uv_err_name(r), core.uv_strerror(r))
+  end
+  return self
+end
+
+-- Connects; returns a connection or nil, err (kind "connection_refused",
+-- "timeout", ...).
+function _M.connect(host, port, opts)
+  check_endpoint("tcp.connect", host, port)
+  local o = parse_connect(opts)
+  return sched.in_task(connect_in_task, host, port, o)
+end
+
+--- Servers ---------------------------------------------------------------
+
+local function serve(server, conn)
+  local ok, err = pcall(server.handler, conn)
+  conn:close()
+  if not ok then
+    error(err, 0)
+  end
+end
+
+function Server:_event(kind, a, b, data, handle)
+  if kind == EV_TCP_ACCEPT then
+    if self.closed then
+      handle:close()
+      return
+    end
+    local S = sched._sched()
+    local conn = new_conn(handle, nil)
+    local task = sched._spawn_in(S, self.owner, serve, self, conn)
+    -- A failed handler is reported at once: the server owner never awaits it.
+    task.detached = true
+    sched._own(task, conn)
+  elseif kind == EV_CLOSED then
+    sched._free_token(self.token)
+  end
+end
+
+function Server:_abort()
+  self:close()
+end
+
+-- Stops accepting connections; connections already open go on.
+function Server:close()
+  check.self(self, Server, "tcp.server.close", "a TCP server")
+  if not self.closed then
+    self.closed = true
+    self.handle:close()
+    sched._disown(self.owner, self)
+    sched._wake(self)
+  end
+  return true
+end
+
+-- Waits until the server is closed (by close() or a cancellation).
+function Server:wait()
+  check.self(self, Server, "tcp.server.wait", "a TCP server")
+  local task = current("tcp.server.wait")
+  while not self.closed do
+    sched._block(self, task)
+  end
+  return true
+end
+
+-- Listens on host:port (port 0 picks a free one, see server.port) and runs
+-- handler(conn) as a new task for every connection, closing the
+-- connection when the handler returns.
+function _M.listen(host, port, handler)
+  check_endpoint("tcp.listen", host, port)
+  check.func("tcp.listen", "handler", handler)
+  local task = current("tcp.listen")
+  local S = sched._sched()
+  local self = setmetatable({ handler = handler, owner = task, closed = false },
+                            Server)
+  self.token = sched._new_token(self)
+  local handle, bound, emsg = S.loop:tcp_listen(host, port, 128, self.token)
+  if handle == nil then
+    sched._free_token(self.token)
+    return nil, io_error(format("listen on %s:%d", host, port), bound, emsg)
+  end
+  self.handle, self.port = handle, bound
+  sched._own(task, self)
+  return self
+end
+
+_M.Connection = Conn
+_M.Server = Server
+
+return _M
