@@ -36,7 +36,7 @@ MODULE := $(LUA_MOD_DIR)/core.so
 LIB := $(BUILD)/libsprun.a
 CTEST := $(BUILD)/test-core
 
-.PHONY: all deps build test demo install uninstall clean help check-deps
+.PHONY: all deps build test demo bench install uninstall clean help
 
 all: deps
 	@$(MAKE) --no-print-directory build
@@ -48,6 +48,7 @@ help:
 	@echo "  make build      build $(BIN), $(MODULE), $(LIB)"
 	@echo "  make test       deps + build + every test (C and busted)"
 	@echo "  make demo       deps + build + run scripts/demo.lua through sprun"
+	@echo "  make bench      deps + build + the benchmarks in scripts/bench/"
 	@echo "  make install    install under PREFIX (default /usr/local)"
 	@echo "  make uninstall  remove what make install put under PREFIX"
 	@echo "  make clean      remove $(BUILD)/"
@@ -117,6 +118,12 @@ test: deps
 demo: deps
 	@$(MAKE) --no-print-directory build
 	$(BIN) scripts/demo.lua
+
+BENCHES := $(filter-out scripts/bench/harness.lua,$(wildcard scripts/bench/*.lua))
+
+bench: deps
+	@$(MAKE) --no-print-directory build
+	@for b in $(BENCHES); do echo "== $$b"; $(BIN) $$b || exit 1; done
 
 LUADIR := $(DESTDIR)$(PREFIX)/share/lua/5.1
 CMODDIR := $(DESTDIR)$(PREFIX)/lib/lua/5.1

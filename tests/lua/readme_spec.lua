@@ -1,7 +1,8 @@
 -- Every code block of README.md runs, and prints what the README says.
 --
 -- In lua and c blocks, a line ending in `--> text` (`// --> text` in C)
--- says the next line of output is `text`. sh blocks run with HOME set to a
+-- says the next line of output is `text`; a lua block whose first line is
+-- `-- run with: sprun FLAGS` runs with those flags. sh blocks run with HOME set to a
 -- fresh directory; `make demo` and `make test` lines are checked with
 -- `make -n` (running them here would recurse), and `# --> text` lines give
 -- the expected output. text blocks must match `sprun -h`.
@@ -51,7 +52,13 @@ local runners = {}
 
 function runners.lua(b, dir)
   local path = h.write_file(dir .. "/block.lua", table.concat(b.lines, "\n") .. "\n")
-  local r = h.sprun_run { path }
+  -- A first line "-- run with: sprun --flag" names the options to run with.
+  local args = {}
+  for flag in (b.lines[1]:match("^%-%- run with: sprun (.*)$") or ""):gmatch("%S+") do
+    args[#args + 1] = flag
+  end
+  args[#args + 1] = path
+  local r = h.sprun_run(args)
   assert.are.equal(0, r.code, r.stderr)
   assert.are.same(expected(b.lines, "%-%-> (.*)$"), output_lines(r.stdout))
 end
