@@ -108,6 +108,9 @@ local function opt_spec(with_timeout)
   return spec
 end
 
+-- Two parsers, each called straight from the API function so that misuse
+-- is reported at the user's line: the first splits the command from the
+-- named options, the second checks those.
 local function make_parser(fname, with_timeout)
   local parse = check.options(fname, opt_spec(with_timeout))
   return function(opts)
@@ -135,12 +138,12 @@ local function make_parser(fname, with_timeout)
         named[k] = v
       end
     end
-    return args, parse(named)
-  end
+    return args, named
+  end, parse
 end
 
-local parse_run = make_parser("process.run", true)
-local parse_spawn = make_parser("process.spawn", false)
+local parse_run, parse_run_opts = make_parser("process.run", true)
+local parse_spawn, parse_spawn_opts = make_parser("process.spawn", false)
 
 local function spawn_error(cmd, name, msg)
   local kind = name == "ENOENT" and "not_found" or "spawn_failed"
@@ -173,7 +176,7 @@ local function start(task, args, o)
     sched._free_token(self.token)
     return nil, spawn_error(args[1], pid, ename or emsg)
   end
-  self.handle, self.pid = handle, pid
+  self.handle, self._pid = handle, pid
   sched._own(task, self)
   if type(o.stdin) == "string" then
     handle:write(o.stdin, self.token)
@@ -237,7 +240,7 @@ function Proc:_abort()
 end
 
 local function status(self)
-  return { code = self.code, signal = self.signal, pid = self.pid }
+  return { code = self.code, signal = self.signal, pid = self._pid }
 end
 
 local function check_proc(self, fname)
@@ -355,8 +358,9 @@ function Proc:kill(sig)
   return true
 end
 
+-- The child's process id (a method: the field is `_pid`).
 function Proc:pid()
-  return self.pid
+  return self._pid
 end
 
 --- API -----------------------------------------------------------------
@@ -376,7 +380,7 @@ local function run_in_task(args, o)
       self:_abort()
       return nil, errors.error(errors.TIMEOUT, format(
         "%s did not finish within %d ms (killed)", args[1], o.timeout_ms), {
-          timeout_ms = o.timeout_ms, pid = self.pid,
+          timeout_ms = o.timeout_ms, pid = self._pid,
           stdout = concat(self.out), stderr = concat(self.err),
         })
     end
@@ -392,13 +396,15 @@ end
 -- nil, err (kind "not_found" or "spawn_failed" if it cannot start,
 -- "timeout" if it ran past timeout_ms and was killed).
 function _M.run(opts)
-  local args, o = parse_run(opts)
+  local args, named = parse_run(opts)
+  local o = parse_run_opts(named)
   return sched.in_task(run_in_task, args, o)
 end
 
 -- Starts a long-lived child; returns a process object or nil, err.
 function _M.spawn(opts)
-  local args, o = parse_spawn(opts)
+  local args, named = parse_spawn(opts)
+  local o = parse_spawn_opts(named)
   local task = current("process.spawn")
   return start(task, args, o)
 end

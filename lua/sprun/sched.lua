@@ -60,14 +60,25 @@ local function pack(...)
 end
 
 -- Ready queue: a ring of (task, reason) pairs, in parallel arrays so that a
--- wake-up allocates nothing.
+-- wake-up allocates nothing. A task is queued at most once: a second wake-up
+-- before it runs would resume it later inside some other wait. When a timer
+-- fires for a task already queued, the timer's reason replaces the queued
+-- one (the wait checks what else happened; a lost timeout would never come
+-- back); any other reason leaves the queued one alone.
 local function enqueue(task, reason)
   local q = S
+  if task.queued then
+    if reason == WAKE_TIMER then
+      q.q_why[task.q_index] = reason
+    end
+    return
+  end
   local tail = q.q_tail + 1
   q.q_tail = tail
   q.q_task[tail] = task
   q.q_why[tail] = reason
   task.queued = true
+  task.q_index = tail
 end
 
 -- Tokens name what C reports on: a task (its timers) or an I/O object.
@@ -348,7 +359,7 @@ function Task:await(timeout_ms)
     me.waiting_for = nil
     error(why, 0)
   end
-  if why == WAKE_TIMER then
+  if why == WAKE_TIMER and not FINISHED[self.state] then
     -- Cancel it, and return once it has really stopped (its cleanups ran).
     me.waiting_for = nil
     self:cancel()
@@ -462,6 +473,16 @@ local function run_loop(sched)
   end
 end
 
+-- Lets the handles the tasks closed finish closing (a killed child is
+-- reaped, a socket's close callback runs), so that last_run counts only
+-- what they left open. A closing handle always completes.
+local function settle(sched)
+  local loop = sched.loop
+  while loop:closing_count() > 0 and loop:step(false) do
+    drain(sched)
+  end
+end
+
 -- Runs `fn(...)` as the main task on a new loop until every task is done;
 -- returns its values or raises its error. opts: { clock = "virtual" }.
 local function run_main(opts, fn, args, on_signal)
@@ -495,6 +516,7 @@ local function run_main(opts, fn, args, on_signal)
     cancel_all(sched)
     pcall(drain, sched)
   end
+  pcall(settle, sched)
   -- What the tasks left open (the signal watchers aside), for leak checks:
   -- closing the loop closes it anyway.
   _M.last_run = {
@@ -591,12 +613,33 @@ end
 
 _M.now = require("sprun.clock").now
 
--- I/O objects keep the one task waiting on them in `obj.waiter`: _block
--- waits as that task (a cancellation passes through), _wake ends the wait.
+-- I/O objects keep the tasks waiting on them in `obj.waiters`, in the
+-- order they started waiting (a reader and a task waiting for the exit may
+-- wait on one process): _block waits as one of them (a cancellation passes
+-- through), _wake ends the wait of them all; each checks again what it
+-- waits for.
+local function remove_waiter(obj, task)
+  local ws = obj.waiters
+  if ws ~= nil then
+    for i = #ws, 1, -1 do
+      if ws[i] == task then
+        table.remove(ws, i)
+        break
+      end
+    end
+  end
+end
+
 function _M._block(obj, task)
-  obj.waiter = task
+  local ws = obj.waiters
+  if ws == nil then
+    ws = {}
+    obj.waiters = ws
+  end
+  ws[#ws + 1] = task
   local ok, why = pcall(wait, task)
-  obj.waiter = nil
+  -- Woken by something else (a timer, a cancellation): stop waiting here.
+  remove_waiter(obj, task)
   if not ok then
     error(why, 0)
   end
@@ -604,11 +647,11 @@ function _M._block(obj, task)
 end
 
 function _M._wake(obj)
-  local t = obj.waiter
-  if t ~= nil then
-    obj.waiter = nil
-    if not t.queued then
-      enqueue(t, WAKE_IO)
+  local ws = obj.waiters
+  if ws ~= nil and ws[1] ~= nil then
+    obj.waiters = nil
+    for i = 1, #ws do
+      enqueue(ws[i], WAKE_IO)
     end
   end
 end

@@ -128,7 +128,12 @@ local function fill(self, task)
     self.handle:read_start()
   end
   local ok, err = pcall(sched._block, self, task)
-  if #self.buf > 0 or self.eof or self.closed then
+  -- A reader cancelled while the socket stays open (another task owns it)
+  -- stops the reading too, unless someone else still waits for data: a
+  -- socket that reads for nobody buffers without bound and holds the
+  -- virtual clock to the real one.
+  local idle = not ok and (self.waiters == nil or self.waiters[1] == nil)
+  if #self.buf > 0 or self.eof or self.closed or idle then
     self.reading = false
     if not self.closed then
       self.handle:read_stop()
@@ -242,13 +247,6 @@ local parse_connect = check.options("tcp.connect", {
   timeout_ms = { "number", min = 0, limit = check.MS_MAX },
 })
 
-local function check_endpoint(fname, host, port)
-  if type(host) ~= "string" or host == "" then
-    check.arg_error(fname, "host", "must be a non-empty string", host)
-  end
-  check.integer(fname, "port", port, 0, 65535)
-end
-
 local function connect_in_task(host, port, o)
   local task = sched.current()
   local S = sched._sched()
@@ -289,7 +287,11 @@ end
 -- Connects; returns a connection or nil, err (kind "connection_refused",
 -- "timeout", ...).
 function _M.connect(host, port, opts)
-  check_endpoint("tcp.connect", host, port)
+  -- Checked here, not in a helper: misuse is reported at the user's line.
+  if type(host) ~= "string" or host == "" then
+    check.arg_error("tcp.connect", "host", "must be a non-empty string", host)
+  end
+  check.integer("tcp.connect", "port", port, 1, 65535)
   local o = parse_connect(opts)
   return sched.in_task(connect_in_task, host, port, o)
 end
@@ -351,7 +353,10 @@ end
 -- handler(conn) as a new task for every connection, closing the
 -- connection when the handler returns.
 function _M.listen(host, port, handler)
-  check_endpoint("tcp.listen", host, port)
+  if type(host) ~= "string" or host == "" then
+    check.arg_error("tcp.listen", "host", "must be a non-empty string", host)
+  end
+  check.integer("tcp.listen", "port", port, 0, 65535)
   check.func("tcp.listen", "handler", handler)
   local task = current("tcp.listen")
   local S = sched._sched()

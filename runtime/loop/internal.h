@@ -102,6 +102,9 @@ struct sp_loop_s {
   int io_clock;
   uint64_t io_real0;
   uint64_t io_v0;
+  /* Events reported so far: a virtual-time step whose poll reported any
+   * does not jump (a task it woke runs at the time it happened). */
+  uint64_t emitted;
   sp__heap_t heap;
   sp_event_cb cb;
   void *ctx;

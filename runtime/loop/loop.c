@@ -17,7 +17,9 @@
  * waits for it, as in real time, but never longer than the real time left
  * until the next deadline, and the clock moves on by the real time the
  * wait took: time never jumps past an event that is still coming, and a
- * timeout around an operation that hangs still fires.
+ * timeout around an operation that hangs still fires. Nor does it jump in
+ * a step whose poll reported an event: the task that event woke runs first,
+ * at the time it happened.
  *
  * The trap: libuv must be able to run the close callbacks, so nothing is
  * freed until they ran; sp__loop_free closes every handle, kills and reaps
@@ -55,6 +57,7 @@ void sp__emit(sp_loop_t *loop, uint64_t token, int type, int64_t a,
     return;
   if (loop->io_clock)
     follow_real_time(loop);
+  loop->emitted++;
   ev.type = type;
   ev.a = a;
   ev.b = b;
@@ -279,6 +282,7 @@ static void step_real(sp_loop_t *loop, uv_run_mode mode) {
 static void step_virtual(sp_loop_t *loop, uv_run_mode mode) {
   const sp__heap_node_t *top = sp__heap_peek(&loop->heap);
   int io = loop->inflight > 0;
+  uint64_t emitted = loop->emitted;
 
   if (top == NULL) {
     disarm(loop);
@@ -302,7 +306,10 @@ static void step_virtual(sp_loop_t *loop, uv_run_mode mode) {
     loop->io_clock = 0;
   }
   top = sp__heap_peek(&loop->heap);
-  if (top != NULL && loop->inflight == 0 && top->deadline > loop->vnow)
+  /* No jump after a poll that reported something: the task it woke must
+   * run at the time it happened, before the clock moves on. */
+  if (top != NULL && loop->inflight == 0 && loop->emitted == emitted &&
+      top->deadline > loop->vnow)
     loop->vnow = top->deadline;
   fire_due(loop, loop->vnow);
 }
@@ -322,6 +329,16 @@ int sp__loop_step(sp_loop_t *loop, int nowait) {
 
 unsigned sp__loop_handle_count(const sp_loop_t *loop) {
   return loop->handle_count;
+}
+
+unsigned sp__loop_closing_count(const sp_loop_t *loop) {
+  const sp__handle_t *h;
+  unsigned n = 0;
+
+  for (h = loop->handles.next; h != &loop->handles; h = h->next)
+    if (h->closing)
+      n++;
+  return n;
 }
 
 unsigned sp__loop_timer_count(const sp_loop_t *loop) {

@@ -94,6 +94,8 @@ int sp__loop_step(sp_loop_t *loop, int nowait);
 /* Open handles the caller created and has not seen SP_EV_CLOSED for
  * (processes, sockets, signal watchers), and armed timers. For leak checks. */
 unsigned sp__loop_handle_count(const sp_loop_t *loop);
+/* Of those, the ones being closed (their SP_EV_CLOSED is still to come). */
+unsigned sp__loop_closing_count(const sp_loop_t *loop);
 unsigned sp__loop_timer_count(const sp_loop_t *loop);
 
 /* ---- timers (a binary heap; O(log n) add and cancel) ---------------------- */

@@ -387,6 +387,11 @@ static int l_loop_handle_count(lua_State *L) {
   return 1;
 }
 
+static int l_loop_closing_count(lua_State *L) {
+  lua_pushnumber(L, sp__loop_closing_count(l_check_loop(L, 1)->loop));
+  return 1;
+}
+
 static int l_loop_timer_count(lua_State *L) {
   lua_pushnumber(L, sp__loop_timer_count(l_check_loop(L, 1)->loop));
   return 1;
@@ -697,6 +702,7 @@ static const luaL_Reg l_loop_methods[] = {
   { "timer_cancel", l_loop_timer_cancel },
   { "handle_count", l_loop_handle_count },
   { "timer_count", l_loop_timer_count },
+  { "closing_count", l_loop_closing_count },
   { "spawn", l_loop_spawn },
   { "tcp_connect", l_loop_tcp_connect },
   { "tcp_listen", l_loop_tcp_listen },

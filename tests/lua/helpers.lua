@@ -66,4 +66,90 @@ function _M.sprun_run(args, stdin)
   return _M.run(table.concat(words, " "), stdin)
 end
 
+--- Processes ---------------------------------------------------------------
+
+-- The id of this (the test) process.
+function _M.getpid()
+  local ffi = require "ffi"
+  pcall(ffi.cdef, "int getpid(void);")
+  return tonumber(ffi.C.getpid())
+end
+
+-- The state letter of process `pid` ("R", "S", "Z", ...) and its parent's
+-- id, or nil when no such process exists (it exited and was reaped).
+function _M.proc_state(pid)
+  local f = io.open("/proc/" .. tostring(pid) .. "/stat", "rb")
+  if f == nil then
+    return nil
+  end
+  local s = f:read("*a") or ""
+  f:close()
+  -- "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+  local state, ppid = s:match("^%d+ %(.*%) (%S) (%-?%d+)")
+  return state, tonumber(ppid)
+end
+
+-- True while process `pid` exists and is not a zombie.
+function _M.alive(pid)
+  local state = _M.proc_state(pid)
+  return state ~= nil and state ~= "Z"
+end
+
+-- The children of this process, as a sorted list of "pid comm state"
+-- strings: {} when every child has exited and been reaped. Zombies count
+-- (a child nobody reaped is a leak) unless `running_only`.
+function _M.live_children(running_only)
+  local me = _M.getpid()
+  local p = io.popen("ls /proc")
+  local names = p:read("*a")
+  p:close()
+  local list = {}
+  for pid in names:gmatch("%d+") do
+    local f = io.open("/proc/" .. pid .. "/stat", "rb")
+    if f then
+      local s = f:read("*a") or ""
+      f:close()
+      local comm, state, ppid = s:match("^%d+ %((.*)%) (%S) (%-?%d+)")
+      if tonumber(ppid) == me and not (running_only and state == "Z") then
+        list[#list + 1] = pid .. " " .. comm .. " " .. state
+      end
+    end
+  end
+  table.sort(list)
+  return list
+end
+
+-- Calls fn() until it returns a true value or `limit_ms` passed (polling
+-- every 10 ms with a shell sleep); returns its last value.
+function _M.wait_until(fn, limit_ms)
+  local tries = math.ceil((limit_ms or 3000) / 10)
+  for _ = 1, tries do
+    local v = fn()
+    if v then
+      return v
+    end
+    os.execute("sleep 0.01")
+  end
+  return fn()
+end
+
+--- The scheduler ------------------------------------------------------------
+
+-- sprun.run(...) that also checks that the tasks left no handle open
+-- (sprun.sched.last_run.handles == 0); returns what sprun.run returns,
+-- every value (select("#") preserved), and re-raises its error.
+function _M.run_tasks(...)
+  local sprun = require "sprun"
+  local sched = require "sprun.sched"
+  sched.last_run = nil
+  local r = (function(...) return { n = select("#", ...), ... } end)(
+    sprun.run(...))
+  local run = sched.last_run
+  if run == nil or run.handles ~= 0 then
+    error(string.format("sprun.run left %s handle(s) open",
+                        tostring(run and run.handles)), 2)
+  end
+  return unpack(r, 1, r.n)
+end
+
 return _M
