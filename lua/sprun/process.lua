@@ -151,14 +151,7 @@ local function spawn_error(cmd, name, msg)
                       { code = name, command = cmd })
 end
 
-local function current(fname)
-  local task = sched.current()
-  if task == nil then
-    error(fname .. ": must be called from a task (inside sprun.run or a "
-          .. "script run by sprun)", 3)
-  end
-  return task
-end
+local current = sched.need_task
 
 local function start(task, args, o)
   local S = sched._sched()
@@ -212,13 +205,7 @@ function Proc:_event(kind, a, b, data)
     self:_close()
     sched._wake(self)
   elseif kind == EV_WRITE then
-    local w = table.remove(self.writers, 1)
-    if w then
-      w.result = a
-      if not w.task.queued then
-        sched._enqueue(w.task, sched.WAKE_IO)
-      end
-    end
+    sched._write_done(self, a)
   elseif kind == EV_CLOSED then
     sched._free_token(self.token)
   end
@@ -311,18 +298,13 @@ function Proc:write(data)
   if self.closed then
     return nil, errors.error("closed", "the process has exited")
   end
-  local ok, ename, emsg = self.handle:write(data, self.token)
-  if not ok then
+  local rc, ename, emsg = sched._write(self, task, data)
+  if rc == nil then
     return nil, errors.error("write_failed", emsg, { code = ename })
   end
-  local w = { task = task }
-  self.writers[#self.writers + 1] = w
-  while w.result == nil do
-    sched._wait(task)
-  end
-  if w.result ~= 0 then
-    return nil, errors.error("write_failed", "write to the process failed",
-                             { code = w.result })
+  if rc ~= 0 then
+    return nil, errors.error("write_failed", core.uv_strerror(rc),
+                             { code = core.uv_err_name(rc) })
   end
   return true
 end

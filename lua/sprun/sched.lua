@@ -711,6 +711,46 @@ function _M._spawn_in(sched, parent, fn, ...)
   return spawn_in(sched, parent, fn, pack(...))
 end
 
+-- The current task, for functions that can only run in one.
+function _M.need_task(fname)
+  local task = current_task()
+  if task == nil then
+    error(fname .. ": must be called from a task (inside sprun.run or a "
+          .. "script run by sprun)", 3)
+  end
+  return task
+end
+
+-- Writes `data` through obj.handle and waits, as `task`, until the write
+-- is done. Writes finish in order, so the waiting writers form a queue
+-- (obj.writers) that _write_done pops. Returns 0 or a negative libuv code,
+-- or nil, name, message if the write could not start.
+function _M._write(obj, task, data)
+  local ok, ename, emsg = obj.handle:write(data, obj.token)
+  if not ok then
+    return nil, ename, emsg
+  end
+  local w = { task = task }
+  local writers = obj.writers
+  writers[#writers + 1] = w
+  while w.result == nil do
+    wait(task)
+  end
+  return w.result
+end
+
+-- Called for each SP_EV_WRITE of obj's handle. A writer entry of false
+-- stands for a write nobody waits for.
+function _M._write_done(obj, code)
+  local w = table.remove(obj.writers, 1)
+  if w then
+    w.result = code
+    if not w.task.queued then
+      enqueue(w.task, WAKE_IO)
+    end
+  end
+end
+
 -- Internal access for the I/O modules.
 function _M._sched()
   return S

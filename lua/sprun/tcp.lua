@@ -24,7 +24,6 @@ local tostring = tostring
 local error = error
 local setmetatable = setmetatable
 local concat = table.concat
-local remove = table.remove
 local find = string.find
 local sub = string.sub
 local format = string.format
@@ -35,7 +34,6 @@ local EV_TCP_DATA = core.EV_TCP_DATA
 local EV_TCP_ACCEPT = core.EV_TCP_ACCEPT
 local EV_CLOSED = core.EV_CLOSED
 local WAKE_TIMER = sched.WAKE_TIMER
-local WAKE_IO = sched.WAKE_IO
 
 local _M = {}
 
@@ -64,14 +62,7 @@ local function io_error(what, name, msg)
                       { code = name })
 end
 
-local function current(fname)
-  local task = sched.current()
-  if task == nil then
-    error(fname .. ": must be called from a task (inside sprun.run or a "
-          .. "script run by sprun)", 3)
-  end
-  return task
-end
+local current = sched.need_task
 
 local function new_conn(handle, owner)
   local self = setmetatable({
@@ -101,13 +92,7 @@ function Conn:_event(kind, a, b, data)
     self.connect_result = a
     sched._wake(self)
   elseif kind == EV_WRITE then
-    local w = remove(self.writers, 1)
-    if w then
-      w.result = a
-      if not w.task.queued then
-        sched._enqueue(w.task, WAKE_IO)
-      end
-    end
+    sched._write_done(self, a)
   elseif kind == EV_CLOSED then
     sched._free_token(self.token)
   end
@@ -215,18 +200,12 @@ function Conn:write(data)
   if self.closed then
     return nil, closed_error(self)
   end
-  local ok, ename, emsg = self.handle:write(data, self.token)
-  if not ok then
+  local rc, ename, emsg = sched._write(self, task, data)
+  if rc == nil then
     return nil, io_error("write", ename, emsg)
   end
-  local w = { task = task }
-  self.writers[#self.writers + 1] = w
-  while w.result == nil do
-    sched._wait(task)
-  end
-  if w.result ~= 0 then
-    return nil, io_error("write", core.uv_err_name(w.result),
-                         core.uv_strerror(w.result))
+  if rc ~= 0 then
+    return nil, io_error("write", core.uv_err_name(rc), core.uv_strerror(rc))
   end
   return true
 end
