@@ -20,6 +20,8 @@ local circuit_breaker = require "sprun.circuit_breaker"
 local type = type
 local pcall = pcall
 local pairs = pairs
+local setmetatable = setmetatable
+local getmetatable = getmetatable
 local select = select
 local unpack = unpack
 local error = error
@@ -45,8 +47,10 @@ _M._raised = raised
 
 --- execute_with_retry ----------------------------------------------------
 
-local parse_retry = retry_policy._options_parser("executor.execute_with_retry",
-  {
+-- Retry options (or policy = p), checked under the name of the function
+-- the user called.
+local function retry_parser(fname)
+  return retry_policy._options_parser(fname, {
     policy = { check = function(v)
       if not retry_policy.is_policy(v) then
         return "must be a retry policy (retry_policy.new)"
@@ -55,12 +59,33 @@ local parse_retry = retry_policy._options_parser("executor.execute_with_retry",
     operation = { "string" },
     pool = { "string" },
   })
+end
 
-local function policy_from(o)
-  if o.policy then
-    return o.policy
+local parse_retry = retry_parser("executor.execute_with_retry")
+local parse_protection = retry_parser("executor.execute_with_protection")
+
+-- The policy to use. With `policy = p`, a policy option beside it would be
+-- silently ignored, so it is misuse: raised at the level of the caller of
+-- the API function that calls this (1: here, 2: the API function, 3: its
+-- caller). `operation` and `pool` name the call, not the policy.
+local NOT_POLICY = { policy = true, operation = true, pool = true }
+
+local function policy_from(fname, opts, o)
+  if o.policy == nil then
+    return retry_policy._from_options(o)
   end
-  return retry_policy._from_options(o)
+  local extra = {}
+  for k in pairs(opts) do
+    if not NOT_POLICY[k] then
+      extra[#extra + 1] = k
+    end
+  end
+  if #extra > 0 then
+    table.sort(extra)
+    error(format("%s: option '%s' cannot be given with 'policy' (set it in "
+                 .. "retry_policy.new)", fname, extra[1]), 3)
+  end
+  return o.policy
 end
 
 -- The outcome of one attempt: ok (a success), or false and the error.
@@ -75,17 +100,31 @@ local function attempt_outcome(ok, a, b)
   return true
 end
 
+-- The last error with details.retries_exhausted and details.attempts set.
+-- The error object is copied (every field, and its details table) rather
+-- than changed: an operation may return the same error object every time
+-- (a constant, or a breaker's one circuit_open error), and marking that
+-- object would mark every later error it stands for.
 local function mark_exhausted(err, attempts)
-  if errors.is_error(err) then
-    local d = err.details
-    if type(d) ~= "table" then
-      d = {}
-      err.details = d
-    end
-    d.retries_exhausted = true
-    d.attempts = attempts
+  if not errors.is_error(err) then
+    return err
   end
-  return err
+  local copy = {}
+  for k, v in pairs(err) do
+    copy[k] = v
+  end
+  local d = {}
+  if type(err.details) == "table" then
+    for k, v in pairs(err.details) do
+      d[k] = v
+    end
+  elseif err.details ~= nil then
+    d.value = err.details
+  end
+  d.retries_exhausted = true
+  d.attempts = attempts
+  copy.details = d
+  return setmetatable(copy, getmetatable(err))
 end
 
 local function retry_loop(policy, fn, args)
@@ -115,7 +154,7 @@ end
 function _M.execute_with_retry(fn, opts, ...)
   check.func("executor.execute_with_retry", "fn", fn)
   local o = parse_retry(opts)
-  local policy = policy_from(o)
+  local policy = policy_from("executor.execute_with_retry", opts, o)
   return sched.in_task(retry_loop, policy, fn, pack(...))
 end
 
@@ -197,19 +236,26 @@ local function batch_in_task(fns, o)
   return state.results
 end
 
+-- Raises at the level of execute_batch's caller (3: this function, then
+-- execute_batch, then its caller). A hole ({ f, nil, g }) is named as the
+-- missing item, not left for the batch to trip over.
 local function check_fns(fns)
   local fname = "executor.execute_batch"
   if type(fns) ~= "table" then
-    check.arg_error(fname, "fns", "must be a list of functions", fns)
+    error(format("%s: fns must be a list of functions, got %s", fname,
+                 check.describe(fns)), 3)
   end
   local n = #fns
-  for k, v in pairs(fns) do
+  for k in pairs(fns) do
     if type(k) ~= "number" or k < 1 or k > n or k % 1 ~= 0 then
       error(format("%s: fns must be a list of functions, got key %s", fname,
                    check.describe(k)), 3)
     end
+  end
+  for i = 1, n do
+    local v = fns[i]
     if type(v) ~= "function" then
-      error(format("%s: fns[%d] must be a function, got %s", fname, k,
+      error(format("%s: fns[%d] must be a function, got %s", fname, i,
                    check.describe(v)), 3)
     end
   end
@@ -237,8 +283,8 @@ function _M.execute_with_protection(cb, fn, opts, ...)
                     "must be a circuit breaker", cb)
   end
   check.func("executor.execute_with_protection", "fn", fn)
-  local o = parse_retry(opts)
-  local policy = policy_from(o)
+  local o = parse_protection(opts)
+  local policy = policy_from("executor.execute_with_protection", opts, o)
   local call = cb.call
   return sched.in_task(retry_loop, policy, function(...)
     return call(cb, fn, ...)
