@@ -17,7 +17,8 @@ UV_CFLAGS = $(shell pkg-config --cflags libuv 2>/dev/null)
 UV_LIBS = $(shell pkg-config --libs libuv 2>/dev/null)
 
 # Debian packages the build and the tests need (checked by `make deps`).
-DEPS := libluajit-5.1-dev luajit libuv1-dev lua-busted pkg-config
+DEPS := libluajit-5.1-dev luajit libuv1-dev lua-busted pkg-config prometheus \
+        lua-cjson
 
 CORE_SRC := $(wildcard runtime/core/*.c)
 MOD_SRC := $(wildcard runtime/lua/*.c)
@@ -63,7 +64,7 @@ deps:
 	  echo "make deps: installing$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing \
 	    >/dev/null || { echo "make deps: apt-get failed for:$$missing" >&2; \
 	    exit 1; }; \
 	fi

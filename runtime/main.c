@@ -33,10 +33,14 @@
 #define EXIT_USAGE 2
 
 typedef struct {
-  const char *code;   /* -e CODE, or NULL */
-  const char *script; /* the script path, or NULL */
-  int virtual_time;   /* --virtual-time */
-  int first_arg;      /* index in argv of the script (or of what follows -e) */
+  const char *code;      /* -e CODE, or NULL */
+  const char *script;    /* the script path, or NULL */
+  int virtual_time;      /* --virtual-time */
+  int first_arg;         /* index in argv of the script (or what follows -e) */
+  const char *telemetry; /* --telemetry=DEST, or NULL */
+  int log_events;        /* --log-events */
+  char metrics_host[64]; /* --metrics=HOST:PORT, or "" */
+  int metrics_port;
 } options_t;
 
 static const char usage_text[] =
@@ -50,6 +54,12 @@ static const char usage_text[] =
     "  -e CODE          run CODE instead of a script file\n"
     "  --virtual-time   run on a virtual clock: when every task waits on a\n"
     "                   timer, time jumps to the next deadline\n"
+    "  --telemetry=DEST write each telemetry event as a JSON line to DEST:\n"
+    "                   stderr, stdout or a file (appended to)\n"
+    "  --log-events     log each telemetry event to stderr, one line each\n"
+    "  --metrics=HOST:PORT\n"
+    "                   serve Prometheus metrics on http://HOST:PORT/metrics\n"
+    "                   while the script runs\n"
     "  -v               print the version of sprun, LuaJIT and exit\n"
     "  -h               print this help and exit\n"
     "  --               stop handling options\n"
@@ -66,6 +76,37 @@ static int usage_error(const char *fmt, const char *what) {
   fprintf(stderr, fmt, what);
   fprintf(stderr, " (see sprun -h)\n");
   return EXIT_USAGE;
+}
+
+/* Splits HOST:PORT ([HOST]:PORT for IPv6) into o->metrics_host and
+ * o->metrics_port; returns 0, or -1 if it is not that. */
+static int parse_metrics(const char *v, options_t *o) {
+  const char *colon = strrchr(v, ':');
+  const char *host = v;
+  size_t len;
+  char *end;
+  long port;
+
+  if (colon == NULL || colon[1] == '\0')
+    return -1;
+  len = (size_t) (colon - v);
+  if (len >= 2 && v[0] == '[' && v[len - 1] == ']') {
+    host = v + 1;
+    len -= 2;
+  } else if (memchr(v, ':', len) != NULL) {
+    return -1; /* an IPv6 address needs brackets */
+  }
+  if (len == 0 || len >= sizeof(o->metrics_host))
+    return -1;
+  errno = 0;
+  port = strtol(colon + 1, &end, 10);
+  if (*end != '\0' || errno != 0 || port < 1 || port > 65535 ||
+      colon[1] == '+' || colon[1] == '-' || colon[1] == ' ')
+    return -1;
+  memcpy(o->metrics_host, host, len);
+  o->metrics_host[len] = '\0';
+  o->metrics_port = (int) port;
+  return 0;
 }
 
 /* Returns -1 when the command line is complete, or an exit status. */
@@ -93,6 +134,27 @@ static int parse_options(int argc, char **argv, options_t *o) {
       o->virtual_time = 1;
       continue;
     }
+    if (strncmp(a, "--telemetry=", 12) == 0) {
+      if (a[12] == '\0')
+        return usage_error("option '%s' needs a destination: stderr, stdout "
+                           "or a file", "--telemetry");
+      o->telemetry = a + 12;
+      continue;
+    }
+    if (strcmp(a, "--log-events") == 0) {
+      o->log_events = 1;
+      continue;
+    }
+    if (strncmp(a, "--metrics=", 10) == 0) {
+      if (parse_metrics(a + 10, o) != 0) {
+        fprintf(stderr, "sprun: option '--metrics' must be HOST:PORT with a "
+                "port from 1 to 65535, got '%s' (see sprun -h)\n", a + 10);
+        return EXIT_USAGE;
+      }
+      continue;
+    }
+    if (strcmp(a, "--telemetry") == 0 || strcmp(a, "--metrics") == 0)
+      return usage_error("option '%s' needs a value after '='", a);
     if (strcmp(a, "-e") == 0) {
       if (i + 1 >= argc)
         return usage_error("option '%s' needs an argument", a);
@@ -236,6 +298,7 @@ static int run(lua_State *L, int argc, char **argv, const options_t *o) {
   int i;
   int rc;
   int base;
+  int telemetry;
 
   luaL_openlibs(L);
   preload_core(L);
@@ -245,7 +308,14 @@ static int run(lua_State *L, int argc, char **argv, const options_t *o) {
   lua_pushcfunction(L, traceback);
   base = lua_gettop(L);
   lua_getglobal(L, "require");
-  lua_pushliteral(L, "sprun.sched");
+  /* With a telemetry option, sprun.telemetry.main sets the sinks up and
+   * then calls sprun.sched.main. */
+  telemetry = o->telemetry != NULL || o->log_events ||
+              o->metrics_host[0] != '\0';
+  if (telemetry)
+    lua_pushliteral(L, "sprun.telemetry");
+  else
+    lua_pushliteral(L, "sprun.sched");
   if (lua_pcall(L, 1, 1, base) != 0) {
     fprintf(stderr, "sprun: cannot load the sprun library: %s\n",
             lua_tostring(L, -1));
@@ -254,9 +324,23 @@ static int run(lua_State *L, int argc, char **argv, const options_t *o) {
   lua_getfield(L, -1, "main");
   lua_remove(L, -2);
 
-  lua_createtable(L, 0, 1);
+  lua_createtable(L, 0, 5);
   lua_pushstring(L, o->virtual_time ? "virtual" : "real");
   lua_setfield(L, -2, "clock");
+  if (o->telemetry != NULL) {
+    lua_pushstring(L, o->telemetry);
+    lua_setfield(L, -2, "telemetry");
+  }
+  if (o->log_events) {
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "log_events");
+  }
+  if (o->metrics_host[0] != '\0') {
+    lua_pushstring(L, o->metrics_host);
+    lua_setfield(L, -2, "metrics_host");
+    lua_pushinteger(L, o->metrics_port);
+    lua_setfield(L, -2, "metrics_port");
+  }
 
   rc = load_chunk(L, o);
   if (rc >= 0)

@@ -13,13 +13,16 @@
 --
 -- call() is a hot path and stays JIT-compiled: no closure, table or string
 -- is made per call, and a rejection returns one error object made when the
--- breaker was.
+-- breaker was. Telemetry costs it one table lookup while no handler is
+-- attached to the per-call events; with one attached, calls take
+-- observed_call, which times them.
 
 local sp = require "sprun.ffi"
 local check = require "sprun.check"
 local clock = require "sprun.clock"
 local sched = require "sprun.sched"
 local errors = require "sprun.errors"
+local telemetry = require "sprun.telemetry"
 
 local ffi = sp.ffi
 local C = sp.C
@@ -31,6 +34,10 @@ local setmetatable = setmetatable
 local getmetatable = getmetatable
 local check_self = check.self
 local check_func = check.func
+local hrtime = clock.hrtime
+local enabled = telemetry.enabled
+local observed = telemetry.observed
+local emit = telemetry.emit
 
 local OPENED = sp.SP_BREAKER_OPENED
 local HALF_OPENED = sp.SP_BREAKER_HALF_OPENED
@@ -47,10 +54,20 @@ local STATE_NAMES = {
 
 local WHAT = "a circuit breaker"
 
+local OPENED_EVENT = "snakepit.circuit_breaker.opened"
+local CLOSED_EVENT = "snakepit.circuit_breaker.closed"
+local HALF_OPEN_EVENT = "snakepit.circuit_breaker.half_open"
+local CALL_EVENTS = "snakepit.circuit_breaker.call"
+local CALL_ALLOWED = "snakepit.circuit_breaker.call.allowed"
+local CALL_REJECTED = "snakepit.circuit_breaker.call.rejected"
+local CALL_SUCCESS = "snakepit.circuit_breaker.call.success"
+local CALL_FAILURE = "snakepit.circuit_breaker.call.failure"
+
 local _M = {
-  -- Set by the telemetry layer: called as
+  -- An observer for tests, called as
   -- _on_transition(breaker, "opened" | "half_open" | "closed", failure_count)
-  -- for every transition, in the order they happened.
+  -- for every transition, in the order they happened, before the
+  -- transition's telemetry event.
   _on_transition = nil,
 }
 
@@ -81,7 +98,7 @@ function _M.start_link(opts)
   if rc < 0 then
     return nil, errors.from_code(rc)
   end
-  return setmetatable({
+  local cb = setmetatable({
     _b = b,
     _name = o.name,
     _clock = clock.reader("circuit_breaker", o.clock),
@@ -92,6 +109,8 @@ function _M.start_link(opts)
                                "circuit breaker '" .. o.name .. "' is open",
                                { name = o.name }),
   }, mt)
+  telemetry._register_breaker(cb)
+  return cb
 end
 
 -- Reports the transitions of a mask returned by the C breaker, in the order
@@ -102,18 +121,34 @@ local function transitions(self, mask)
     sched.after(self._reset_timeout_ms, _M.state, self)
   end
   local hook = _M._on_transition
-  if hook == nil then
-    return
-  end
   local failures = self._b.failure_count
   if band(mask, HALF_OPENED) ~= 0 then
-    hook(self, "half_open", failures)
+    if hook then
+      hook(self, "half_open", failures)
+    end
+    if enabled[HALF_OPEN_EVENT] then
+      emit(HALF_OPEN_EVENT, {}, { pool = self._name })
+    end
+  end
+  -- CLOSED before OPENED: with both set, the breaker closed first (a
+  -- half-open with no probe allowed closes at once) and a failure then
+  -- opened it again (see sprun.h).
+  if band(mask, CLOSED) ~= 0 then
+    if hook then
+      hook(self, "closed", failures)
+    end
+    if enabled[CLOSED_EVENT] then
+      emit(CLOSED_EVENT, {}, { pool = self._name })
+    end
   end
   if band(mask, OPENED) ~= 0 then
-    hook(self, "opened", failures)
-  end
-  if band(mask, CLOSED) ~= 0 then
-    hook(self, "closed", failures)
+    if hook then
+      hook(self, "opened", failures)
+    end
+    if enabled[OPENED_EVENT] then
+      emit(OPENED_EVENT, { failure_count = failures },
+           { pool = self._name, reason = "failures" })
+    end
   end
 end
 
@@ -156,16 +191,65 @@ local function finish(self, generation, ok, ...)
   return ...
 end
 
+-- finish() for a call observed by telemetry: the outcome's event is
+-- emitted with the call's duration before the outcome is recorded, so that
+-- a failure comes before the transition it causes.
+local function observed_finish(self, generation, state, started, ok, ...)
+  local ms = (hrtime() - started) / 1e6
+  local err
+  if not ok then
+    err = ...
+  else
+    local r1, r2 = ...
+    if not r1 and r2 ~= nil then
+      err = r2
+    end
+  end
+  if err == nil then
+    if enabled[CALL_SUCCESS] then
+      emit(CALL_SUCCESS, { duration_ms = ms },
+           { pool = self._name, state = state })
+    end
+  elseif enabled[CALL_FAILURE] then
+    emit(CALL_FAILURE, { duration_ms = ms },
+         { pool = self._name, state = state, error = err })
+  end
+  return finish(self, generation, ok, ...)
+end
+
+local function observed_call(self, fn, ...)
+  local b = self._b
+  -- Read before the event: a handler that calls the breaker may move it
+  -- on, and this call must then be ignored as late.
+  local generation = b.generation
+  local state = STATE_NAMES[b.state]
+  if enabled[CALL_ALLOWED] then
+    emit(CALL_ALLOWED, {}, { pool = self._name, state = state })
+  end
+  return observed_finish(self, generation, state, hrtime(), pcall(fn, ...))
+end
+
+local function rejected(self)
+  emit(CALL_REJECTED, {}, { pool = self._name,
+                            state = STATE_NAMES[self._b.state] })
+end
+
 function _M.call(self, fn, ...)
   check_self(self, mt, "circuit_breaker.call", WHAT)
   check_func("circuit_breaker.call", "fn", fn)
   local b = self._b
   local rc = C.sp_breaker_acquire(b, self._clock())
   if rc < 0 then
+    if enabled[CALL_REJECTED] then
+      rejected(self)
+    end
     return nil, self._open_error
   end
   if rc > 0 then
     transitions(self, rc)
+  end
+  if observed[CALL_EVENTS] then
+    return observed_call(self, fn, ...)
   end
   return finish(self, b.generation, pcall(fn, ...))
 end

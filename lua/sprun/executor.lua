@@ -16,6 +16,8 @@ local errors = require "sprun.errors"
 local check = require "sprun.check"
 local retry_policy = require "sprun.retry_policy"
 local circuit_breaker = require "sprun.circuit_breaker"
+local telemetry = require "sprun.telemetry"
+local hrtime = require("sprun.clock").hrtime
 
 local type = type
 local pcall = pcall
@@ -127,21 +129,27 @@ local function mark_exhausted(err, attempts)
   return setmetatable(copy, getmetatable(err))
 end
 
-local function retry_loop(policy, fn, args)
+-- pool and operation name the loop in its telemetry events.
+local function retry_loop(policy, fn, args, pool, operation)
   local attempt = 1
+  local started = hrtime()
   while true do
     local res = pack(pcall(fn, unpack(args, 1, args.n)))
     local ok, err = attempt_outcome(res[1], res[2], res[3])
     if ok then
+      telemetry.retry_success(pool, attempt, started)
       return unpack(res, 2, res.n)
     end
     if not policy:retry_for_error(err) then
       return nil, err
     end
     if not policy:should_retry(attempt) then
+      telemetry.retry_exhausted(pool, attempt, started, err)
       return nil, mark_exhausted(err, attempt)
     end
-    sched.sleep(policy:backoff_for_attempt(attempt))
+    local delay = policy:backoff_for_attempt(attempt)
+    telemetry.retry_attempt(pool, operation, attempt, delay)
+    sched.sleep(delay)
     attempt = attempt + 1
   end
 end
@@ -155,7 +163,8 @@ function _M.execute_with_retry(fn, opts, ...)
   check.func("executor.execute_with_retry", "fn", fn)
   local o = parse_retry(opts)
   local policy = policy_from("executor.execute_with_retry", opts, o)
-  return sched.in_task(retry_loop, policy, fn, pack(...))
+  return sched.in_task(retry_loop, policy, fn, pack(...), o.pool,
+                       o.operation)
 end
 
 --- execute_with_circuit_breaker ---------------------------------------------
@@ -288,7 +297,7 @@ function _M.execute_with_protection(cb, fn, opts, ...)
   local call = cb.call
   return sched.in_task(retry_loop, policy, function(...)
     return call(cb, fn, ...)
-  end, pack(...))
+  end, pack(...), o.pool or cb:name(), o.operation)
 end
 
 --- execute_async -------------------------------------------------------------

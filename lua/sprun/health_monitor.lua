@@ -15,6 +15,7 @@ local check = require "sprun.check"
 local clock = require "sprun.clock"
 local sched = require "sprun.sched"
 local errors = require "sprun.errors"
+local telemetry = require "sprun.telemetry"
 
 local ffi = sp.ffi
 local C = sp.C
@@ -24,6 +25,10 @@ local setmetatable = setmetatable
 local check_self = check.self
 local check_id = check.id
 local arg_error = check.arg_error
+local enabled = telemetry.enabled
+local emit = telemetry.emit
+
+local CRASH_EVENT = "snakepit.worker.crash"
 
 -- Crash reasons kept per worker.
 local REASONS = 4
@@ -62,7 +67,7 @@ function _M.start_link(opts)
   if rc < 0 then
     return nil, errors.from_code(rc)
   end
-  return setmetatable({
+  local hm = setmetatable({
     _h = h,
     _name = o.name or o.pool,
     _pool = o.pool,
@@ -74,6 +79,8 @@ function _M.start_link(opts)
     _slot_out = ffi.new("uint32_t[2]"),
     _worker_out = ffi.new("sp_worker_stats_t"),
   }, mt)
+  telemetry._register_monitor(hm)
+  return hm
 end
 
 -- The slot of a worker seen for the first time.
@@ -147,6 +154,10 @@ function _M.record_crash(self, worker_id, info)
     if ring.n < REASONS then
       ring.n = ring.n + 1
     end
+  end
+  if enabled[CRASH_EVENT] then
+    emit(CRASH_EVENT, {}, { pool = self._pool, worker_id = worker_id,
+                            reason = reason })
   end
   return true
 end

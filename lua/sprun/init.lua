@@ -1,7 +1,7 @@
 -- sprun: fault tolerance for LuaJIT. Every module is also usable on its
 -- own: require "sprun.circuit_breaker", "sprun.health_monitor",
 -- "sprun.retry_policy", "sprun.errors", "sprun.executor", "sprun.process",
--- "sprun.tcp".
+-- "sprun.tcp", "sprun.telemetry".
 
 local sp = require "sprun.ffi"
 local clock = require "sprun.clock"
@@ -19,6 +19,7 @@ local _M = {
   executor = require "sprun.executor",
   process = require "sprun.process",
   tcp = require "sprun.tcp",
+  telemetry = require "sprun.telemetry",
   -- The loop's monotonic time in whole ms (virtual under a virtual clock),
   -- and the real clock in ns for measuring durations.
   now = clock.now,
