@@ -65,9 +65,11 @@ typedef enum {
 } sp_breaker_state_t;
 
 /* Transitions a call caused, returned as a bit mask by every function that
- * can change the breaker. When several bits are set, HALF_OPENED happened
- * first, then OPENED or CLOSED (a manual failure right after the reset
- * timeout turns the breaker half-open, then opens it again). */
+ * can change the breaker. When several bits are set they happened in this
+ * order: HALF_OPENED, then CLOSED, then OPENED. (A manual failure right
+ * after the reset timeout turns the breaker half-open, then opens it
+ * again. With half_open_max_calls 0 the half-open breaker closes at once,
+ * and with failure_threshold 1 that failure then opens it: all three.) */
 enum {
   SP_BREAKER_OPENED = 1 << 0,
   SP_BREAKER_HALF_OPENED = 1 << 1,

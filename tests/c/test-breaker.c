@@ -97,7 +97,7 @@ TEST_IMPL(breaker_state_names) {
   ASSERT_STR_EQ(sp_breaker_state_name(SP_BREAKER_STATE_OPEN), "open");
   ASSERT_STR_EQ(sp_breaker_state_name(SP_BREAKER_STATE_HALF_OPEN),
                 "half_open");
-  ASSERT_NULL(sp_breaker_state_name(3));
+  ASSERT_NULL(sp_breaker_state_name(6));
   ASSERT_NULL(sp_breaker_state_name(-1));
   return 0;
 }
@@ -656,5 +656,39 @@ TEST_IMPL(breaker_generation_changes_at_every_transition) {
   b.generation = UINT32_MAX;
   ASSERT_EQ(sp_breaker_record_failure(&b, 20), SP_BREAKER_OPENED);
   ASSERT_NE(b.generation, UINT32_MAX);
+  return 0;
+}
+
+/* Found by the model-based tests (tests/lua/model_spec.lua): with
+ * half_open_max_calls 0 and failure_threshold 1, a manual failure right
+ * after the reset timeout makes all three transitions in one call, in the
+ * order HALF_OPENED, CLOSED, OPENED that sprun.h gives for the mask. The
+ * Lua layer reported them as half_open, opened, closed, leaving a listener
+ * to believe an open breaker closed. The mask is right; what this pins is
+ * the state behind it, which fixes the only order the bits can stand for:
+ * the breaker ends open, with a fresh opening and generation. */
+TEST_IMPL(breaker_mask_half_open_closed_opened) {
+  sp_breaker_t b;
+  uint32_t gen;
+
+  ASSERT_PASS(breaker_start(&b, 1, 0, 5));
+  ASSERT_EQ(sp_breaker_record_failure(&b, 0), SP_BREAKER_OPENED);
+  gen = b.generation;
+  ASSERT_EQ(sp_breaker_record_failure(&b, 10),
+            SP_BREAKER_HALF_OPENED | SP_BREAKER_CLOSED | SP_BREAKER_OPENED);
+  ASSERT_EQ(b.state, SP_BREAKER_STATE_OPEN);
+  ASSERT_UINT64_EQ(b.opened_at_ms, 10);
+  ASSERT_EQ(b.failure_count, 1);
+  /* half-open, closed, opened: three transitions, three generations. */
+  ASSERT_EQ(b.generation, gen + 3);
+
+  /* With a threshold above 1 the same call stops at closed. */
+  ASSERT_PASS(breaker_start(&b, 2, 0, 5));
+  ASSERT_EQ(sp_breaker_record_failure(&b, 0), 0);
+  ASSERT_EQ(sp_breaker_record_failure(&b, 0), SP_BREAKER_OPENED);
+  ASSERT_EQ(sp_breaker_record_failure(&b, 10),
+            SP_BREAKER_HALF_OPENED | SP_BREAKER_CLOSED);
+  ASSERT_EQ(b.state, SP_BREAKER_STATE_CLOSED);
+  ASSERT_EQ(b.failure_count, 1);
   return 0;
 }

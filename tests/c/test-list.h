@@ -31,6 +31,7 @@
   XX(breaker_time_going_backwards)                                           \
   XX(breaker_counts_saturate)                                                \
   XX(breaker_generation_changes_at_every_transition)                         \
+  XX(breaker_mask_half_open_closed_opened)                                   \
   XX(health_init_validation)                                                 \
   XX(health_capacity)                                                        \
   XX(health_window_boundary_inclusive)                                       \
