@@ -29,6 +29,9 @@ local C = sp.C
 local band = require("bit").band
 local error = error
 local pcall = pcall
+local ipairs = ipairs
+local tostring = tostring
+local format = string.format
 local tonumber = tonumber
 local setmetatable = setmetatable
 local getmetatable = getmetatable
@@ -39,7 +42,15 @@ local enabled = telemetry.enabled
 local observed = telemetry.observed
 local emit = telemetry.emit
 
+local type = type
+local pairs = pairs
+local describe = check.describe
+local expect_integer = check.expect_integer
+local now_ms = clock.now
 local OPENED = sp.SP_BREAKER_OPENED
+local FORCED_OPENED = sp.SP_BREAKER_FORCED_OPENED
+local DISABLED = sp.SP_BREAKER_DISABLED
+local ISOLATED = sp.SP_BREAKER_ISOLATED
 local HALF_OPENED = sp.SP_BREAKER_HALF_OPENED
 local CLOSED = sp.SP_BREAKER_CLOSED
 local SUCCESS = sp.SP_OUTCOME_SUCCESS
@@ -50,6 +61,15 @@ local STATE_NAMES = {
   [sp.SP_BREAKER_STATE_CLOSED] = "closed",
   [sp.SP_BREAKER_STATE_OPEN] = "open",
   [sp.SP_BREAKER_STATE_HALF_OPEN] = "half_open",
+  [sp.SP_BREAKER_STATE_FORCED_OPEN] = "forced_open",
+  [sp.SP_BREAKER_STATE_DISABLED] = "disabled",
+  [sp.SP_BREAKER_STATE_ISOLATED] = "isolated",
+}
+
+local OPEN_REASONS = {
+  [sp.SP_OPEN_REASON_FAILURES] = "failures",
+  [sp.SP_OPEN_REASON_FAILURE_RATE] = "failure_rate",
+  [sp.SP_OPEN_REASON_SLOW_CALL_RATE] = "slow_call_rate",
 }
 
 local WHAT = "a circuit breaker"
@@ -57,6 +77,9 @@ local WHAT = "a circuit breaker"
 local OPENED_EVENT = "snakepit.circuit_breaker.opened"
 local CLOSED_EVENT = "snakepit.circuit_breaker.closed"
 local HALF_OPEN_EVENT = "snakepit.circuit_breaker.half_open"
+local FORCED_OPEN_EVENT = "snakepit.circuit_breaker.forced_open"
+local DISABLED_EVENT = "snakepit.circuit_breaker.disabled"
+local ISOLATED_EVENT = "snakepit.circuit_breaker.isolated"
 local CALL_EVENTS = "snakepit.circuit_breaker.call"
 local CALL_ALLOWED = "snakepit.circuit_breaker.call.allowed"
 local CALL_REJECTED = "snakepit.circuit_breaker.call.rejected"
@@ -65,13 +88,73 @@ local CALL_FAILURE = "snakepit.circuit_breaker.call.failure"
 
 local _M = {
   -- An observer for tests, called as
-  -- _on_transition(breaker, "opened" | "half_open" | "closed", failure_count)
+  -- _on_transition(breaker, "opened" | "half_open" | "closed" |
+  -- "forced_open" | "disabled" | "isolated", failure_count)
   -- for every transition, in the order they happened, before the
   -- transition's telemetry event.
   _on_transition = nil,
 }
 
 local mt = { __index = _M }
+
+-- The window option: { type = "count", size = 100 } or
+-- { type = "time", size_ms = 60000, buckets = 10 }. Returns what check.options
+-- wants of a check: nil, or the expectation, the label and what was got.
+local WINDOW_KEYS = {
+  count = { type = true, size = true },
+  time = { type = true, size_ms = true, buckets = true },
+}
+local WINDOW_VALID = { count = "type, size", time = "type, size_ms, buckets" }
+
+local function check_window(w)
+  if type(w) ~= "table" then
+    return "must be a table"
+  end
+  local kind = w.type
+  if kind ~= "count" and kind ~= "time" then
+    return 'must be "count" or "time"', "window.type", describe(kind)
+  end
+  for k, v in pairs(w) do
+    if not WINDOW_KEYS[kind][k] then
+      return "is not a key of a " .. kind .. " window (valid keys: "
+             .. WINDOW_VALID[kind] .. ")", "window." .. tostring(k),
+             describe(v)
+    end
+  end
+  if kind == "count" then
+    local size = w.size
+    if size ~= nil then
+      local e = expect_integer(size, 1, sp.SP_BREAKER_MAX_WINDOW_SIZE)
+      if e then
+        return e, "window.size", describe(size)
+      end
+    end
+    return nil
+  end
+  local size_ms, buckets = w.size_ms, w.buckets
+  if size_ms ~= nil then
+    local e = expect_integer(size_ms, 1, check.MS_MAX)
+    if e then
+      return e, "window.size_ms", describe(size_ms)
+    end
+  end
+  if buckets ~= nil then
+    local e = expect_integer(buckets, 1, sp.SP_BREAKER_MAX_BUCKETS)
+    if e then
+      return e, "window.buckets", describe(buckets)
+    end
+  end
+  size_ms, buckets = size_ms or 60000, buckets or 10
+  if size_ms % buckets ~= 0 then
+    return "must be a multiple of window.buckets (" .. buckets .. ")",
+           "window.size_ms", describe(size_ms)
+  end
+  return nil
+end
+
+-- Options that only a rate window reads.
+local RATE_OPTIONS = { "failure_rate", "min_calls", "slow_call_ms",
+                       "slow_call_rate" }
 
 local parse_options = check.options("circuit_breaker.start_link", {
   name = { "string", required = true },
@@ -83,10 +166,34 @@ local parse_options = check.options("circuit_breaker.start_link", {
                           default = 1 },
   is_failure = { "function" },
   clock = { "function" },
+  window = { check = check_window },
+  -- No defaults here, so that giving one without `window` can be told
+  -- apart; start_link fills them in.
+  failure_rate = { "number", min = 0, max = 1 },
+  min_calls = { "integer", min = 1, limit = check.UINT32_MAX },
+  slow_call_ms = { "integer", min = 1, limit = check.MS_MAX },
+  slow_call_rate = { "number", min = 0, max = 1 },
 })
+
+-- Defaults of the rate-window options.
+_M.WINDOW_DEFAULTS = {
+  count_size = 100, time_size_ms = 60000, time_buckets = 10,
+  failure_rate = 0.5, min_calls = 10, slow_call_rate = 1.0,
+}
+local WD = _M.WINDOW_DEFAULTS
 
 function _M.start_link(opts)
   local o = parse_options(opts)
+  local w = o.window
+  if w == nil then
+    for _, k in ipairs(RATE_OPTIONS) do
+      if o[k] ~= nil then
+        error(format("circuit_breaker.start_link: option '%s' is only read "
+                     .. "by a rate window (give option 'window'), got %s",
+                     k, describe(o[k])), 2)
+      end
+    end
+  end
   local b = ffi.new("sp_breaker_t")
   local config = ffi.new("sp_breaker_config_t", {
     failure_threshold = o.failure_threshold,
@@ -94,9 +201,27 @@ function _M.start_link(opts)
     reset_timeout_ms = o.reset_timeout_ms,
     window_type = sp.SP_WINDOW_CONSECUTIVE,
   })
+  if w ~= nil then
+    if w.type == "count" then
+      config.window_type = sp.SP_WINDOW_COUNT
+      config.window_size = w.size or WD.count_size
+    else
+      config.window_type = sp.SP_WINDOW_TIME
+      config.window_ms = w.size_ms or WD.time_size_ms
+      config.window_buckets = w.buckets or WD.time_buckets
+    end
+    config.failure_rate = o.failure_rate or WD.failure_rate
+    config.min_calls = o.min_calls or WD.min_calls
+    config.slow_call_rate = o.slow_call_rate or WD.slow_call_rate
+    config.slow_call_ms = o.slow_call_ms or 0
+  end
   local rc = C.sp_breaker_init(b, config)
   if rc < 0 then
     return nil, errors.from_code(rc)
+  end
+  if w ~= nil then
+    -- A rate window owns a ring or buckets, freed with the breaker.
+    ffi.gc(b, C.sp_breaker_close)
   end
   local cb = setmetatable({
     _b = b,
@@ -105,6 +230,10 @@ function _M.start_link(opts)
     _loop_clock = o.clock == nil,
     _reset_timeout_ms = o.reset_timeout_ms,
     _is_failure = o.is_failure,
+    _window = w and w.type or nil,
+    -- Calls are timed only when slow calls are counted.
+    _timed = o.slow_call_ms ~= nil and w ~= nil,
+    _user_clock = o.clock ~= nil,
     _open_error = errors.error(errors.CIRCUIT_OPEN,
                                "circuit breaker '" .. o.name .. "' is open",
                                { name = o.name }),
@@ -146,8 +275,27 @@ local function transitions(self, mask)
       hook(self, "opened", failures)
     end
     if enabled[OPENED_EVENT] then
+      local reason = "failures"
+      if self._window then
+        reason = OPEN_REASONS[self._b.open_reason] or reason
+      end
       emit(OPENED_EVENT, { failure_count = failures },
-           { pool = self._name, reason = "failures" })
+           { pool = self._name, reason = reason })
+    end
+  end
+  -- The manual transitions come alone, each from its own method.
+  if band(mask, FORCED_OPENED + DISABLED + ISOLATED) ~= 0 then
+    local name, event = "forced_open", FORCED_OPEN_EVENT
+    if band(mask, DISABLED) ~= 0 then
+      name, event = "disabled", DISABLED_EVENT
+    elseif band(mask, ISOLATED) ~= 0 then
+      name, event = "isolated", ISOLATED_EVENT
+    end
+    if hook then
+      hook(self, name, failures)
+    end
+    if enabled[event] then
+      emit(event, {}, { pool = self._name })
     end
   end
 end
@@ -175,6 +323,54 @@ local function record(self, generation, outcome)
   end
 end
 
+-- record() for a timed call (slow_call_ms given): `started` is from
+-- start_time().
+local function timed_record(self, generation, outcome, started)
+  local now = self._clock()
+  local ms
+  if self._user_clock then
+    ms = now - started[1]
+  else
+    -- The loop's time (virtual under a virtual clock) only moves when the
+    -- call yields; the monotonic clock catches a call that never does.
+    ms = now - started[1]
+    local real = (hrtime() - started[2]) / 1e6
+    if real > ms then
+      ms = real
+    end
+  end
+  if ms < 0 then
+    ms = 0
+  end
+  local mask = C.sp_breaker_record(self._b, generation, outcome, now, ms)
+  if mask > 0 then
+    transitions(self, mask)
+  end
+end
+
+local function start_time(self)
+  if self._user_clock then
+    return { self._clock() }
+  end
+  return { now_ms(), hrtime() }
+end
+
+-- finish() for a timed call.
+local function timed_finish(self, generation, started, ok, ...)
+  if not ok then
+    local err = ...
+    timed_record(self, generation, failure_outcome(self, err), started)
+    error(err, 0)
+  end
+  local r1, r2 = ...
+  if not r1 and r2 ~= nil then
+    timed_record(self, generation, failure_outcome(self, r2), started)
+  else
+    timed_record(self, generation, SUCCESS, started)
+  end
+  return ...
+end
+
 -- Ends an admitted call given what pcall(fn, ...) returned.
 local function finish(self, generation, ok, ...)
   if not ok then
@@ -194,7 +390,8 @@ end
 -- finish() for a call observed by telemetry: the outcome's event is
 -- emitted with the call's duration before the outcome is recorded, so that
 -- a failure comes before the transition it causes.
-local function observed_finish(self, generation, state, started, ok, ...)
+local function observed_finish(self, generation, state, started, timed, ok,
+                                ...)
   local ms = (hrtime() - started) / 1e6
   local err
   if not ok then
@@ -214,6 +411,9 @@ local function observed_finish(self, generation, state, started, ok, ...)
     emit(CALL_FAILURE, { duration_ms = ms },
          { pool = self._name, state = state, error = err })
   end
+  if timed then
+    return timed_finish(self, generation, timed, ok, ...)
+  end
   return finish(self, generation, ok, ...)
 end
 
@@ -226,7 +426,9 @@ local function observed_call(self, fn, ...)
   if enabled[CALL_ALLOWED] then
     emit(CALL_ALLOWED, {}, { pool = self._name, state = state })
   end
-  return observed_finish(self, generation, state, hrtime(), pcall(fn, ...))
+  local timed = self._timed and start_time(self) or false
+  return observed_finish(self, generation, state, hrtime(), timed,
+                         pcall(fn, ...))
 end
 
 local function rejected(self)
@@ -250,6 +452,9 @@ function _M.call(self, fn, ...)
   end
   if observed[CALL_EVENTS] then
     return observed_call(self, fn, ...)
+  end
+  if self._timed then
+    return timed_finish(self, b.generation, start_time(self), pcall(fn, ...))
   end
   return finish(self, b.generation, pcall(fn, ...))
 end
@@ -298,7 +503,7 @@ function _M.stats(self)
   if mask > 0 then
     transitions(self, mask)
   end
-  return {
+  local s = {
     name = self._name,
     state = STATE_NAMES[b.state],
     failure_count = b.failure_count,
@@ -313,11 +518,64 @@ function _M.stats(self)
     total_failures = tonumber(b.total_failures),
     ignored_count = tonumber(b.ignored_count),
   }
+  local window = self._window
+  if window then
+    local c = b.config
+    local calls = tonumber(b.window_calls)
+    local failures = tonumber(b.window_failures)
+    local slow = tonumber(b.window_slow)
+    s.window_type = window
+    if window == "count" then
+      s.window_size = c.window_size
+    else
+      s.window_size_ms = tonumber(c.window_ms)
+      s.window_buckets = c.window_buckets
+    end
+    s.min_calls = c.min_calls
+    s.failure_rate_threshold = c.failure_rate
+    s.slow_call_rate_threshold = c.slow_call_rate
+    s.slow_call_ms = c.slow_call_ms > 0 and tonumber(c.slow_call_ms) or nil
+    s.window_calls = calls
+    s.window_failures = failures
+    s.window_slow_calls = slow
+    s.failure_rate = calls > 0 and failures / calls or 0
+    s.slow_call_rate = calls > 0 and slow / calls or 0
+    s.open_reason = OPEN_REASONS[b.open_reason]
+  end
+  return s
 end
 
 function _M.reset(self)
   check_self(self, mt, "circuit_breaker.reset", WHAT)
   local mask = C.sp_breaker_reset(self._b)
+  if mask > 0 then
+    transitions(self, mask)
+  end
+end
+
+-- Manual states. force_open: rejects every call until reset (no
+-- half-open). disable: admits every call and counts it, never changes state
+-- on its own. isolate: rejects like force_open but counts nothing (no
+-- rejected_count, manual records ignored). reset() leaves any of them.
+function _M.force_open(self)
+  check_self(self, mt, "circuit_breaker.force_open", WHAT)
+  local mask = C.sp_breaker_force_open(self._b)
+  if mask > 0 then
+    transitions(self, mask)
+  end
+end
+
+function _M.disable(self)
+  check_self(self, mt, "circuit_breaker.disable", WHAT)
+  local mask = C.sp_breaker_disable(self._b)
+  if mask > 0 then
+    transitions(self, mask)
+  end
+end
+
+function _M.isolate(self)
+  check_self(self, mt, "circuit_breaker.isolate", WHAT)
+  local mask = C.sp_breaker_isolate(self._b)
   if mask > 0 then
     transitions(self, mask)
   end

@@ -38,13 +38,19 @@ const char *sp_version_string(void);
 typedef enum {
   SP_BREAKER_STATE_CLOSED = 0,
   SP_BREAKER_STATE_OPEN = 1,
-  SP_BREAKER_STATE_HALF_OPEN = 2
+  SP_BREAKER_STATE_HALF_OPEN = 2,
+  SP_BREAKER_STATE_FORCED_OPEN = 3,
+  SP_BREAKER_STATE_DISABLED = 4,
+  SP_BREAKER_STATE_ISOLATED = 5
 } sp_breaker_state_t;
 
 enum {
   SP_BREAKER_OPENED = 1 << 0,
   SP_BREAKER_HALF_OPENED = 1 << 1,
   SP_BREAKER_CLOSED = 1 << 2,
+  SP_BREAKER_FORCED_OPENED = 1 << 3,
+  SP_BREAKER_DISABLED = 1 << 4,
+  SP_BREAKER_ISOLATED = 1 << 5,
   SP_BREAKER_IGNORED = 1 << 8
 };
 
@@ -55,15 +61,44 @@ typedef enum {
 } sp_outcome_t;
 
 typedef enum {
-  SP_WINDOW_CONSECUTIVE = 0
+  SP_WINDOW_CONSECUTIVE = 0,
+  SP_WINDOW_COUNT = 1,
+  SP_WINDOW_TIME = 2
 } sp_window_type_t;
+
+typedef enum {
+  SP_OPEN_REASON_NONE = 0,
+  SP_OPEN_REASON_FAILURES = 1,
+  SP_OPEN_REASON_FAILURE_RATE = 2,
+  SP_OPEN_REASON_SLOW_CALL_RATE = 3
+} sp_open_reason_t;
+
+enum {
+  SP_BREAKER_MAX_WINDOW_SIZE = 100000,
+  SP_BREAKER_MAX_BUCKETS = 1000
+};
 
 typedef struct sp_breaker_config_s {
   uint32_t failure_threshold;
   uint32_t half_open_max_calls;
   uint64_t reset_timeout_ms;
   int window_type;
+  uint32_t window_size;
+  uint64_t window_ms;
+  uint32_t window_buckets;
+  uint32_t min_calls;
+  double failure_rate;
+  double slow_call_rate;
+  uint64_t slow_call_ms;
 } sp_breaker_config_t;
+
+typedef struct sp_breaker_bucket_s {
+  uint64_t epoch;
+  uint32_t calls;
+  uint32_t failures;
+  uint32_t slow;
+  uint32_t pad_;
+} sp_breaker_bucket_t;
 
 typedef struct sp_breaker_s {
   sp_breaker_config_t config;
@@ -77,9 +112,18 @@ typedef struct sp_breaker_s {
   uint64_t total_successes;
   uint64_t total_failures;
   uint64_t ignored_count;
+  uint64_t window_calls;
+  uint64_t window_failures;
+  uint64_t window_slow;
+  int open_reason;
+  uint32_t head_;
+  uint64_t epoch_;
+  unsigned char *ring_;
+  sp_breaker_bucket_t *buckets_;
 } sp_breaker_t;
 
 int sp_breaker_init(sp_breaker_t *b, const sp_breaker_config_t *config);
+void sp_breaker_close(sp_breaker_t *b);
 int sp_breaker_tick(sp_breaker_t *b, uint64_t now_ms);
 int sp_breaker_acquire(sp_breaker_t *b, uint64_t now_ms);
 int sp_breaker_would_admit(const sp_breaker_t *b);
@@ -88,6 +132,9 @@ int sp_breaker_record(sp_breaker_t *b, uint32_t generation, int outcome,
 int sp_breaker_record_success(sp_breaker_t *b, uint64_t now_ms);
 int sp_breaker_record_failure(sp_breaker_t *b, uint64_t now_ms);
 int sp_breaker_reset(sp_breaker_t *b);
+int sp_breaker_force_open(sp_breaker_t *b);
+int sp_breaker_disable(sp_breaker_t *b);
+int sp_breaker_isolate(sp_breaker_t *b);
 uint64_t sp_breaker_half_open_at(const sp_breaker_t *b);
 const char *sp_breaker_state_name(int state);
 
@@ -210,11 +257,16 @@ for _, name in ipairs {
   "SP_EINVAL", "SP_ENOMEM", "SP_ECIRCUITOPEN", "SP_ETIMEDOUT", "SP_ECANCELED",
   "SP_ENOENT", "SP_ERANGE", "SP_EFULL",
   "SP_BREAKER_STATE_CLOSED", "SP_BREAKER_STATE_OPEN",
-  "SP_BREAKER_STATE_HALF_OPEN",
+  "SP_BREAKER_STATE_HALF_OPEN", "SP_BREAKER_STATE_FORCED_OPEN",
+  "SP_BREAKER_STATE_DISABLED", "SP_BREAKER_STATE_ISOLATED",
   "SP_BREAKER_OPENED", "SP_BREAKER_HALF_OPENED", "SP_BREAKER_CLOSED",
+  "SP_BREAKER_FORCED_OPENED", "SP_BREAKER_DISABLED", "SP_BREAKER_ISOLATED",
   "SP_BREAKER_IGNORED",
   "SP_OUTCOME_SUCCESS", "SP_OUTCOME_FAILURE", "SP_OUTCOME_NEUTRAL",
-  "SP_WINDOW_CONSECUTIVE",
+  "SP_WINDOW_CONSECUTIVE", "SP_WINDOW_COUNT", "SP_WINDOW_TIME",
+  "SP_OPEN_REASON_NONE", "SP_OPEN_REASON_FAILURES",
+  "SP_OPEN_REASON_FAILURE_RATE", "SP_OPEN_REASON_SLOW_CALL_RATE",
+  "SP_BREAKER_MAX_WINDOW_SIZE", "SP_BREAKER_MAX_BUCKETS",
   "SP_RETRY_MAX_BACKOFF",
   "SP_BACKOFF_LIST", "SP_BACKOFF_EXPONENTIAL",
   "SP_JITTER_NONE", "SP_JITTER_PROPORTIONAL", "SP_JITTER_FULL",

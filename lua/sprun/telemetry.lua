@@ -71,6 +71,9 @@ local EVENTS = {
   { "snakepit.circuit_breaker.opened", "warning" },
   { "snakepit.circuit_breaker.closed", "info" },
   { "snakepit.circuit_breaker.half_open", "info" },
+  { "snakepit.circuit_breaker.forced_open", "info" },
+  { "snakepit.circuit_breaker.disabled", "info" },
+  { "snakepit.circuit_breaker.isolated", "info" },
   { "snakepit.circuit_breaker.call.allowed", "debug" },
   { "snakepit.circuit_breaker.call.rejected", "debug" },
   { "snakepit.circuit_breaker.call.success", "debug" },
@@ -825,6 +828,12 @@ local LOG_LINES = {
     { "pool", "md", "pool" } },
   ["snakepit.circuit_breaker.half_open"] = { "circuit breaker HALF_OPEN",
     { "pool", "md", "pool" } },
+  ["snakepit.circuit_breaker.forced_open"] = { "circuit breaker FORCED_OPEN",
+    { "pool", "md", "pool" } },
+  ["snakepit.circuit_breaker.disabled"] = { "circuit breaker DISABLED",
+    { "pool", "md", "pool" } },
+  ["snakepit.circuit_breaker.isolated"] = { "circuit breaker ISOLATED",
+    { "pool", "md", "pool" } },
   ["snakepit.circuit_breaker.call.allowed"] = { "circuit breaker call "
     .. "ALLOWED", { "pool", "md", "pool" }, { "state", "md", "state" } },
   ["snakepit.circuit_breaker.call.rejected"] = { "circuit breaker call "
@@ -981,16 +990,22 @@ for i, b in ipairs(BUCKETS) do
   BUCKET_TEXT[i] = number_text(b)
 end
 
-local STATES = { "closed", "open", "half_open" }
+local STATES = { "closed", "open", "half_open", "forced_open", "disabled",
+                 "isolated" }
 local TRANSITION_STATE = {
   ["snakepit.circuit_breaker.opened"] = "open",
   ["snakepit.circuit_breaker.closed"] = "closed",
   ["snakepit.circuit_breaker.half_open"] = "half_open",
+  ["snakepit.circuit_breaker.forced_open"] = "forced_open",
+  ["snakepit.circuit_breaker.disabled"] = "disabled",
+  ["snakepit.circuit_breaker.isolated"] = "isolated",
 }
 
 local PROMETHEUS_EVENTS = {
   "snakepit.circuit_breaker.opened", "snakepit.circuit_breaker.closed",
   "snakepit.circuit_breaker.half_open",
+  "snakepit.circuit_breaker.forced_open", "snakepit.circuit_breaker.disabled",
+  "snakepit.circuit_breaker.isolated",
   "snakepit.circuit_breaker.call.rejected",
   "snakepit.circuit_breaker.call.success",
   "snakepit.circuit_breaker.call.failure",

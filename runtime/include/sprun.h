@@ -61,7 +61,17 @@ const char *sp_version_string(void);
 typedef enum {
   SP_BREAKER_STATE_CLOSED = 0,
   SP_BREAKER_STATE_OPEN = 1,
-  SP_BREAKER_STATE_HALF_OPEN = 2
+  SP_BREAKER_STATE_HALF_OPEN = 2,
+  /* Manual states: entered and left only by the calls that name them
+   * (sp_breaker_force_open, sp_breaker_disable, sp_breaker_isolate; left
+   * by sp_breaker_reset or another manual call). */
+  /* Rejects every call (counted in rejected_count); no half-open. */
+  SP_BREAKER_STATE_FORCED_OPEN = 3,
+  /* Admits every call and counts it, but never changes state. */
+  SP_BREAKER_STATE_DISABLED = 4,
+  /* Rejects every call like FORCED_OPEN but counts nothing: rejections are
+   * not added to rejected_count and manual records are ignored. */
+  SP_BREAKER_STATE_ISOLATED = 5
 } sp_breaker_state_t;
 
 /* Transitions a call caused, returned as a bit mask by every function that
@@ -74,6 +84,10 @@ enum {
   SP_BREAKER_OPENED = 1 << 0,
   SP_BREAKER_HALF_OPENED = 1 << 1,
   SP_BREAKER_CLOSED = 1 << 2,
+  /* Manual transitions, each returned alone by the call that makes it. */
+  SP_BREAKER_FORCED_OPENED = 1 << 3,
+  SP_BREAKER_DISABLED = 1 << 4,
+  SP_BREAKER_ISOLATED = 1 << 5,
   /* Not a transition: the result was ignored because the breaker changed
    * state (its generation moved on) after the call was admitted. */
   SP_BREAKER_IGNORED = 1 << 8
@@ -90,16 +104,60 @@ typedef enum {
 
 typedef enum {
   /* `failure_threshold` consecutive failures open the breaker. */
-  SP_WINDOW_CONSECUTIVE = 0
-  /* Rate-based windows (count, time) take the next values. */
+  SP_WINDOW_CONSECUTIVE = 0,
+  /* Rate windows (Resilience4j style): closed, the breaker opens when, with
+   * at least min_calls calls in the window, the failure rate or the
+   * slow-call rate reaches its threshold (>=). The rates are checked only
+   * when a call is recorded. Neutral outcomes are not in the window. */
+  /* The last window_size calls: a ring with running counts. */
+  SP_WINDOW_COUNT = 1,
+  /* The calls of the last window_ms, in window_buckets buckets of
+   * window_ms / window_buckets ms each, aligned on multiples of that width
+   * from time 0. A call counts until window_buckets bucket widths have
+   * begun after the start of its own bucket. */
+  SP_WINDOW_TIME = 2
 } sp_window_type_t;
 
+/* Why the breaker last opened (sp_breaker_t.open_reason). */
+typedef enum {
+  SP_OPEN_REASON_NONE = 0,
+  SP_OPEN_REASON_FAILURES = 1,      /* consecutive failures, failed probe */
+  SP_OPEN_REASON_FAILURE_RATE = 2,  /* rate window: failure rate */
+  SP_OPEN_REASON_SLOW_CALL_RATE = 3 /* rate window: slow-call rate */
+} sp_open_reason_t;
+
+#define SP_BREAKER_MAX_WINDOW_SIZE 100000 /* count window */
+#define SP_BREAKER_MAX_BUCKETS 1000       /* time window */
+
 typedef struct sp_breaker_config_s {
-  uint32_t failure_threshold;   /* >= 1 */
+  uint32_t failure_threshold;   /* >= 1 (consecutive mode only) */
   uint32_t half_open_max_calls; /* 0 closes as soon as the timeout ends */
   uint64_t reset_timeout_ms;    /* from the moment it opened */
   int window_type;              /* sp_window_type_t */
+  /* The fields below are read only by rate windows (COUNT, TIME); the
+   * consecutive mode ignores them whatever they hold. */
+  uint32_t window_size;    /* COUNT: 1..SP_BREAKER_MAX_WINDOW_SIZE calls */
+  uint64_t window_ms;      /* TIME: >= 1, a multiple of window_buckets */
+  uint32_t window_buckets; /* TIME: 1..SP_BREAKER_MAX_BUCKETS */
+  /* >= 1: calls needed in the window before a rate can open it. In a
+   * COUNT window a value above window_size acts as window_size. */
+  uint32_t min_calls;
+  /* [0, 1]; 0 opens it as soon as min_calls calls are in the window. */
+  double failure_rate;
+  double slow_call_rate; /* [0, 1], read only when slow_call_ms > 0 */
+  /* A call that took >= slow_call_ms is slow (successful or not); 0 counts
+   * no call as slow. */
+  uint64_t slow_call_ms;
 } sp_breaker_config_t;
+
+/* One bucket of a time window (private). */
+typedef struct sp_breaker_bucket_s {
+  uint64_t epoch; /* start time / width of the bucket's span */
+  uint32_t calls;
+  uint32_t failures;
+  uint32_t slow;
+  uint32_t pad_;
+} sp_breaker_bucket_t;
 
 typedef struct sp_breaker_s {
   /* read-only: configuration, as given to sp_breaker_init. */
@@ -124,13 +182,34 @@ typedef struct sp_breaker_s {
   uint64_t total_successes;
   uint64_t total_failures;
   uint64_t ignored_count;
+  /* read-only: rate windows, the calls now in the window, the failures
+   * and the slow calls among them (0 in consecutive mode). Zeroed when
+   * the breaker opens, closes, is reset or enters a manual state. */
+  uint64_t window_calls;
+  uint64_t window_failures;
+  uint64_t window_slow;
+  /* read-only: sp_open_reason_t, why it last opened. */
+  int open_reason;
+  /* private */
+  uint32_t head_;                  /* COUNT: the slot of the next call */
+  uint64_t epoch_;                 /* TIME: epoch of the newest bucket */
+  unsigned char *ring_;            /* COUNT: window_size outcome bits */
+  sp_breaker_bucket_t *buckets_;   /* TIME: window_buckets buckets */
 } sp_breaker_t;
 
 /* Checks the configuration and starts closed. SP_EINVAL if
- * failure_threshold is 0 or window_type is unknown. */
+ * failure_threshold is 0 (consecutive mode) or window_type is unknown, or,
+ * for a rate window, if a window field is out of its range; SP_ENOMEM when
+ * the window's memory cannot be allocated. A rate window allocates its ring
+ * or buckets here, once: call sp_breaker_close to free them. */
 int sp_breaker_init(sp_breaker_t *b, const sp_breaker_config_t *config);
 
-/* Applies the open -> half-open transition if its time has come.
+/* Frees what sp_breaker_init allocated; safe to call twice, and a no-op in
+ * consecutive mode. The breaker must not be used afterwards. */
+void sp_breaker_close(sp_breaker_t *b);
+
+/* Applies the open -> half-open transition if its time has come, and moves
+ * a TIME window on to now_ms (which never opens the breaker by itself).
  * Returns the transitions made (0 or HALF_OPENED, possibly with CLOSED when
  * half_open_max_calls is 0). */
 int sp_breaker_tick(sp_breaker_t *b, uint64_t now_ms);
@@ -147,8 +226,9 @@ int sp_breaker_would_admit(const sp_breaker_t *b);
 
 /* Ends a call admitted under `generation`. Returns the transitions made,
  * or SP_BREAKER_IGNORED if the breaker has moved on since the admission.
- * SP_EINVAL for an unknown outcome. `duration_ms` is kept for rate windows
- * (slow calls). */
+ * SP_EINVAL for an unknown outcome. `duration_ms` is read only by rate
+ * windows with slow_call_ms set: the call is slow if it is >= slow_call_ms.
+ * Manual records (below) are never slow. */
 int sp_breaker_record(sp_breaker_t *b, uint32_t generation, int outcome,
                       uint64_t now_ms, uint64_t duration_ms);
 
@@ -161,10 +241,20 @@ int sp_breaker_record_failure(sp_breaker_t *b, uint64_t now_ms);
  * it was not closed, 0 otherwise. */
 int sp_breaker_reset(sp_breaker_t *b);
 
+/* Manual states. Each moves the generation on, zeroes the counts of the
+ * current state and the window (not the running totals), and returns its
+ * bit (SP_BREAKER_FORCED_OPENED, SP_BREAKER_DISABLED, SP_BREAKER_ISOLATED),
+ * or 0 if the breaker was already in that state. sp_breaker_reset leaves
+ * any of them for closed. */
+int sp_breaker_force_open(sp_breaker_t *b);
+int sp_breaker_disable(sp_breaker_t *b);
+int sp_breaker_isolate(sp_breaker_t *b);
+
 /* When the open breaker turns half-open; 0 when it is not open. */
 uint64_t sp_breaker_half_open_at(const sp_breaker_t *b);
 
-/* "closed", "open", "half_open"; NULL for an unknown value. */
+/* "closed", "open", "half_open", "forced_open", "disabled", "isolated";
+ * NULL for an unknown value. */
 const char *sp_breaker_state_name(int state);
 
 /* ------------------------------------------------------------------------ */

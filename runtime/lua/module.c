@@ -55,6 +55,22 @@ static const l_field_t l_breaker_config_fields[] = {
   L_FIELD(sp_breaker_config_t, half_open_max_calls),
   L_FIELD(sp_breaker_config_t, reset_timeout_ms),
   L_FIELD(sp_breaker_config_t, window_type),
+  L_FIELD(sp_breaker_config_t, window_size),
+  L_FIELD(sp_breaker_config_t, window_ms),
+  L_FIELD(sp_breaker_config_t, window_buckets),
+  L_FIELD(sp_breaker_config_t, min_calls),
+  L_FIELD(sp_breaker_config_t, failure_rate),
+  L_FIELD(sp_breaker_config_t, slow_call_rate),
+  L_FIELD(sp_breaker_config_t, slow_call_ms),
+  { NULL, 0 }
+};
+
+static const l_field_t l_breaker_bucket_fields[] = {
+  L_FIELD(sp_breaker_bucket_t, epoch),
+  L_FIELD(sp_breaker_bucket_t, calls),
+  L_FIELD(sp_breaker_bucket_t, failures),
+  L_FIELD(sp_breaker_bucket_t, slow),
+  L_FIELD(sp_breaker_bucket_t, pad_),
   { NULL, 0 }
 };
 
@@ -70,6 +86,14 @@ static const l_field_t l_breaker_fields[] = {
   L_FIELD(sp_breaker_t, total_successes),
   L_FIELD(sp_breaker_t, total_failures),
   L_FIELD(sp_breaker_t, ignored_count),
+  L_FIELD(sp_breaker_t, window_calls),
+  L_FIELD(sp_breaker_t, window_failures),
+  L_FIELD(sp_breaker_t, window_slow),
+  L_FIELD(sp_breaker_t, open_reason),
+  L_FIELD(sp_breaker_t, head_),
+  L_FIELD(sp_breaker_t, epoch_),
+  L_FIELD(sp_breaker_t, ring_),
+  L_FIELD(sp_breaker_t, buckets_),
   { NULL, 0 }
 };
 
@@ -129,6 +153,8 @@ static const l_field_t l_retry_fields[] = {
 static const l_struct_t l_structs[] = {
   { "sp_breaker_config_t", sizeof(sp_breaker_config_t),
     l_breaker_config_fields },
+  { "sp_breaker_bucket_t", sizeof(sp_breaker_bucket_t),
+    l_breaker_bucket_fields },
   { "sp_breaker_t", sizeof(sp_breaker_t), l_breaker_fields },
   { "sp_health_config_t", sizeof(sp_health_config_t),
     l_health_config_fields },

@@ -32,6 +32,15 @@
   XX(breaker_counts_saturate)                                                \
   XX(breaker_generation_changes_at_every_transition)                         \
   XX(breaker_mask_half_open_closed_opened)                                   \
+  XX(breaker_window_init_validation)                                     \
+  XX(breaker_window_count_failure_rate_exact)                            \
+  XX(breaker_window_min_calls)                                           \
+  XX(breaker_window_count_ring_eviction)                                 \
+  XX(breaker_window_slow_call_rate)                                      \
+  XX(breaker_window_time_buckets_expire)                                 \
+  XX(breaker_window_half_open_and_close_reset)                           \
+  XX(breaker_manual_states)                                              \
+  XX(breaker_manual_states_rate_window)                                  \
   XX(health_init_validation)                                                 \
   XX(health_capacity)                                                        \
   XX(health_window_boundary_inclusive)                                       \

@@ -296,7 +296,7 @@ describe("telemetry.prometheus", function()
     local refused
     h.run_tasks(function()
       local ep = assert(telemetry.prometheus { port = 0 })
-      assert.are.equal(10, #telemetry.list_handlers { "snakepit" })
+      assert.are.equal(13, #telemetry.list_handlers { "snakepit" })
       assert.is_true(telemetry.observed["snakepit.circuit_breaker.call"])
       assert.is_true(ep:close())
       assert.is_true(ep:close())

@@ -10,8 +10,9 @@ local hm = health_monitor.start_link {}
 local rp = retry_policy.new {}
 local function noop() end
 
-local CB_OPTIONS = "clock, failure_threshold, half_open_max_calls, "
-  .. "is_failure, name, reset_timeout_ms"
+local CB_OPTIONS = "clock, failure_rate, failure_threshold, "
+  .. "half_open_max_calls, is_failure, min_calls, name, reset_timeout_ms, "
+  .. "slow_call_ms, slow_call_rate, window"
 
 local function start(opts)
   opts.name = opts.name or "x"
