@@ -50,6 +50,7 @@ help:
 	@echo "  make test       deps + build + every test (C and busted)"
 	@echo "  make demo       deps + build + run scripts/demo.lua through sprun"
 	@echo "  make bench      deps + build + the benchmarks in scripts/bench/"
+	@echo "  make soak       deps + build + scripts/soak.lua (1,000,000 calls)"
 	@echo "  make install    install under PREFIX (default /usr/local)"
 	@echo "  make uninstall  remove what make install put under PREFIX"
 	@echo "  make clean      remove $(BUILD)/"
@@ -125,6 +126,12 @@ BENCHES := $(filter-out scripts/bench/harness.lua,$(wildcard scripts/bench/*.lua
 bench: deps
 	@$(MAKE) --no-print-directory build
 	@for b in $(BENCHES); do echo "== $$b"; $(BIN) $$b || exit 1; done
+
+# Not part of `make test`: it runs for about a minute.
+.PHONY: soak
+soak: deps
+	@$(MAKE) --no-print-directory build
+	$(BIN) scripts/soak.lua
 
 LUADIR := $(DESTDIR)$(PREFIX)/share/lua/5.1
 CMODDIR := $(DESTDIR)$(PREFIX)/lib/lua/5.1

@@ -27,7 +27,6 @@ local getmetatable = getmetatable
 local select = select
 local unpack = unpack
 local error = error
-local tostring = tostring
 local format = string.format
 local min = math.min
 
@@ -43,7 +42,7 @@ local function raised(e)
   if errors.is_error(e) then
     return e
   end
-  return errors.error("error", tostring(e), { value = e })
+  return errors.error("error", sched.error_text(e), { value = e })
 end
 _M._raised = raised
 
@@ -161,6 +160,7 @@ end
 -- opts: retry_policy options, or { policy = p }.
 function _M.execute_with_retry(fn, opts, ...)
   check.func("executor.execute_with_retry", "fn", fn)
+  sched.check_caller("executor.execute_with_retry")
   local o = parse_retry(opts)
   local policy = policy_from("executor.execute_with_retry", opts, o)
   return sched.in_task(retry_loop, policy, fn, pack(...), o.pool,
@@ -176,6 +176,7 @@ function _M.execute_with_circuit_breaker(cb, fn, ...)
                     "must be a circuit breaker", cb)
   end
   check.func("executor.execute_with_circuit_breaker", "fn", fn)
+  sched.check_caller("executor.execute_with_circuit_breaker")
   return sched.in_task(cb.call, cb, fn, ...)
 end
 
@@ -197,6 +198,7 @@ end
 -- "task_crashed" with the error and its traceback in details.
 function _M.execute_with_timeout(fn, opts, ...)
   check.func("executor.execute_with_timeout", "fn", fn)
+  sched.check_caller("executor.execute_with_timeout")
   local o = parse_timeout(opts)
   return sched.in_task(timeout_in_task, fn, o.timeout_ms, pack(...))
 end
@@ -277,6 +279,7 @@ end
 function _M.execute_batch(fns, opts)
   check_fns(fns)
   local o = parse_batch(opts)
+  sched.check_caller("executor.execute_batch")
   if #fns == 0 then
     return {}
   end
@@ -292,6 +295,7 @@ function _M.execute_with_protection(cb, fn, opts, ...)
                     "must be a circuit breaker", cb)
   end
   check.func("executor.execute_with_protection", "fn", fn)
+  sched.check_caller("executor.execute_with_protection")
   local o = parse_protection(opts)
   local policy = policy_from("executor.execute_with_protection", opts, o)
   local call = cb.call

@@ -145,10 +145,13 @@ end
 local parse_run, parse_run_opts = make_parser("process.run", true)
 local parse_spawn, parse_spawn_opts = make_parser("process.spawn", false)
 
-local function spawn_error(cmd, name, msg)
+-- libuv gives ENOENT both for a missing program and a missing cwd, so
+-- the message names the directory when there is one.
+local function spawn_error(cmd, cwd, name, msg)
   local kind = name == "ENOENT" and "not_found" or "spawn_failed"
-  return errors.error(kind, format("cannot run %s: %s", cmd, msg),
-                      { code = name, command = cmd })
+  local where = cwd and " in " .. cwd or ""
+  return errors.error(kind, format("cannot run %s%s: %s", cmd, where, msg),
+                      { code = name, command = cmd, cwd = cwd })
 end
 
 local current = sched.need_task
@@ -158,6 +161,7 @@ local function start(task, args, o)
   local self = setmetatable({
     out = {}, err = {}, out_eof = false, err_eof = false,
     exited = false, closed = false, writers = {}, owner = task,
+    stdin_pipe = o.stdin == true, stdin_closed = type(o.stdin) == "string",
   }, Proc)
   self.token = sched._new_token(self)
   local handle, pid, ename, emsg = S.loop:spawn({
@@ -167,7 +171,7 @@ local function start(task, args, o)
   }, self.token)
   if handle == nil then
     sched._free_token(self.token)
-    return nil, spawn_error(args[1], pid, ename or emsg)
+    return nil, spawn_error(args[1], o.cwd, pid, ename or emsg)
   end
   self.handle, self._pid = handle, pid
   sched._own(task, self)
@@ -230,14 +234,15 @@ local function status(self)
   return { code = self.code, signal = self.signal, pid = self._pid }
 end
 
-local function check_proc(self, fname)
-  check.self(self, Proc, fname, "a process")
-end
+-- Methods check self with check.self straight from their own body (a
+-- helper in between would add a frame, and the error would point at this
+-- file instead of the caller's line).
+local PROC = "a process"
 
 -- Waits for the child to exit: { code, signal, pid } (signal: "SIGSEGV" or
 -- nil), or nil, err if it was killed because its task was cancelled.
 function Proc:wait()
-  check_proc(self, "process.wait")
+  check.self(self, Proc, "process.wait", PROC)
   local task = current("process.wait")
   while not self.exited do
     if self.killed then
@@ -251,7 +256,7 @@ end
 -- The next line of the child's stdout without its newline; nil, err
 -- (kind "eof") once the output has ended.
 function Proc:read_line()
-  check_proc(self, "process.read_line")
+  check.self(self, Proc, "process.read_line", PROC)
   local task = current("process.read_line")
   while true do
     local out = self.out
@@ -281,7 +286,7 @@ end
 
 -- Everything the child wrote to stdout so far and not read yet.
 function Proc:read()
-  check_proc(self, "process.read")
+  check.self(self, Proc, "process.read", PROC)
   local s = concat(self.out)
   self.out = {}
   return s
@@ -290,13 +295,19 @@ end
 -- Writes to the child's stdin (spawned with stdin = true); true once
 -- written, or nil, err.
 function Proc:write(data)
-  check_proc(self, "process.write")
+  check.self(self, Proc, "process.write", PROC)
   if type(data) ~= "string" then
     check.arg_error("process.write", "data", "must be a string", data)
   end
   local task = current("process.write")
   if self.closed then
     return nil, errors.error("closed", "the process has exited")
+  end
+  if not self.stdin_pipe then
+    -- Without this, libuv answers an unhelpful "invalid argument".
+    return nil, errors.error("closed", self.stdin_closed
+      and "the process's stdin is closed"
+      or "the process has no stdin pipe (spawn it with stdin = true)")
   end
   local rc, ename, emsg = sched._write(self, task, data)
   if rc == nil then
@@ -310,9 +321,12 @@ function Proc:write(data)
 end
 
 function Proc:close_stdin()
-  check_proc(self, "process.close_stdin")
+  check.self(self, Proc, "process.close_stdin", PROC)
   if not self.closed then
     self.handle:close_stdin()
+  end
+  if self.stdin_pipe then
+    self.stdin_pipe, self.stdin_closed = false, true
   end
   return true
 end
@@ -320,7 +334,7 @@ end
 -- Sends a signal ("SIGTERM" by default, or a name or number) to the
 -- child's process group.
 function Proc:kill(sig)
-  check_proc(self, "process.kill")
+  check.self(self, Proc, "process.kill", PROC)
   local signum = sig or "SIGTERM"
   if type(signum) == "string" then
     signum = core.signals[signum]
@@ -380,6 +394,7 @@ end
 function _M.run(opts)
   local args, named = parse_run(opts)
   local o = parse_run_opts(named)
+  sched.check_caller("process.run")
   return sched.in_task(run_in_task, args, o)
 end
 

@@ -81,6 +81,19 @@ local function enqueue(task, reason)
   task.q_index = tail
 end
 
+-- The deadline of a timer `ms` from now. Waits of up to 2^53 ms are
+-- allowed, but the loop's timers take deadlines below 2^53: a later one is
+-- clamped (it is 285,000 years away either way).
+local TIMER_MAX = check.MS_MAX - 1
+
+local function deadline(loop, ms)
+  local d = loop:now() + ms
+  if d > TIMER_MAX then
+    return TIMER_MAX
+  end
+  return d
+end
+
 -- Tokens name what C reports on: a task (its timers) or an I/O object.
 local function new_token(sched, obj)
   local t = sched.next_token + 1
@@ -152,21 +165,36 @@ local function wait(task)
 end
 _M._wait = wait
 
--- An error value as one line of text, as the sprun executable prints it.
-function _M.error_message(err)
+-- An error value as text, as the sprun executable prints it. Never raises:
+-- a __tostring that raises or returns something other than a string must
+-- not turn one task's failure into a failure of the whole loop.
+local function error_message(err)
   if type(err) == "string" or type(err) == "number" then
     return tostring(err)
   end
   local mt = getmetatable(err)
-  if mt and mt.__tostring then
-    return tostring(err)
+  if type(mt) == "table" and mt.__tostring then
+    local ok, s = pcall(tostring, err)
+    if ok and type(s) == "string" then
+      return s
+    end
   end
   return "(error object is a " .. type(err) .. " value)"
+end
+_M.error_message = error_message
+
+-- tostring(v) for an error value of any kind, never raising (see above).
+function _M.error_text(v)
+  local ok, s = pcall(tostring, v)
+  if ok and type(s) == "string" then
+    return s
+  end
+  return "(error object is a " .. type(v) .. " value)"
 end
 
 local function print_failure(task)
   io_stderr:write("sprun: task ", tostring(task.id), " failed: ",
-                  task.traceback or tostring(task.error), "\n")
+                  task.traceback or error_message(task.error), "\n")
   io_stderr:flush()
 end
 
@@ -186,7 +214,7 @@ local function finish(task, ok, ...)
     else
       task.state = "failed"
       task.error = err
-      task.traceback = traceback(task.co, _M.error_message(err))
+      task.traceback = traceback(task.co, error_message(err))
     end
   end
   task.co = nil
@@ -241,9 +269,35 @@ local function task_body(task)
   return task.fn(unpack(args, 1, args.n))
 end
 
+-- Stops what a task holds: its child tasks, resources and timer.
+local function release(task)
+  if task.children then
+    for child in pairs(task.children) do
+      child:cancel()
+    end
+  end
+  if task.resources then
+    for res in pairs(task.resources) do
+      res:_abort()
+    end
+    task.resources = nil
+  end
+  if task.timer then
+    task.sched.loop:timer_cancel(task.timer)
+    task.timer = nil
+  end
+end
+
 local function finish_or_yield(task, ok, ...)
   if co_status(task.co) == "dead" then
     finish(task, ok, ...)
+  elseif task.state == "running" then
+    -- The task called coroutine.yield itself, not through a sprun wait:
+    -- nothing would ever resume it, and it could not even be cancelled
+    -- (its awaiter would then wait forever). It fails at once instead.
+    release(task)
+    finish(task, false, format("task %d called coroutine.yield outside a "
+      .. "sprun wait (use sprun.sleep, an await or an I/O call)", task.id))
   end
 end
 
@@ -308,7 +362,8 @@ local function results(task)
     local v = task.values
     return unpack(v, 1, v.n)
   elseif st == "failed" then
-    return nil, errors.error(errors.TASK_CRASHED, tostring(task.error), {
+    return nil, errors.error(errors.TASK_CRASHED,
+                             _M.error_text(task.error), {
       error = task.error, traceback = task.traceback,
     })
   end
@@ -321,6 +376,12 @@ local function valid_ms(ms)
   return type(ms) == "number" and ms >= 0 and ms <= check.MS_MAX
 end
 
+-- What is expected of an invalid ms: the range is stated to a value past
+-- its top, as check.options states it.
+local function expect_ms(ms)
+  return check.expect_number(ms, 0, nil, check.MS_MAX)
+end
+
 -- Waits for the task to finish and returns its values; `nil, err` if it
 -- raised (kind "task_crashed", with the error and traceback in details),
 -- was cancelled (kind "cancelled") or did not finish within timeout_ms
@@ -328,7 +389,8 @@ end
 function Task:await(timeout_ms)
   check.self(self, Task, "task.await", "a task")
   if timeout_ms ~= nil and not valid_ms(timeout_ms) then
-    check.arg_error("task.await", "timeout_ms", "must be a number >= 0", timeout_ms)
+    check.arg_error("task.await", "timeout_ms", expect_ms(timeout_ms),
+                    timeout_ms)
   end
   if FINISHED[self.state] then
     return results(self)
@@ -351,7 +413,7 @@ function Task:await(timeout_ms)
   waiters[#waiters + 1] = me
   me.waiting_for = self
   if timeout_ms then
-    me.timer = S.loop:timer_add(S.loop:now() + timeout_ms, me.token)
+    me.timer = S.loop:timer_add(deadline(S.loop, timeout_ms), me.token)
   end
   local ok, why = pcall(wait, me)
   if not ok then
@@ -386,25 +448,10 @@ function Task:cancel()
   if FINISHED[self.state] or self.cancelled then
     return false
   end
-  local sched = self.sched
   self.cancelled = true
   self.cancel_error = errors.error(errors.CANCELLED, "task " .. self.id
                                    .. " was cancelled")
-  if self.children then
-    for child in pairs(self.children) do
-      child:cancel()
-    end
-  end
-  if self.resources then
-    for res in pairs(self.resources) do
-      res:_abort()
-    end
-    self.resources = nil
-  end
-  if self.timer then
-    sched.loop:timer_cancel(self.timer)
-    self.timer = nil
-  end
+  release(self)
   if self.state == "pending" then
     -- Never started: it finishes now without running.
     finish(self, false, self.cancel_error)
@@ -575,6 +622,16 @@ function _M.main(opts, chunk, ...)
   return 1, "sprun: " .. main.traceback
 end
 
+-- Raises, at the level of the caller of the API function that calls it,
+-- when a loop is running but the caller is not one of its tasks (a
+-- coroutine of its own inside a task): in_task would try to start a
+-- second loop, and the error would name sprun.run, which nobody called.
+function _M.check_caller(fname)
+  if S ~= nil and current_task() == nil then
+    error(fname .. ": called from a coroutine that is not a sprun task", 3)
+  end
+end
+
 -- Runs fn as a task: inside a running loop it spawns a child of the current
 -- task; outside, it runs a loop until fn is done. Used by everything that
 -- must work from plain Lua code too.
@@ -596,7 +653,7 @@ end
 -- Sleeps `ms` milliseconds of loop time; other tasks run meanwhile.
 function _M.sleep(ms)
   if not valid_ms(ms) then
-    check.arg_error("sprun.sleep", "ms", "must be a number >= 0", ms)
+    check.arg_error("sprun.sleep", "ms", expect_ms(ms), ms)
   end
   local task = current_task()
   if task == nil then
@@ -607,7 +664,7 @@ function _M.sleep(ms)
     return _M.run(_M.sleep, ms)
   end
   local loop = S.loop
-  task.timer = loop:timer_add(loop:now() + ms, task.token)
+  task.timer = loop:timer_add(deadline(loop, ms), task.token)
   wait(task)
 end
 
@@ -660,7 +717,7 @@ end
 -- WAKE_TIMER unless disarmed first.
 function _M._arm(task, ms)
   local loop = S.loop
-  task.timer = loop:timer_add(loop:now() + ms, task.token)
+  task.timer = loop:timer_add(deadline(loop, ms), task.token)
 end
 
 function _M._disarm(task)
@@ -689,7 +746,7 @@ function _M.after(ms, fn, arg)
   end
   local b = setmetatable({ fn = fn, arg = arg, sched = sched }, Background)
   b.token = new_token(sched, b)
-  sched.loop:timer_add(sched.loop:now() + ms, b.token)
+  sched.loop:timer_add(deadline(sched.loop, ms), b.token)
   return true
 end
 

@@ -35,6 +35,13 @@ local EV_TCP_ACCEPT = core.EV_TCP_ACCEPT
 local EV_CLOSED = core.EV_CLOSED
 local WAKE_TIMER = sched.WAKE_TIMER
 
+-- The listen backlog. With a short queue, a burst of clients overflows it
+-- and the kernel drops the handshake's last ACK (or, with SYN cookies,
+-- forgets the connection): a client that waits for the server to speak
+-- first then waits forever on a connection the server never accepted.
+-- The kernel caps this at net.core.somaxconn (4096 since Linux 5.4).
+local BACKLOG = 4096
+
 local _M = {}
 
 local Conn = {}
@@ -102,9 +109,10 @@ function Conn:_abort()
   self:close()
 end
 
-local function check_conn(self, fname)
-  check.self(self, Conn, fname, "a TCP connection")
-end
+-- Methods check self with check.self straight from their own body (a
+-- helper in between would add a frame, and the error would point at this
+-- file instead of the caller's line).
+local CONN = "a TCP connection"
 
 -- Waits until data is buffered or the stream ended.
 local function fill(self, task)
@@ -139,7 +147,7 @@ end
 -- Returns the next data received (at most `max` bytes when given), or nil,
 -- err (kind "closed") once the peer closed the connection.
 function Conn:read(max)
-  check_conn(self, "tcp.read")
+  check.self(self, Conn, "tcp.read", CONN)
   if max ~= nil then
     check.integer("tcp.read", "max", max, 1, check.MS_MAX)
   end
@@ -162,7 +170,7 @@ end
 -- Returns the next line without its "\n" (or "\r\n"); at the end of the
 -- stream, what is left, then nil, err (kind "closed").
 function Conn:read_line()
-  check_conn(self, "tcp.read_line")
+  check.self(self, Conn, "tcp.read_line", CONN)
   local task = current("tcp.read_line")
   while true do
     local buf = self.buf
@@ -192,7 +200,7 @@ end
 
 -- Sends data; true once the kernel took it, or nil, err.
 function Conn:write(data)
-  check_conn(self, "tcp.write")
+  check.self(self, Conn, "tcp.write", CONN)
   if type(data) ~= "string" then
     check.arg_error("tcp.write", "data", "must be a string", data)
   end
@@ -212,7 +220,7 @@ end
 
 -- Closes the connection; a task waiting to read gets nil, err. Idempotent.
 function Conn:close()
-  check_conn(self, "tcp.close")
+  check.self(self, Conn, "tcp.close", CONN)
   if not self.closed then
     self.closed = true
     self.handle:close()
@@ -272,6 +280,7 @@ function _M.connect(host, port, opts)
   end
   check.integer("tcp.connect", "port", port, 1, 65535)
   local o = parse_connect(opts)
+  sched.check_caller("tcp.connect")
   return sched.in_task(connect_in_task, host, port, o)
 end
 
@@ -342,7 +351,8 @@ function _M.listen(host, port, handler)
   local self = setmetatable({ handler = handler, owner = task, closed = false },
                             Server)
   self.token = sched._new_token(self)
-  local handle, bound, emsg = S.loop:tcp_listen(host, port, 128, self.token)
+  local handle, bound, emsg = S.loop:tcp_listen(host, port, BACKLOG,
+                                                self.token)
   if handle == nil then
     sched._free_token(self.token)
     return nil, io_error(format("listen on %s:%d", host, port), bound, emsg)

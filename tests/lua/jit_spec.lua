@@ -78,9 +78,12 @@ local function assert_compiled(name, log, operations)
     end
     local aborted = head == "---" and (start:find(name .. ":", 1, true) == 1
       or (parent ~= nil and mine[parent] == true))
-    local bad = aborted or line:find("stitch", 1, true)
+    -- jit.v's own code (v.lua) may be traced while it logs; those traces
+    -- are the logger's, not the measured loop's.
+    local logger = start:find("^v%.lua:%d") ~= nil
+    local bad = not logger and (aborted or line:find("stitch", 1, true)
       or line:find("NYI", 1, true) or line:find("abort", 1, true)
-      or line:find("blacklist", 1, true)
+      or line:find("blacklist", 1, true))
     assert.is_true(not bad or allowed[line] == true,
                    "in the trace log: " .. line)
   end
