@@ -41,6 +41,7 @@ typedef struct {
   int log_events;        /* --log-events */
   char metrics_host[64]; /* --metrics=HOST:PORT, or "" */
   int metrics_port;
+  const char *policy;    /* --policy PATH, or NULL */
 } options_t;
 
 static const char usage_text[] =
@@ -60,6 +61,8 @@ static const char usage_text[] =
     "  --metrics=HOST:PORT\n"
     "                   serve Prometheus metrics on http://HOST:PORT/metrics\n"
     "                   while the script runs\n"
+    "  --policy PATH    load the policy file PATH before the script (see\n"
+    "                   sprun.policy.default()); SIGHUP reloads it\n"
     "  -v               print the version of sprun, LuaJIT and exit\n"
     "  -h               print this help and exit\n"
     "  --               stop handling options\n"
@@ -151,6 +154,18 @@ static int parse_options(int argc, char **argv, options_t *o) {
                 "port from 1 to 65535, got '%s' (see sprun -h)\n", a + 10);
         return EXIT_USAGE;
       }
+      continue;
+    }
+    if (strcmp(a, "--policy") == 0 || strncmp(a, "--policy=", 9) == 0) {
+      if (a[8] == '=') {
+        o->policy = a + 9;
+      } else {
+        if (i + 1 >= argc)
+          return usage_error("option '%s' needs a file", a);
+        o->policy = argv[++i];
+      }
+      if (o->policy[0] == '\0')
+        return usage_error("option '%s' needs a file", "--policy");
       continue;
     }
     if (strcmp(a, "--telemetry") == 0 || strcmp(a, "--metrics") == 0)
@@ -312,7 +327,11 @@ static int run(lua_State *L, int argc, char **argv, const options_t *o) {
    * then calls sprun.sched.main. */
   telemetry = o->telemetry != NULL || o->log_events ||
               o->metrics_host[0] != '\0';
-  if (telemetry)
+  /* With --policy, sprun.policy.main loads the file first and then calls
+   * one of those. */
+  if (o->policy != NULL)
+    lua_pushliteral(L, "sprun.policy");
+  else if (telemetry)
     lua_pushliteral(L, "sprun.telemetry");
   else
     lua_pushliteral(L, "sprun.sched");
@@ -324,7 +343,11 @@ static int run(lua_State *L, int argc, char **argv, const options_t *o) {
   lua_getfield(L, -1, "main");
   lua_remove(L, -2);
 
-  lua_createtable(L, 0, 5);
+  lua_createtable(L, 0, 6);
+  if (o->policy != NULL) {
+    lua_pushstring(L, o->policy);
+    lua_setfield(L, -2, "policy");
+  }
   lua_pushstring(L, o->virtual_time ? "virtual" : "real");
   lua_setfield(L, -2, "clock");
   if (o->telemetry != NULL) {

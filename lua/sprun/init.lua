@@ -1,7 +1,8 @@
 -- sprun: fault tolerance for LuaJIT. Every module is also usable on its
 -- own: require "sprun.circuit_breaker", "sprun.health_monitor",
 -- "sprun.retry_policy", "sprun.errors", "sprun.executor", "sprun.process",
--- "sprun.tcp", "sprun.telemetry".
+-- "sprun.tcp", "sprun.telemetry",
+-- "sprun.pipeline", "sprun.bulkhead", "sprun.policy".
 
 local sp = require "sprun.ffi"
 local clock = require "sprun.clock"
@@ -20,6 +21,10 @@ local _M = {
   process = require "sprun.process",
   tcp = require "sprun.tcp",
   telemetry = require "sprun.telemetry",
+  -- sprun.pipeline{...} makes a pipeline (also sprun.pipeline.new).
+  pipeline = require "sprun.pipeline",
+  bulkhead = require "sprun.bulkhead",
+  policy = require "sprun.policy",
   -- The loop's monotonic time in whole ms (virtual under a virtual clock),
   -- and the real clock in ns for measuring durations.
   now = clock.now,

@@ -1,0 +1,714 @@
+-- Pipelines: fallback, retry (with an optional retry budget), circuit
+-- breaker, bulkhead and a per-attempt timeout around an operation, in that
+-- fixed order, outermost first:
+--
+--   fallback( retry( breaker( bulkhead( timeout( fn ) ) ) ) )
+--
+-- so each attempt is timed out on its own and counts once in the breaker
+-- (a call waiting for a bulkhead slot was admitted by the breaker already;
+-- a bulkhead_full rejection is not a failure of a breaker the pipeline
+-- made from options). Every stage is optional.
+--
+-- Options are checked with the rules of the module each stage comes from
+-- (retry_policy, circuit_breaker, bulkhead); their errors are rewritten to
+-- name the key path: "pipeline.new: option 'retry.max_attempts' must be an
+-- integer >= 1, got 0". Policy files (sprun.policy) reuse the same parser
+-- with their own message form.
+--
+-- The trap: a raised error inside an attempt must reach the retry loop as
+-- an error value, but a cancellation of the calling task must go straight
+-- up (sched.reraise_cancel), never be retried or handed to the fallback.
+
+local check = require "sprun.check"
+local sched = require "sprun.sched"
+local errors = require "sprun.errors"
+local telemetry = require "sprun.telemetry"
+local retry_policy = require "sprun.retry_policy"
+local circuit_breaker = require "sprun.circuit_breaker"
+local bulkhead = require "sprun.bulkhead"
+local clock = require "sprun.clock"
+
+local type = type
+local pairs = pairs
+local pcall = pcall
+local error = error
+local select = select
+local unpack = unpack
+local tostring = tostring
+local setmetatable = setmetatable
+local getmetatable = getmetatable
+local format = string.format
+local floor = math.floor
+local hrtime = clock.hrtime
+local now = clock.now
+local enabled = telemetry.enabled
+local emit = telemetry.emit
+
+local BUDGET_EVENT = "sprun.retry.budget_exhausted"
+local WHAT = "a pipeline"
+
+local _M = {
+  -- A hook for tests: _trace(stage, pipeline) on entering each stage,
+  -- stage one of "fallback", "retry", "breaker", "bulkhead", "timeout",
+  -- "call".
+  _trace = nil,
+}
+
+local mt = { __index = _M }
+
+local function pack(...)
+  return { n = select("#", ...), ... }
+end
+
+--- Option errors with a key path ------------------------------------------
+
+-- An option error is a table { path = {...}, rule =, got = } or
+-- { path = {...}, unknown = "'k'" or "[1]", mean = "name" | nil,
+--   valid = "a, b" | nil }: the path is the list of keys from the top.
+local OptionError = {}
+OptionError.__index = OptionError
+
+local function path_plus(path, key)
+  local p = {}
+  for i = 1, #path do
+    p[i] = path[i]
+  end
+  p[#p + 1] = key
+  return p
+end
+
+local function fail(path, rule, got)
+  error(setmetatable({ path = path, rule = rule, got = got }, OptionError), 0)
+end
+_M._fail = fail
+
+function _M._is_option_error(e)
+  return getmetatable(e) == OptionError
+end
+
+function _M._path_text(path)
+  local out = ""
+  for i = 1, #path do
+    local s = tostring(path[i])
+    if s:sub(1, 1) == "[" or out == "" then
+      out = out .. s
+    else
+      out = out .. "." .. s
+    end
+  end
+  return out
+end
+local path_text = _M._path_text
+
+-- The option error that check.options' message `msg` (raised by function
+-- `fname`) stands for, the options being at `path`.
+local function from_check(msg, fname, path)
+  local body = tostring(msg):gsub("^[^\n]-:%d+: ", "", 1)
+  if body:sub(1, #fname + 2) == fname .. ": " then
+    body = body:sub(#fname + 3)
+  end
+  local e = setmetatable({ path = path }, OptionError)
+  local got = body:match("^options must be a table, got (.*)$")
+  if got then
+    e.rule, e.got = "must be a table", got
+    return e
+  end
+  local key, mean = body:match(
+    "^unknown option '([^']*)' %(did you mean '([^']*)'%?%)$")
+  if key then
+    e.unknown, e.mean = "'" .. key .. "'", mean
+    return e
+  end
+  local k2, valid = body:match("^unknown option (.-) %(valid options: (.*)%)$")
+  if k2 then
+    e.unknown, e.valid = k2, valid
+    return e
+  end
+  local opt, rule, g = body:match("^option '([^']*)' (.*), got (.*)$")
+  if opt then
+    e.path, e.rule, e.got = path_plus(path, opt), rule, g
+    return e
+  end
+  e.rule = body
+  return e
+end
+_M._from_check = from_check
+
+-- fn(...) or, if it raises, the option error its message stands for.
+local function checked(fname, path, fn, ...)
+  local res = pack(pcall(fn, ...))
+  if not res[1] then
+    if getmetatable(res[2]) == OptionError then
+      error(res[2], 0)
+    end
+    error(from_check(res[2], fname, path), 0)
+  end
+  return unpack(res, 2, res.n)
+end
+_M._checked = checked
+
+-- The message of an option error as an API function states it:
+-- "pipeline.new: option 'retry.max_attempts' must be ..., got 0".
+local function api_message(fname, e)
+  local p = path_text(e.path)
+  if e.unknown then
+    local key = e.unknown
+    if key:sub(1, 1) == "'" then
+      key = "'" .. (p == "" and "" or p .. ".") .. key:sub(2)
+    elseif p ~= "" then
+      key = "'" .. p .. key .. "'"
+    end
+    if e.mean then
+      return format("%s: unknown option %s (did you mean '%s'?)", fname, key,
+                    (p == "" and "" or p .. ".") .. e.mean)
+    end
+    return format("%s: unknown option %s (valid options: %s)", fname, key,
+                  e.valid or "")
+  end
+  local got = e.got and ", got " .. e.got or ""
+  if p == "" then
+    return format("%s: options %s%s", fname, e.rule, got)
+  end
+  return format("%s: option '%s' %s%s", fname, p, e.rule, got)
+end
+_M._api_message = api_message
+
+--- Retry budget --------------------------------------------------------------
+
+-- Finagle-style: over the last ttl_ms, retries may be at most
+-- ratio * first attempts + min_retries_per_s * ttl_ms / 1000. Counted in
+-- ten buckets of ttl_ms / 10, so an old burst leaves the window in steps.
+local BUCKETS = 10
+
+local Budget = {}
+Budget.__index = Budget
+
+local function new_budget(o)
+  local b = setmetatable({ calls = {}, retries = {}, epoch = {} }, Budget)
+  for i = 1, BUCKETS do
+    b.calls[i], b.retries[i], b.epoch[i] = 0, 0, -1
+  end
+  b:configure(o)
+  return b
+end
+
+function Budget:configure(o)
+  self.ratio = o.ratio
+  self.min_per_s = o.min_retries_per_s
+  self.ttl_ms = o.ttl_ms
+  self.width = o.ttl_ms / BUCKETS
+  self.refused = self.refused or 0
+  self.withdrawn = self.withdrawn or 0
+  self.deposited = self.deposited or 0
+end
+
+-- The bucket of the current time, emptied if it held an older period.
+function Budget:bucket()
+  local period = floor(now() / self.width)
+  local i = period % BUCKETS + 1
+  if self.epoch[i] ~= period then
+    self.epoch[i], self.calls[i], self.retries[i] = period, 0, 0
+  end
+  return i, period
+end
+
+function Budget:deposit()
+  local i = self:bucket()
+  self.calls[i] = self.calls[i] + 1
+  self.deposited = self.deposited + 1
+end
+
+function Budget:withdraw()
+  local i, period = self:bucket()
+  local calls, retries = 0, 0
+  for j = 1, BUCKETS do
+    if self.epoch[j] > period - BUCKETS then
+      calls = calls + self.calls[j]
+      retries = retries + self.retries[j]
+    end
+  end
+  if retries + 1 > self.ratio * calls + self.min_per_s * self.ttl_ms / 1000
+  then
+    self.refused = self.refused + 1
+    return false
+  end
+  self.retries[i] = self.retries[i] + 1
+  self.withdrawn = self.withdrawn + 1
+  return true
+end
+
+--- Options -----------------------------------------------------------------
+
+local BUDGET_SPEC = {
+  ratio = { "number", min = 0, limit = 1e9, default = 0.2 },
+  min_retries_per_s = { "number", min = 0, limit = 1e9, default = 10 },
+  ttl_ms = { "integer", min = 10, limit = check.MS_MAX, default = 10000 },
+}
+local parse_budget = check.options("pipeline.retry.budget", BUDGET_SPEC)
+
+local ANY = { check = function() return nil end }
+
+local parse_retry = retry_policy._options_parser("pipeline.retry", {
+  policy = ANY,
+  budget = ANY,
+})
+
+local parse_top = check.options("pipeline", {
+  name = { "string", default = "pipeline" },
+  timeout_ms = { "number", min = 0, limit = check.MS_MAX },
+  retry = ANY,
+  breaker = ANY,
+  bulkhead = ANY,
+  fallback = { "function" },
+})
+
+local NOT_POLICY = { policy = true, budget = true }
+
+-- names: for policy files, { breakers = set, retry_policies = set,
+-- bulkheads = set } of the names a stage may give instead of options;
+-- nil for pipeline.new. Returns { kind = "ref", name = } for a name.
+local function ref(names, section, what, path, v)
+  if names == nil then
+    return nil
+  end
+  if type(v) ~= "string" then
+    return nil
+  end
+  local set = names[section]
+  if set[v] then
+    return { ref = v }
+  end
+  local known, best, best_d = {}, nil, nil
+  for k in pairs(set) do
+    known[#known + 1] = k
+    local d = check.distance(v, k)
+    if d <= 2 and (best_d == nil or d < best_d) then
+      best, best_d = k, d
+    end
+  end
+  table.sort(known)
+  if best then
+    fail(path, format("names no %s %s (did you mean %q?)", what,
+                      check.describe(v), best))
+  end
+  fail(path, format("names no %s %s (%s: %s)", what, check.describe(v),
+                    section, #known > 0 and table.concat(known, ", ")
+                    or "none defined"))
+end
+
+local function copy(t)
+  local out = {}
+  for k, v in pairs(t) do
+    out[k] = v
+  end
+  return out
+end
+
+local function parse_retry_stage(v, names, path)
+  if retry_policy.is_policy(v) then
+    return { policy = v }
+  end
+  local r = ref(names, "retry_policies", "retry policy", path, v)
+  if r then
+    return { policy_ref = r.ref }
+  end
+  if type(v) ~= "table" then
+    fail(path, names and "must be a retry policy name or a table of options"
+         or "must be a retry policy or a table of options",
+         check.describe(v))
+  end
+  local o = checked("pipeline.retry", path, parse_retry, v)
+  local out = {}
+  if o.budget ~= nil then
+    out.budget = checked("pipeline.retry.budget", path_plus(path, "budget"),
+                         parse_budget, o.budget)
+  end
+  if v.policy ~= nil then
+    local keys = {}
+    for k in pairs(v) do
+      if not NOT_POLICY[k] then
+        keys[#keys + 1] = k
+      end
+    end
+    table.sort(keys)
+    if #keys > 0 then
+      fail(path_plus(path, keys[1]), "cannot be given with 'policy'")
+    end
+    if retry_policy.is_policy(v.policy) then
+      out.policy = v.policy
+    else
+      local pr = ref(names, "retry_policies", "retry policy",
+                     path_plus(path, "policy"), v.policy)
+      if pr == nil then
+        fail(path_plus(path, "policy"), names
+             and "must be a retry policy name" or "must be a retry policy",
+             check.describe(v.policy))
+      end
+      out.policy_ref = pr.ref
+    end
+    return out
+  end
+  out.policy = retry_policy._from_options(o)
+  return out
+end
+
+-- A breaker rejection of an attempt that a bulkhead refused must not count
+-- against the dependency: breakers made from options here ignore
+-- bulkhead_full unless given their own is_failure.
+local function not_bulkhead_full(err)
+  return errors.kind(err) ~= "bulkhead_full"
+end
+
+local function parse_breaker_stage(v, names, path, name)
+  if circuit_breaker.is_breaker(v) then
+    return { instance = v }
+  end
+  local r = ref(names, "breakers", "breaker", path, v)
+  if r then
+    return r
+  end
+  if type(v) ~= "table" then
+    fail(path, names and "must be a breaker name or a table of options"
+         or "must be a circuit breaker or a table of options",
+         check.describe(v))
+  end
+  local o = copy(v)
+  if o.name == nil then
+    o.name = name
+  end
+  if o.is_failure == nil then
+    o.is_failure = not_bulkhead_full
+  end
+  local cb, err = checked("circuit_breaker.start_link", path,
+                          circuit_breaker.start_link, o)
+  if cb == nil then
+    fail(path, "could not be made: " .. tostring(err))
+  end
+  return { fresh = cb }
+end
+
+local function parse_bulkhead_stage(v, names, path, name)
+  if bulkhead.is_bulkhead(v) then
+    return { instance = v }
+  end
+  local r = ref(names, "bulkheads", "bulkhead", path, v)
+  if r then
+    return r
+  end
+  if type(v) ~= "table" then
+    fail(path, names and "must be a bulkhead name or a table of options"
+         or "must be a bulkhead or a table of options", check.describe(v))
+  end
+  local o = copy(v)
+  if o.name == nil then
+    o.name = name
+  end
+  return { fresh = checked("bulkhead.new", path, bulkhead.new, o), opts = o }
+end
+
+-- Checks pipeline options; raises an option error. names: see ref().
+function _M._parse(opts, names, path)
+  path = path or {}
+  local o = checked("pipeline", path, parse_top, opts)
+  local spec = { name = o.name, timeout_ms = o.timeout_ms,
+                 fallback = o.fallback }
+  if o.retry ~= nil then
+    spec.retry = parse_retry_stage(o.retry, names, path_plus(path, "retry"))
+  end
+  if o.breaker ~= nil then
+    spec.breaker = parse_breaker_stage(o.breaker, names,
+                                       path_plus(path, "breaker"), o.name)
+  end
+  if o.bulkhead ~= nil then
+    spec.bulkhead = parse_bulkhead_stage(o.bulkhead, names,
+                                         path_plus(path, "bulkhead"), o.name)
+  end
+  return spec
+end
+
+--- Pipelines ---------------------------------------------------------------
+
+-- Sets the stages from a parsed spec. lookup(section, name) gives the
+-- instance a name stands for (policy files). The breaker, bulkhead and
+-- budget a pipeline made itself are kept across reconfigurations, with
+-- the new settings, so their state survives a reload.
+function _M._configure(self, spec, lookup, reconf_breaker)
+  local c = { name = spec.name, timeout_ms = spec.timeout_ms,
+              fallback = spec.fallback }
+  local r = spec.retry
+  if r then
+    c.policy = r.policy or lookup("retry_policies", r.policy_ref)
+    if r.budget then
+      if self._budget then
+        self._budget:configure(r.budget)
+      else
+        self._budget = new_budget(r.budget)
+      end
+    else
+      self._budget = nil
+    end
+  else
+    self._budget = nil
+  end
+  local b = spec.breaker
+  if b then
+    if b.ref then
+      c.breaker = lookup("breakers", b.ref)
+      self._own_breaker = nil
+    elseif b.fresh then
+      if self._own_breaker and reconf_breaker then
+        reconf_breaker(self._own_breaker, b.fresh)
+      else
+        self._own_breaker = b.fresh
+      end
+      c.breaker = self._own_breaker
+    else
+      c.breaker = b.instance
+      self._own_breaker = nil
+    end
+  else
+    self._own_breaker = nil
+  end
+  local h = spec.bulkhead
+  if h then
+    if h.ref then
+      c.bulkhead = lookup("bulkheads", h.ref)
+      self._own_bulkhead = nil
+    elseif h.fresh then
+      if self._own_bulkhead then
+        bulkhead._reconfigure(self._own_bulkhead, h.opts)
+      else
+        self._own_bulkhead = h.fresh
+      end
+      c.bulkhead = self._own_bulkhead
+    else
+      c.bulkhead = h.instance
+      self._own_bulkhead = nil
+    end
+  else
+    self._own_bulkhead = nil
+  end
+  self._name = spec.name
+  self._c = c
+end
+
+local function build(opts)
+  local ok, spec = pcall(_M._parse, opts)
+  if not ok then
+    if getmetatable(spec) == OptionError then
+      error(api_message("pipeline.new", spec), 3)
+    end
+    error(spec, 0)
+  end
+  local p = setmetatable({ _closed = false }, mt)
+  _M._configure(p, spec)
+  return p
+end
+
+-- pipeline.new{ name, timeout_ms, retry, breaker, bulkhead, fallback }
+function _M.new(opts)
+  local p = build(opts)
+  return p
+end
+
+-- A pipeline with no stages yet, for _configure (policy files).
+function _M._blank()
+  return setmetatable({ _closed = false, _c = {}, _name = "pipeline" }, mt)
+end
+
+function _M.is_pipeline(v)
+  return getmetatable(v) == mt
+end
+
+--- Running ------------------------------------------------------------------
+
+local function trace(stage, self)
+  local t = _M._trace
+  if t then
+    t(stage, self)
+  end
+end
+
+local function raised(e)
+  if errors.is_error(e) then
+    return e
+  end
+  return errors.error("error", sched.error_text(e), { value = e })
+end
+
+local function failed(r1, r2)
+  return (r1 == nil or r1 == false) and r2 ~= nil
+end
+
+local function call_stage(self, fn, ...)
+  trace("call", self)
+  return fn(...)
+end
+
+local function timeout_stage(self, c, fn, args)
+  if c.timeout_ms == nil then
+    return call_stage(self, fn, unpack(args, 1, args.n))
+  end
+  trace("timeout", self)
+  local task = sched.spawn(call_stage, self, fn, unpack(args, 1, args.n))
+  task.quiet = true
+  return task:await(c.timeout_ms)
+end
+
+local function bulkhead_stage(self, c, fn, args)
+  if c.bulkhead == nil then
+    return timeout_stage(self, c, fn, args)
+  end
+  trace("bulkhead", self)
+  return bulkhead._call_in_task(c.bulkhead, timeout_stage, self, c, fn, args)
+end
+
+local function breaker_stage(self, c, fn, args)
+  if c.breaker == nil then
+    return bulkhead_stage(self, c, fn, args)
+  end
+  trace("breaker", self)
+  return c.breaker:call(bulkhead_stage, self, c, fn, args)
+end
+
+-- One attempt: values, or nil and an error (a raised error as a value).
+local function attempt(self, c, fn, args)
+  local res = pack(pcall(breaker_stage, self, c, fn, args))
+  if not res[1] then
+    sched.reraise_cancel(res[2])
+    return nil, raised(res[2])
+  end
+  return unpack(res, 2, res.n)
+end
+
+-- The error with `fields` added to its details, on a copy (see
+-- executor.lua's mark_exhausted: the original may be shared).
+local function marked(err, fields)
+  if not errors.is_error(err) then
+    return err
+  end
+  local out = copy(err)
+  local d = {}
+  if type(err.details) == "table" then
+    d = copy(err.details)
+  elseif err.details ~= nil then
+    d.value = err.details
+  end
+  for k, v in pairs(fields) do
+    d[k] = v
+  end
+  out.details = d
+  return setmetatable(out, getmetatable(err))
+end
+
+local function retry_stage(self, c, fn, args)
+  local policy = c.policy
+  if policy == nil then
+    return attempt(self, c, fn, args)
+  end
+  trace("retry", self)
+  local budget = self._budget
+  if budget then
+    budget:deposit()
+  end
+  local name = c.name
+  local n = 1
+  local started = hrtime()
+  while true do
+    local res = pack(attempt(self, c, fn, args))
+    if not failed(res[1], res[2]) then
+      telemetry.retry_success(name, n, started)
+      return unpack(res, 1, res.n)
+    end
+    local err = res[2]
+    if not policy:retry_for_error(err) then
+      return nil, err
+    end
+    if not policy:should_retry(n) then
+      telemetry.retry_exhausted(name, n, started, err)
+      return nil, marked(err, { retries_exhausted = true, attempts = n })
+    end
+    if budget and not budget:withdraw() then
+      if enabled[BUDGET_EVENT] then
+        emit(BUDGET_EVENT, { attempts = n }, { pool = name, last_error = err })
+      end
+      return nil, marked(err, { budget_exhausted = true, attempts = n })
+    end
+    local delay = policy:backoff_for_attempt(n)
+    telemetry.retry_attempt(name, nil, n, delay)
+    sched.sleep(delay)
+    n = n + 1
+  end
+end
+
+local function run(self, fn, args)
+  local c = self._c
+  if c.fallback == nil then
+    return retry_stage(self, c, fn, args)
+  end
+  trace("fallback", self)
+  local res = pack(retry_stage(self, c, fn, args))
+  if failed(res[1], res[2]) then
+    return c.fallback(res[2], unpack(args, 1, args.n))
+  end
+  return unpack(res, 1, res.n)
+end
+
+-- Runs fn(...) through the stages. Returns fn's values, or nil and the
+-- error (a raised error is returned as an error object, as the executor's
+-- retry does), or what the fallback returns. Outside a task it runs a
+-- loop until done.
+function _M.execute(self, fn, ...)
+  check.self(self, mt, "pipeline.execute", WHAT)
+  check.func("pipeline.execute", "fn", fn)
+  sched.check_caller("pipeline.execute")
+  if self._closed then
+    return nil, errors.error("closed", "pipeline '" .. self._name
+                             .. "' was removed from its policy file",
+                             { name = self._name })
+  end
+  return sched.in_task(run, self, fn, pack(...))
+end
+
+function _M.name(self)
+  check.self(self, mt, "pipeline.name", WHAT)
+  return self._name
+end
+
+-- The stages' objects and counts.
+function _M.stats(self)
+  check.self(self, mt, "pipeline.stats", WHAT)
+  local c, b = self._c, self._budget
+  return {
+    name = self._name,
+    closed = self._closed,
+    timeout_ms = c.timeout_ms,
+    breaker = c.breaker and c.breaker:stats() or nil,
+    bulkhead = c.bulkhead and c.bulkhead:stats() or nil,
+    budget = b and { first_attempts = b.deposited, retries = b.withdrawn,
+                     refused = b.refused, ratio = b.ratio,
+                     min_retries_per_s = b.min_per_s, ttl_ms = b.ttl_ms }
+             or nil,
+  }
+end
+
+function _M.breaker(self)
+  check.self(self, mt, "pipeline.breaker", WHAT)
+  return self._c.breaker
+end
+
+function _M.bulkhead(self)
+  check.self(self, mt, "pipeline.bulkhead", WHAT)
+  return self._c.bulkhead
+end
+
+function _M.retry_policy(self)
+  check.self(self, mt, "pipeline.retry_policy", WHAT)
+  return self._c.policy
+end
+
+-- sprun.pipeline{...} is pipeline.new{...}.
+return setmetatable(_M, { __call = function(_, opts)
+  local p = build(opts)
+  return p
+end })

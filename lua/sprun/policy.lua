@@ -1,0 +1,414 @@
+-- Policy files: a Lua script that returns a table of named breakers, retry
+-- policies, health monitors, bulkheads and pipelines:
+--
+--   return {
+--     breakers = { db = { failure_threshold = 5 } },
+--     retry_policies = { fast = { max_attempts = 3, backoff_ms = { 50 } } },
+--     health_monitors = { workers = { max_crashes = 10 } },
+--     bulkheads = { pool = { max_concurrent = 8, max_queue = 64 } },
+--     pipelines = { python_pool = { breaker = "db", retry = "fast",
+--                                   bulkhead = "pool", timeout_ms = 2000 } },
+--   }
+--
+-- policy.load(path) checks it whole and returns a registry; reg:reload()
+-- reads the file again and, only if all of it is valid, applies it: an
+-- object whose name survives keeps its state and takes the new settings,
+-- a removed one is dropped (a removed pipeline is closed).
+--
+-- Errors name the file, the key path and the rule:
+--   policies.lua: pipelines.python_pool.retry.max_attempts must be an
+--   integer >= 1, got 0
+--
+-- The trap: reload must not change anything until the whole new file has
+-- been checked, so every object is first made (or checked) from the new
+-- file on its own, and only then are the live objects updated.
+
+local check = require "sprun.check"
+local errors = require "sprun.errors"
+local sched = require "sprun.sched"
+local pipeline = require "sprun.pipeline"
+local bulkhead = require "sprun.bulkhead"
+local retry_policy = require "sprun.retry_policy"
+local circuit_breaker = require "sprun.circuit_breaker"
+local health_monitor = require "sprun.health_monitor"
+
+local type = type
+local pairs = pairs
+local pcall = pcall
+local error = error
+local tostring = tostring
+local setmetatable = setmetatable
+local getmetatable = getmetatable
+local format = string.format
+local sort = table.sort
+local concat = table.concat
+
+local WHAT = "a policy registry"
+local KIND = "policy_error"
+
+local _M = {}
+
+local Registry = {}
+local mt = { __index = Registry }
+
+-- The sections of a file, in the order they are built (pipelines last:
+-- they name the others).
+local SECTIONS = { "breakers", "retry_policies", "health_monitors",
+                   "bulkheads", "pipelines" }
+
+local ANY = { check = function() return nil end }
+local TOP_SPEC = {}
+for i = 1, #SECTIONS do
+  TOP_SPEC[SECTIONS[i]] = ANY
+end
+local parse_top = check.options("policy", TOP_SPEC)
+
+local fail = pipeline._fail
+local checked = pipeline._checked
+local path_text = pipeline._path_text
+
+-- "file: path rule, got x" or "file: path: unknown key 'k' (...)".
+local function file_message(file, e)
+  local p = path_text(e.path)
+  local where = p == "" and "" or p .. ": "
+  if e.unknown then
+    local tail = e.mean and format(" (did you mean '%s'?)", e.mean)
+                 or format(" (valid keys: %s)", e.valid or "")
+    return format("%s: %sunknown key %s%s", file, where, e.unknown, tail)
+  end
+  local got = e.got and ", got " .. e.got or ""
+  if p == "" then
+    return format("%s: the file %s%s", file, e.rule, got)
+  end
+  return format("%s: %s %s%s", file, p, e.rule, got)
+end
+
+local function copy(t)
+  local out = {}
+  for k, v in pairs(t) do
+    out[k] = v
+  end
+  return out
+end
+
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do
+    keys[#keys + 1] = k
+  end
+  sort(keys, function(a, b)
+    if type(a) == type(b) and (type(a) == "string" or type(a) == "number")
+    then
+      return a < b
+    end
+    return type(a) < type(b)
+  end)
+  return keys
+end
+
+-- The entries of one section, names checked: name -> options table.
+local function entries(section, t)
+  if t == nil then
+    return {}
+  end
+  if type(t) ~= "table" then
+    fail({ section }, "must be a table of named entries", check.describe(t))
+  end
+  local keys = sorted_keys(t)
+  for i = 1, #keys do
+    local k = keys[i]
+    if type(k) ~= "string" or k == "" then
+      fail({ section, "[" .. check.describe(k) .. "]" },
+           "is not a valid name (names are non-empty strings)")
+    end
+    if type(t[k]) ~= "table" then
+      fail({ section, k }, "must be a table of options",
+           check.describe(t[k]))
+    end
+  end
+  return t
+end
+
+local function with_default(o, key, value)
+  o = copy(o)
+  if o[key] == nil then
+    o[key] = value
+  end
+  return o
+end
+
+-- Checks and builds everything the file's table describes, touching no
+-- live object. Raises an option error.
+local function compile(t)
+  if type(t) ~= "table" then
+    fail({}, "must return a table", check.describe(t))
+  end
+  checked("policy", {}, parse_top, t)
+  local new = { breakers = {}, retry_policies = {}, health_monitors = {},
+                bulkheads = {}, pipelines = {}, bulkhead_opts = {},
+                monitor_opts = {} }
+  for name, o in pairs(entries("breakers", t.breakers)) do
+    local cb, err = checked("circuit_breaker.start_link", { "breakers", name },
+                            circuit_breaker.start_link,
+                            with_default(o, "name", name))
+    if cb == nil then
+      fail({ "breakers", name }, "could not be made: " .. tostring(err))
+    end
+    new.breakers[name] = cb
+  end
+  for name, o in pairs(entries("retry_policies", t.retry_policies)) do
+    new.retry_policies[name] = checked("retry_policy.new",
+                                       { "retry_policies", name },
+                                       retry_policy.new, o)
+  end
+  for name, o in pairs(entries("health_monitors", t.health_monitors)) do
+    local opts = with_default(with_default(o, "name", name), "pool", name)
+    local hm, err = checked("health_monitor.start_link",
+                            { "health_monitors", name },
+                            health_monitor.start_link, opts)
+    if hm == nil then
+      fail({ "health_monitors", name }, "could not be made: " .. tostring(err))
+    end
+    new.health_monitors[name] = hm
+    new.monitor_opts[name] = opts
+  end
+  for name, o in pairs(entries("bulkheads", t.bulkheads)) do
+    local opts = with_default(o, "name", name)
+    new.bulkheads[name] = checked("bulkhead.new", { "bulkheads", name },
+                                  bulkhead.new, opts)
+    new.bulkhead_opts[name] = opts
+  end
+  local names = { breakers = new.breakers,
+                  retry_policies = new.retry_policies,
+                  bulkheads = new.bulkheads }
+  for name, o in pairs(entries("pipelines", t.pipelines)) do
+    new.pipelines[name] = pipeline._parse(with_default(o, "name", name),
+                                          names, { "pipelines", name })
+  end
+  return new
+end
+
+-- Reads and compiles the file: the compiled set, or nil and the message.
+local function read(path)
+  local chunk, err = loadfile(path)
+  if chunk == nil then
+    return nil, err
+  end
+  local ok, t = pcall(chunk)
+  if not ok then
+    sched.reraise_cancel(t)
+    return nil, sched.error_text(t)
+  end
+  local ok2, new = pcall(compile, t)
+  if not ok2 then
+    if pipeline._is_option_error(new) then
+      return nil, file_message(path, new)
+    end
+    sched.reraise_cancel(new)
+    return nil, path .. ": " .. sched.error_text(new)
+  end
+  return new
+end
+
+--- Applying a compiled file ------------------------------------------------
+
+-- The live breaker takes the settings of `fresh`, a breaker made from the
+-- new options, and keeps its state and counts. Only the settings that can
+-- change under a live breaker are copied (a rate window's size is not).
+local function reconfigure_breaker(old, fresh)
+  local oc, nc = old._b.config, fresh._b.config
+  oc.failure_threshold = nc.failure_threshold
+  oc.reset_timeout_ms = nc.reset_timeout_ms
+  oc.half_open_max_calls = nc.half_open_max_calls
+  old._reset_timeout_ms = fresh._reset_timeout_ms
+  old._is_failure = fresh._is_failure
+end
+_M._reconfigure_breaker = reconfigure_breaker
+
+-- A monitor keeps its crashes unless max_crashes or max_workers changed
+-- (they size its memory): then the new one replaces it.
+local function merge_monitor(old, fresh)
+  local oc, nc = old._h.config, fresh._h.config
+  if oc.max_crashes ~= nc.max_crashes or oc.max_workers ~= nc.max_workers then
+    return fresh
+  end
+  oc.crash_window_ms = nc.crash_window_ms
+  old._check_interval_ms = fresh._check_interval_ms
+  return old
+end
+
+local function apply(self, new)
+  local live = self._live
+  local out = { breakers = {}, retry_policies = new.retry_policies,
+                health_monitors = {}, bulkheads = {}, pipelines = {} }
+  for name, fresh in pairs(new.breakers) do
+    local old = live.breakers[name]
+    if old then
+      reconfigure_breaker(old, fresh)
+      out.breakers[name] = old
+    else
+      out.breakers[name] = fresh
+    end
+  end
+  for name, fresh in pairs(new.health_monitors) do
+    local old = live.health_monitors[name]
+    out.health_monitors[name] = old and merge_monitor(old, fresh) or fresh
+  end
+  for name, fresh in pairs(new.bulkheads) do
+    local old = live.bulkheads[name]
+    if old then
+      bulkhead._reconfigure(old, new.bulkhead_opts[name])
+      out.bulkheads[name] = old
+    else
+      out.bulkheads[name] = fresh
+    end
+  end
+  local function lookup(section, name)
+    return out[section][name]
+  end
+  for name, spec in pairs(new.pipelines) do
+    local p = live.pipelines[name]
+    if p == nil then
+      p = pipeline._blank()
+    end
+    pipeline._configure(p, spec, lookup, reconfigure_breaker)
+    out.pipelines[name] = p
+  end
+  for name, p in pairs(live.pipelines) do
+    if out.pipelines[name] == nil then
+      p._closed = true
+    end
+  end
+  self._live = out
+end
+
+--- The registry ---------------------------------------------------------------
+
+local function load_error(path, msg)
+  return errors.error(KIND, msg, { path = path })
+end
+
+-- Loads a policy file. Returns a registry, or nil and an error (kind
+-- "policy_error") whose message names the file, the key and the rule.
+function _M.load(path)
+  if type(path) ~= "string" or path == "" then
+    check.arg_error("policy.load", "path", "must be a non-empty string", path)
+  end
+  local new, msg = read(path)
+  if new == nil then
+    return nil, load_error(path, msg)
+  end
+  local reg = setmetatable({
+    _path = path,
+    _live = { breakers = {}, retry_policies = {}, health_monitors = {},
+              bulkheads = {}, pipelines = {} },
+    _reloads = 0,
+  }, mt)
+  apply(reg, new)
+  return reg
+end
+
+function _M.is_registry(v)
+  return getmetatable(v) == mt
+end
+
+-- Reads the file again and applies it; a file with any error changes
+-- nothing. Returns true, or nil and the error.
+function Registry.reload(self)
+  check.self(self, mt, "policy.reload", WHAT)
+  local new, msg = read(self._path)
+  if new == nil then
+    return nil, load_error(self._path, msg)
+  end
+  apply(self, new)
+  self._reloads = self._reloads + 1
+  return true
+end
+
+local function getter(section, fname)
+  return function(self, name)
+    check.self(self, mt, fname, WHAT)
+    check.id(fname, "name", name)
+    local v = self._live[section][name]
+    if v == nil then
+      local known = sorted_keys(self._live[section])
+      return nil, errors.error("not_found", format(
+        "%s: no %s named %s in %s (%s: %s)", fname, section,
+        check.describe(name), self._path, section,
+        #known > 0 and concat(known, ", ") or "none"), { name = name })
+    end
+    return v
+  end
+end
+
+Registry.pipeline = getter("pipelines", "policy.pipeline")
+Registry.breaker = getter("breakers", "policy.breaker")
+Registry.health_monitor = getter("health_monitors", "policy.health_monitor")
+Registry.retry_policy = getter("retry_policies", "policy.retry_policy")
+Registry.bulkhead = getter("bulkheads", "policy.bulkhead")
+
+-- { pipelines = {...}, breakers = {...}, ... }: the names, sorted.
+function Registry.names(self)
+  check.self(self, mt, "policy.names", WHAT)
+  local out = {}
+  for i = 1, #SECTIONS do
+    out[SECTIONS[i]] = sorted_keys(self._live[SECTIONS[i]])
+  end
+  return out
+end
+
+function Registry.path(self)
+  check.self(self, mt, "policy.path", WHAT)
+  return self._path
+end
+
+--- The sprun executable -----------------------------------------------------
+
+local default = nil
+
+-- The registry loaded by `sprun --policy PATH`, or nil.
+function _M.default()
+  return default
+end
+
+function _M._set_default(reg)
+  default = reg
+end
+
+-- SIGHUP reloads the default registry while the loop runs; a broken file
+-- is reported on stderr and the old policies stay.
+local function watch_sighup(reg)
+  local S = sched._sched()
+  local core = require "sprun.core"
+  local token = sched._new_token({ _event = function()
+    local ok, err = reg:reload()
+    if ok then
+      io.stderr:write("sprun: --policy: reloaded " .. reg._path .. "\n")
+    else
+      io.stderr:write("sprun: --policy: reload failed, the old policies "
+                      .. "stay: " .. err.message .. "\n")
+    end
+  end })
+  S.loop:signal_watch(core.signals.SIGHUP, token)
+end
+
+-- What runtime/main.c calls when --policy PATH was given: loads the file
+-- (exit status 2 if it is broken), then runs the script through
+-- sprun.telemetry.main or sprun.sched.main as it would have.
+function _M.main(opts, chunk, ...)
+  local reg, err = _M.load(opts.policy)
+  if reg == nil then
+    return 2, "sprun: --policy: " .. err.message
+  end
+  default = reg
+  local wrapped = function(...)
+    watch_sighup(reg)
+    return chunk(...)
+  end
+  if opts.telemetry ~= nil or opts.log_events or opts.metrics_host ~= nil then
+    return require("sprun.telemetry").main(opts, wrapped, ...)
+  end
+  return sched.main(opts, wrapped, ...)
+end
+
+return _M
