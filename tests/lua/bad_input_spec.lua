@@ -14,7 +14,8 @@
 -- Cases marked `also` are also in the spec named there; the others are
 -- this table's own (at least 60, checked below).
 --
--- Not here yet: policy files (sprun.policy does not exist yet).
+-- Policy files: the cases below are the table's view of them; the spec
+-- of sprun.policy (policy_spec) has the full list of bad policy files.
 local sprun = require "sprun"
 local sched = require "sprun.sched"
 local h = require "helpers"
@@ -115,9 +116,64 @@ local FILES = {
   ["yield.lua"] = "coroutine.yield()\nprint('after')\n",
   ["sleepneg.lua"] = 'local s = require("sprun")\ns.sleep(-1)\n',
   ["nested.lua"] = 'require("sprun").run(function() end)\n',
+  ["pol_syntax.lua"] = "return {\n",
+  ["pol_notable.lua"] = "return 42\n",
+  ["pol_badkey.lua"] =
+    "return { pipelines = { p = { retry = { max_attempts = 0 } } } }\n",
+  ["pol_unknown.lua"] =
+    "return { breakers = { db = { failure_treshold = 3 } } }\n",
+  ["pol_section.lua"] = "return { breakerz = {} }\n",
+  ["pol_raise.lua"] = 'error("boom")\n',
+  ["pol_ref.lua"] =
+    'return { pipelines = { p = { breaker = "nosuch" } } }\n',
 }
 
+-- The directory of FILES, set up before the cases run.
+local DIR
+
+local function load_policy(name)
+  return function() return sprun.policy.load, DIR .. "/" .. name end
+end
+
 local cases = {
+  -- Policy files -------------------------------------------------------------
+  { id = "policyfile: --policy with a bad value",
+    argv = { "--policy", "$DIR/pol_badkey.lua", "-e", "print(1)" }, code = 2,
+    stderr = "sprun: --policy: $DIR/pol_badkey.lua: pipelines.p.retry."
+      .. "max_attempts must be an integer >= 1, got 0\n" },
+  { id = "policyfile: --policy without a file",
+    argv = { "--policy" }, code = 2,
+    stderr = "sprun: option '--policy' needs a file (see sprun -h)\n" },
+  { id = "policyfile: path not a string",
+    call = function() return sprun.policy.load, 42 end,
+    raises = "policy.load: path must be a non-empty string, got 42" },
+  { id = "policyfile: syntax error",
+    call = load_policy("pol_syntax.lua"),
+    returns = { nil, "policy_error: $DIR/pol_syntax.lua:2: unexpected "
+      .. "symbol near '<eof>'" } },
+  { id = "policyfile: does not return a table",
+    call = load_policy("pol_notable.lua"),
+    returns = { nil, "policy_error: $DIR/pol_notable.lua: the file must "
+      .. "return a table, got 42" } },
+  { id = "policyfile: value out of range",
+    call = load_policy("pol_badkey.lua"),
+    returns = { nil, "policy_error: $DIR/pol_badkey.lua: pipelines.p.retry."
+      .. "max_attempts must be an integer >= 1, got 0" } },
+  { id = "policyfile: misspelt option",
+    call = load_policy("pol_unknown.lua"),
+    returns = { nil, "policy_error: $DIR/pol_unknown.lua: breakers.db: "
+      .. "unknown key 'failure_treshold' (did you mean 'failure_threshold'?)" } },
+  { id = "policyfile: misspelt section",
+    call = load_policy("pol_section.lua"),
+    returns = { nil, "policy_error: $DIR/pol_section.lua: unknown key "
+      .. "'breakerz' (did you mean 'breakers'?)" } },
+  { id = "policyfile: the file raises",
+    call = load_policy("pol_raise.lua"),
+    returns = { nil, "policy_error: $DIR/pol_raise.lua:1: boom" } },
+  { id = "policyfile: names a breaker that does not exist",
+    call = load_policy("pol_ref.lua"),
+    returns = { nil, "policy_error: $DIR/pol_ref.lua: pipelines.p.breaker "
+      .. "names no breaker \"nosuch\" (breakers: none defined)" } },
   -- The sprun executable ---------------------------------------------------
   { id = "cli: missing script", also = "cli_spec",
     argv = { "$DIR/nosuch.lua" }, code = 2,
@@ -913,6 +969,7 @@ describe("bad input", function()
 
   setup(function()
     dir = h.tmpdir()
+    DIR = dir
     for name, body in pairs(FILES) do
       h.write_file(dir .. "/" .. name, body)
     end
@@ -931,7 +988,7 @@ describe("bad input", function()
     .. "in every area", function()
     local AREAS = {
       cli = "cli", breaker = "objects", monitor = "objects",
-      policy = "objects", errors = "objects", sleep = "scheduler",
+      policy = "objects", errors = "objects", policyfile = "policy files", sleep = "scheduler",
       spawn = "scheduler", run = "scheduler", task = "scheduler",
       execute = "executor", process = "I/O", tcp = "I/O",
     }
@@ -946,7 +1003,7 @@ describe("bad input", function()
     end
     assert.is_true(own >= 60, own .. " cases of its own")
     assert.are.same({ cli = 39, objects = 44, scheduler = 22, executor = 34,
-                      ["I/O"] = 50 }, by_area)
+                      ["I/O"] = 50, ["policy files"] = 10 }, by_area)
   end)
 
   for _, case in ipairs(cases) do
@@ -983,7 +1040,10 @@ describe("bad input", function()
       else
         assert.is_true(r[1], tostring(r[2]))
         local want = { n = #case.returns }
-        for i = 1, table.maxn(case.returns) do want[i] = case.returns[i] end
+        for i = 1, table.maxn(case.returns) do
+          local v = case.returns[i]
+          want[i] = type(v) == "string" and subst(v, dir) or v
+        end
         want.n = math.max(want.n, table.maxn(case.returns))
         assert.are.same(want, shown(r))
       end
