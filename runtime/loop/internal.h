@@ -97,9 +97,11 @@ struct sp_loop_s {
   int armed;
   int virtual_time;
   uint64_t vnow;
-  /* While a virtual-time step waits for I/O, the clock follows the real
-   * time from (io_real0, io_v0). */
+  /* While I/O is in flight the virtual clock follows the real time from
+   * (io_real0, io_v0): during a step (io_clock) and, caught up at the next
+   * step, between steps that find I/O still in flight (io_anchored). */
   int io_clock;
+  int io_anchored;
   uint64_t io_real0;
   uint64_t io_v0;
   /* Events reported so far: a virtual-time step whose poll reported any

@@ -295,9 +295,17 @@ static void step_virtual(sp_loop_t *loop, uv_run_mode mode) {
   }
   if (io) {
     uv_update_time(&loop->uv);
-    loop->io_real0 = uv_now(&loop->uv);
-    loop->io_v0 = loop->vnow;
+    /* I/O still in flight since the last step: the clock kept running at
+     * the real speed meanwhile, while the caller ran its tasks, so the
+     * anchor stays where it was and that time is not lost. */
+    if (!loop->io_anchored) {
+      loop->io_real0 = uv_now(&loop->uv);
+      loop->io_v0 = loop->vnow;
+      loop->io_anchored = 1;
+    }
     loop->io_clock = 1;
+  } else {
+    loop->io_anchored = 0;
   }
   uv_run(&loop->uv, mode);
   if (io) {
@@ -305,6 +313,8 @@ static void step_virtual(sp_loop_t *loop, uv_run_mode mode) {
     follow_real_time(loop);
     loop->io_clock = 0;
   }
+  if (loop->inflight == 0)
+    loop->io_anchored = 0;
   top = sp__heap_peek(&loop->heap);
   /* No jump after a poll that reported something: the task it woke must
    * run at the time it happened, before the clock moves on. */

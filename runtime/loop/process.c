@@ -9,8 +9,10 @@
  *
  * The trap: a grandchild may inherit the output pipes and keep them open
  * long after the child exited. Once the child is reaped, end of file is
- * awaited for at most SP__EOF_GRACE_MS; then the pipes are closed and the
- * exit is reported anyway. And the uv_process_t is closed only once the
+ * awaited for at most SP__EOF_GRACE_MS; then what the pipes hold is read
+ * (a loop that comes back late must not lose output written in time),
+ * the pipes are closed and the exit is reported anyway. And the
+ * uv_process_t is closed only once the
  * child has been reaped: libuv reaps only children whose handle is open, so
  * closing it early would leave a zombie. sp__proc_close therefore kills the
  * group and waits for the exit callback before the memory can go. It also
@@ -19,10 +21,12 @@
  * have been reused.
  */
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -71,12 +75,54 @@ static void done_inflight(sp_proc_t *p) {
   }
 }
 
-/* Reports end of file on a pipe that did not reach it by itself. */
+/* Reads what a pipe holds right now and reports it, without waiting:
+ * when the grace timer fires in the same step as the data it was waiting
+ * for (the loop came back late), libuv would read it only after the timer
+ * closed the pipe. Returns 1 at end of file, 0 if the pipe is still open
+ * with nothing in it, or a negative libuv error code; the handle may be
+ * closing on return (p->h.closing), when an event closed it. */
+static int drain(sp_proc_t *p, uv_pipe_t *pipe, int type) {
+  sp_loop_t *loop = p->h.loop;
+  struct pollfd pfd;
+  uv_os_fd_t fd;
+  ssize_t n;
+
+  if (uv_fileno((const uv_handle_t *) pipe, &fd) != 0)
+    return 0;
+  pfd.fd = fd;
+  pfd.events = POLLIN;
+  /* poll first: the read must never block, whatever the descriptor's
+   * flags. */
+  while (poll(&pfd, 1, 0) == 1) {
+    n = read(fd, loop->readbuf, sizeof(loop->readbuf));
+    if (n == 0)
+      return 1;
+    if (n < 0) {
+      if (errno == EINTR || errno == EAGAIN)
+        continue;
+      return uv_translate_sys_error(errno);
+    }
+    sp__emit(loop, p->h.token, type, 0, 0, loop->readbuf, (size_t) n, p);
+    if (p->h.closing)
+      return 0;
+  }
+  return 0;
+}
+
+/* Ends a pipe that did not reach end of file by itself within the grace
+ * period: reports what it still holds, then its end. */
 static void force_eof(sp_proc_t *p, uv_pipe_t *pipe, int *eof, int type) {
+  int rc;
+
+  rc = drain(p, pipe, type);
+  if (p->h.closing)
+    return;
   *eof = 1;
-  p->lingering = 1;
+  /* Still open and empty: something the child started holds it. */
+  if (rc == 0)
+    p->lingering = 1;
   close_handle((uv_handle_t *) pipe);
-  sp__emit(p->h.loop, p->h.token, type, 0, 0, NULL, 0, p);
+  sp__emit(p->h.loop, p->h.token, type, rc < 0 ? rc : 0, 0, NULL, 0, p);
 }
 
 /* Every emit may run code that closes the process, after which nothing

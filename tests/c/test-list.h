@@ -86,11 +86,13 @@
   XX(loop_process_close_kills)                                               \
   XX(loop_process_kill_group)                                                \
   XX(loop_process_grandchild_keeps_pipe)                                     \
+  XX(loop_process_output_kept_when_loop_is_late)                            \
   XX(loop_process_stdin)                                                     \
   XX(loop_process_env_and_cwd)                                               \
   XX(loop_spawn_not_found)                                                   \
   XX(loop_virtual_time_waits_for_io)                                         \
   XX(loop_virtual_timer_fires_during_io)                                     \
+  XX(loop_virtual_time_counts_time_between_steps)                           \
   XX(loop_tcp_echo_ipv4)                                                     \
   XX(loop_tcp_echo_localhost)                                                \
   XX(loop_tcp_connection_refused)                                            \

@@ -566,6 +566,46 @@ TEST_IMPL(loop_process_grandchild_keeps_pipe) {
   return 0;
 }
 
+/* Output written within the grace period that follows the child's exit is
+ * delivered even when the loop comes back late (a busy task, a loaded
+ * machine): the grace timer must not close a pipe that still holds data.
+ * Here the child exits at once, what it started writes 50 ms later and
+ * keeps the pipe open, and the loop is not stepped until long after the
+ * grace period: the timer and the data are then due in the same step. */
+TEST_IMPL(loop_process_output_kept_when_loop_is_late) {
+  rec_t *r = rec_new(0);
+  sp_proc_t *proc;
+  uint64_t start;
+  int pid, ex, out;
+
+  ASSERT_NOT_NULL(r);
+  ASSERT_PASS(spawn_sh(r, "(sleep 0.05; echo late; exec sleep 30) & exit 0",
+                       1, &proc, &pid));
+  /* Step until libuv has reaped the child: from then on its exit waits
+   * for the end of file, for the grace period at most. */
+  start = wall_ms();
+  while (!(kill(pid, 0) == -1 && errno == ESRCH)) {
+    ASSERT_LT(wall_ms() - start, 5000);
+    r->step++;
+    (void) sp__loop_step(r->loop, 1);
+    usleep(1000);
+  }
+  ASSERT_EQ(find(r, SP_EV_PROC_EXIT, 1), -1);
+  usleep(400 * 1000);
+  ASSERT_PASS(run_until(r, SP_EV_PROC_EXIT, 1, 5000));
+  ASSERT_STR_EQ(r->out, "late\n");
+  ex = find(r, SP_EV_PROC_EXIT, 1);
+  out = find(r, SP_EV_PROC_STDOUT, 1);
+  ASSERT_GE(out, 0);
+  ASSERT_LT(out, ex);
+  ASSERT_EQ(r->ev[ex].a, 0);
+  sp__proc_close(proc); /* kills the group: the sleep that holds the pipe */
+  ASSERT_PASS(run_all(r, 1000));
+  ASSERT_EQ(sp__loop_handle_count(r->loop), 0);
+  rec_free(r);
+  return 0;
+}
+
 TEST_IMPL(loop_process_stdin) {
   char *args[] = { "cat", NULL };
   sp_proc_options_t opts;
@@ -706,6 +746,34 @@ TEST_IMPL(loop_virtual_timer_fires_during_io) {
   sp__proc_close(proc);
   ASSERT_PASS(run_all(r, 2000));
   ASSERT_EQ(kill(pid, 0), -1);
+  rec_free(r);
+  return 0;
+}
+
+/* ... and it keeps that speed across the time the caller spends between
+ * steps (tasks running, a slow machine) while I/O is still in flight: that
+ * time is not lost, so the clock never falls behind the child it waits
+ * for. Here the caller is busy for 200 ms of the child's 300. */
+TEST_IMPL(loop_virtual_time_counts_time_between_steps) {
+  rec_t *r = rec_new(1);
+  sp_proc_t *proc;
+  uint64_t t0, start;
+  int pid, ex;
+
+  ASSERT_NOT_NULL(r);
+  t0 = sp__loop_now(r->loop);
+  start = wall_ms();
+  ASSERT_PASS(spawn_sh(r, "sleep 0.3", 1, &proc, &pid));
+  r->step++;
+  (void) sp__loop_step(r->loop, 1);
+  usleep(200 * 1000);
+  ASSERT_PASS(run_until(r, SP_EV_PROC_EXIT, 1, 5000));
+  ex = find(r, SP_EV_PROC_EXIT, 1);
+  ASSERT_UINT64_GE(r->ev[ex].now, t0 + 250);
+  ASSERT_UINT64_LE(r->ev[ex].now, t0 + (wall_ms() - start) + 20);
+  sp__proc_close(proc);
+  ASSERT_PASS(run_all(r, 1000));
+  ASSERT_EQ(sp__loop_handle_count(r->loop), 0);
   rec_free(r);
   return 0;
 }
