@@ -62,7 +62,10 @@ static void window_rotate(sp_breaker_t *b, uint64_t now_ms) {
   if (epoch - b->epoch_ >= n) {
     window_clear(b);
   } else {
-    for (k = b->epoch_ + 1; k <= epoch; k++) {
+    /* Counted up to epoch, not while k <= epoch: with 1 ms buckets the
+     * last epoch is UINT64_MAX, past which k would wrap to 0. */
+    for (k = b->epoch_; k != epoch;) {
+      k++;
       bk = &b->buckets_[k % n];
       b->window_calls -= bk->calls;
       b->window_failures -= bk->failures;

@@ -365,6 +365,33 @@ TEST_IMPL(breaker_window_time_buckets_expire) {
   return 0;
 }
 
+/* A TIME window with 1 ms buckets reaches the last epoch of the clock,
+ * UINT64_MAX: moving the window on to it must end (the bucket counter
+ * wrapped to 0 and it looped forever) and keep counting. Found by
+ * tests/fuzz/fuzz_core. */
+TEST_IMPL(breaker_window_time_end_of_clock) {
+  sp_breaker_config_t c;
+  sp_breaker_t b;
+  int ev;
+
+  window_config(&c, SP_WINDOW_TIME);
+  c.window_ms = 10;
+  c.window_buckets = 10;
+  c.min_calls = 100;
+  ASSERT_EQ(sp_breaker_init(&b, &c), 0);
+  ASSERT_PASS(call(&b, UINT64_MAX - 3, F, 0, &ev));
+  ASSERT_EQ(sp_breaker_tick(&b, UINT64_MAX), 0);
+  ASSERT_UINT64_EQ(b.window_calls, 1);
+  ASSERT_PASS(call(&b, UINT64_MAX, F, 0, &ev));
+  ASSERT_EQ(ev, 0);
+  ASSERT_UINT64_EQ(b.window_calls, 2);
+  ASSERT_UINT64_EQ(b.window_failures, 2);
+  ASSERT_EQ(sp_breaker_tick(&b, UINT64_MAX), 0);
+  ASSERT_UINT64_EQ(b.window_calls, 2);
+  sp_breaker_close(&b);
+  return 0;
+}
+
 TEST_IMPL(breaker_window_half_open_and_close_reset) {
   sp_breaker_config_t c;
   sp_breaker_t b;

@@ -38,6 +38,7 @@
   XX(breaker_window_count_ring_eviction)                                 \
   XX(breaker_window_slow_call_rate)                                      \
   XX(breaker_window_time_buckets_expire)                                 \
+  XX(breaker_window_time_end_of_clock)                                   \
   XX(breaker_window_half_open_and_close_reset)                           \
   XX(breaker_manual_states)                                              \
   XX(breaker_manual_states_rate_window)                                  \
