@@ -305,7 +305,7 @@ fuzz: deps
 	    $(FUZZ_BUILD)/corpus/$$t tests/fuzz/corpus/$$t \
 	    >$(FUZZ_BUILD)/$$t.log 2>&1; \
 	  rc=$$?; \
-	  grep -E '^(#[0-9]+ +DONE|stat::|INFO: seed corpus)' \
+	  grep -E '^(#[0-9]+[[:space:]]+DONE|stat::|INFO: seed corpus)' \
 	    $(FUZZ_BUILD)/$$t.log; \
 	  if [ $$rc -ne 0 ]; then \
 	    tail -n 60 $(FUZZ_BUILD)/$$t.log; \

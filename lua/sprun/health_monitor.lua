@@ -46,7 +46,7 @@ local parse_options = check.options("health_monitor.start_link", {
   pool = { "string", default = "default" },
   crash_window_ms = { "integer", min = 1, limit = check.MS_MAX,
                       default = 60000 },
-  max_crashes = { "integer", min = 1, limit = check.UINT32_MAX,
+  max_crashes = { "integer", min = 1, limit = check.UINT32_MAX - 2,
                   default = 10 },
   check_interval_ms = { "integer", min = 1, limit = check.MS_MAX,
                         default = 30000 },

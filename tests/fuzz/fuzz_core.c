@@ -1,11 +1,12 @@
 /* fuzz_core: random sequences of calls to the C core, checked against a
  * reference model after every call.
  *
- * The input is decoded into a circuit breaker, a health monitor and a retry
- * policy (configurations included, invalid ones too), then into a sequence
- * of calls on them with random times and arguments: a clock that mostly
- * moves forward, sometimes stands still, steps back or jumps to the far
- * end of uint64_t. After each call the objects are compared with simple
+ * The input is decoded into a circuit breaker (consecutive failures, or a
+ * COUNT or TIME rate window; its manual states too), a health monitor and a
+ * retry policy (configurations included, invalid ones too), then into a
+ * sequence of calls on them with random times and arguments: a clock that
+ * mostly moves forward, sometimes stands still, steps back or jumps to the
+ * far end of uint64_t. After each call the objects are compared with simple
  * models written from the documented rules (runtime/include/sprun.h and
  * DESIGN.md), not from the code: any difference, or any broken invariant
  * (a count that went negative or wrapped, a state out of range, more
@@ -15,9 +16,9 @@
  *
  * The trap: the models must stay independent of the code they check. The
  * health model keeps the whole (bounded) history of crashes and counts the
- * window by brute force; the breaker model is the state table of DESIGN.md;
- * the retry bounds come from the formulas, with a tolerance only where
- * floating point rounds.
+ * window by brute force; the breaker model is the state table of DESIGN.md
+ * with its rate window kept as a plain list of calls; the retry bounds come
+ * from the formulas, with a tolerance only where floating point rounds.
  *
  * Built by `make fuzz` with clang -fsanitize=fuzzer,address,undefined.
  */
@@ -151,7 +152,16 @@ static uint64_t take_time(input_t *in, uint64_t now) {
 
 /* ---- circuit breaker ------------------------------------------------------ */
 
-/* The breaker as DESIGN.md states it. */
+/* A call in a rate window, as the model keeps it. */
+typedef struct {
+  uint64_t epoch; /* TIME: the bucket it went into */
+  int failed;
+  int slow;
+} wcall_t;
+
+/* The breaker as sprun.h and DESIGN.md state it. The rate window is kept as
+ * the plain list of the calls added since it was last emptied, and counted
+ * by brute force. */
 typedef struct {
   sp_breaker_config_t c;
   int state;
@@ -159,6 +169,15 @@ typedef struct {
   uint32_t fail, succ, hoc;
   uint64_t opened_at;
   uint64_t rejected, tsucc, tfail, ignored;
+  int open_reason;
+  wcall_t calls[MAX_OPS];
+  uint32_t ncalls;
+  /* Failures and slow calls among calls[0 .. i), so that a window (a
+   * suffix of the list: epochs only grow) is counted in O(1). */
+  uint32_t failed_before[MAX_OPS + 1];
+  uint32_t slow_before[MAX_OPS + 1];
+  uint32_t first;  /* TIME: calls before it have left the window */
+  uint64_t newest; /* TIME: the newest bucket the window moved on to */
 } mbreaker_t;
 
 static uint32_t sat32(uint32_t n) {
@@ -169,11 +188,51 @@ static uint64_t sat64(uint64_t n) {
   return n == UINT64_MAX ? n : n + 1;
 }
 
+static int mb_rate(const mbreaker_t *m) {
+  return m->c.window_type == SP_WINDOW_COUNT ||
+         m->c.window_type == SP_WINDOW_TIME;
+}
+
+/* The window now: the last window_size calls (COUNT), or the calls whose
+ * bucket is one of the last window_buckets ones (TIME). */
+static void mb_window(mbreaker_t *m, uint64_t *calls, uint64_t *failed,
+                      uint64_t *slow) {
+  uint32_t first = 0;
+
+  if (m->c.window_type == SP_WINDOW_COUNT && m->ncalls > m->c.window_size)
+    first = m->ncalls - m->c.window_size;
+  if (m->c.window_type == SP_WINDOW_TIME) {
+    while (m->first < m->ncalls &&
+           m->newest - m->calls[m->first].epoch >= m->c.window_buckets)
+      m->first++;
+    first = m->first;
+  }
+  *calls = m->ncalls - first;
+  *failed = m->failed_before[m->ncalls] - m->failed_before[first];
+  *slow = m->slow_before[m->ncalls] - m->slow_before[first];
+}
+
+static void mb_empty(mbreaker_t *m) {
+  m->ncalls = 0;
+  m->first = 0;
+}
+
+static uint64_t mb_width(const mbreaker_t *m) {
+  return m->c.window_ms / m->c.window_buckets;
+}
+
+/* TIME: the window moves on to now (never back). */
+static void mb_move(mbreaker_t *m, uint64_t now) {
+  if (m->c.window_type == SP_WINDOW_TIME && now / mb_width(m) > m->newest)
+    m->newest = now / mb_width(m);
+}
+
 static int mb_enter(mbreaker_t *m, int state, uint64_t now) {
   m->state = state;
   m->gen++;
   m->succ = 0;
   m->hoc = 0;
+  mb_empty(m); /* the window starts empty in every state */
   if (state == SP_BREAKER_STATE_OPEN) {
     m->opened_at = now;
     return SP_BREAKER_OPENED;
@@ -186,48 +245,110 @@ static int mb_enter(mbreaker_t *m, int state, uint64_t now) {
   return SP_BREAKER_HALF_OPENED;
 }
 
+static int mb_manual(mbreaker_t *m, int state, int bit) {
+  if (m->state == state)
+    return 0;
+  m->state = state;
+  m->gen++;
+  m->fail = m->succ = m->hoc = 0;
+  mb_empty(m);
+  return bit;
+}
+
 static int mb_tick(mbreaker_t *m, uint64_t now) {
+  if (m->state != SP_BREAKER_STATE_ISOLATED)
+    mb_move(m, now);
   if (m->state == SP_BREAKER_STATE_OPEN && now >= m->opened_at &&
       now - m->opened_at >= m->c.reset_timeout_ms)
     return mb_enter(m, SP_BREAKER_STATE_HALF_OPEN, now);
   return 0;
 }
 
-static int mb_count(mbreaker_t *m, int outcome, uint64_t now) {
+static int mb_count(mbreaker_t *m, int outcome, uint64_t now,
+                    uint64_t duration) {
+  int counting = m->state == SP_BREAKER_STATE_CLOSED ||
+                 m->state == SP_BREAKER_STATE_DISABLED;
+  uint64_t calls, failed, slow, need;
+
+  if (outcome == SP_OUTCOME_NEUTRAL || m->state == SP_BREAKER_STATE_ISOLATED)
+    return 0;
+  if (counting && mb_rate(m)) {
+    uint32_t i = m->ncalls++;
+    wcall_t *w = &m->calls[i];
+
+    CHECK(m->ncalls <= MAX_OPS);
+    mb_move(m, now);
+    w->epoch = m->newest; /* a time before the newest bucket: the newest */
+    w->failed = outcome == SP_OUTCOME_FAILURE;
+    w->slow = m->c.slow_call_ms > 0 && duration >= m->c.slow_call_ms;
+    m->failed_before[i + 1] = m->failed_before[i] + (w->failed != 0);
+    m->slow_before[i + 1] = m->slow_before[i] + (w->slow != 0);
+  }
   if (outcome == SP_OUTCOME_SUCCESS) {
     m->tsucc = sat64(m->tsucc);
-    if (m->state == SP_BREAKER_STATE_CLOSED) {
+    if (counting) {
       m->fail = 0;
       m->succ = sat32(m->succ);
     } else if (m->state == SP_BREAKER_STATE_HALF_OPEN) {
       m->succ = sat32(m->succ);
       if (m->succ >= m->c.half_open_max_calls)
         return mb_enter(m, SP_BREAKER_STATE_CLOSED, now);
+      return 0;
+    } else {
+      return 0;
     }
-  } else if (outcome == SP_OUTCOME_FAILURE) {
+  } else {
     m->tfail = sat64(m->tfail);
-    if (m->state == SP_BREAKER_STATE_CLOSED) {
+    if (counting) {
       m->fail = sat32(m->fail);
       m->succ = 0;
-      if (m->fail >= m->c.failure_threshold)
+      if (m->state == SP_BREAKER_STATE_CLOSED && !mb_rate(m) &&
+          m->fail >= m->c.failure_threshold) {
+        m->open_reason = SP_OPEN_REASON_FAILURES;
         return mb_enter(m, SP_BREAKER_STATE_OPEN, now);
+      }
     } else if (m->state == SP_BREAKER_STATE_HALF_OPEN) {
       m->fail = 1;
+      m->open_reason = SP_OPEN_REASON_FAILURES;
       return mb_enter(m, SP_BREAKER_STATE_OPEN, now);
+    } else {
+      return 0;
     }
   }
-  return 0;
+  if (m->state != SP_BREAKER_STATE_CLOSED || !mb_rate(m))
+    return 0;
+  /* Closed with a rate window: a rate at its threshold opens it, once
+   * min_calls calls (at most the whole COUNT window) are in. */
+  mb_window(m, &calls, &failed, &slow);
+  need = m->c.min_calls;
+  if (m->c.window_type == SP_WINDOW_COUNT && need > m->c.window_size)
+    need = m->c.window_size;
+  if (calls == 0 || calls < need)
+    return 0;
+  if ((double) failed / (double) calls >= m->c.failure_rate)
+    m->open_reason = SP_OPEN_REASON_FAILURE_RATE;
+  else if (m->c.slow_call_ms > 0 &&
+           (double) slow / (double) calls >= m->c.slow_call_rate)
+    m->open_reason = SP_OPEN_REASON_SLOW_CALL_RATE;
+  else
+    return 0;
+  m->fail = failed > UINT32_MAX ? UINT32_MAX : (uint32_t) failed;
+  return mb_enter(m, SP_BREAKER_STATE_OPEN, now);
 }
 
-static int popcount3(int mask) {
-  return !!(mask & SP_BREAKER_OPENED) + !!(mask & SP_BREAKER_HALF_OPENED) +
-         !!(mask & SP_BREAKER_CLOSED);
+static int popcount_transitions(int mask) {
+  int n = 0;
+
+  for (int bit = 1; bit <= SP_BREAKER_ISOLATED; bit <<= 1)
+    n += (mask & bit) != 0;
+  return n;
 }
 
-static void breaker_compare(const sp_breaker_t *b, const mbreaker_t *m) {
-  CHECK(b->state == SP_BREAKER_STATE_CLOSED ||
-        b->state == SP_BREAKER_STATE_OPEN ||
-        b->state == SP_BREAKER_STATE_HALF_OPEN);
+static void breaker_compare(const sp_breaker_t *b, mbreaker_t *m) {
+  uint64_t calls, failed, slow;
+
+  CHECK(b->state >= SP_BREAKER_STATE_CLOSED &&
+        b->state <= SP_BREAKER_STATE_ISOLATED);
   CHECK(sp_breaker_state_name(b->state) != NULL);
   CHECK(b->state == m->state);
   CHECK(b->generation == m->gen);
@@ -236,18 +357,34 @@ static void breaker_compare(const sp_breaker_t *b, const mbreaker_t *m) {
   CHECK(b->half_open_calls == m->hoc);
   CHECK(b->half_open_calls <= b->config.half_open_max_calls);
   CHECK(b->state == SP_BREAKER_STATE_HALF_OPEN || b->half_open_calls == 0);
-  CHECK(b->state != SP_BREAKER_STATE_CLOSED ||
+  CHECK(b->state != SP_BREAKER_STATE_CLOSED || mb_rate(m) ||
         b->failure_count < b->config.failure_threshold);
   CHECK(b->state != SP_BREAKER_STATE_OPEN || b->success_count == 0);
-  CHECK(b->state == SP_BREAKER_STATE_CLOSED ||
-        b->failure_count <= b->config.failure_threshold);
   CHECK(b->opened_at_ms == m->opened_at);
   CHECK(b->rejected_count == m->rejected);
   CHECK(b->total_successes == m->tsucc);
   CHECK(b->total_failures == m->tfail);
   CHECK(b->ignored_count == m->ignored);
+  CHECK(b->open_reason == m->open_reason);
+
+  /* The window: as the model counts it, never more failures or slow calls
+   * than calls, never more calls than a COUNT window holds, and empty
+   * whenever the breaker does not count (nor ever in consecutive mode). */
+  mb_window(m, &calls, &failed, &slow);
+  CHECK(b->window_calls == calls);
+  CHECK(b->window_failures == failed);
+  CHECK(b->window_slow == slow);
+  CHECK(b->window_failures <= b->window_calls);
+  CHECK(b->window_slow <= b->window_calls);
+  CHECK(b->config.window_type != SP_WINDOW_COUNT ||
+        b->window_calls <= b->config.window_size);
+  CHECK(b->window_calls == 0 || (mb_rate(m) &&
+        (b->state == SP_BREAKER_STATE_CLOSED ||
+         b->state == SP_BREAKER_STATE_DISABLED)));
+
   CHECK(sp_breaker_would_admit(b) ==
         (b->state == SP_BREAKER_STATE_CLOSED ||
+         b->state == SP_BREAKER_STATE_DISABLED ||
          (b->state == SP_BREAKER_STATE_HALF_OPEN &&
           b->half_open_calls < b->config.half_open_max_calls)));
   if (b->state == SP_BREAKER_STATE_OPEN) {
@@ -272,18 +409,69 @@ typedef struct {
   uint64_t now;
 } breaker_run_t;
 
+/* Would sp_breaker_init accept c? From the ranges in sprun.h. */
+static int breaker_config_valid(const sp_breaker_config_t *c) {
+  switch (c->window_type) {
+  case SP_WINDOW_CONSECUTIVE:
+    return c->failure_threshold >= 1;
+  case SP_WINDOW_COUNT:
+    if (c->window_size < 1 || c->window_size > SP_BREAKER_MAX_WINDOW_SIZE)
+      return 0;
+    break;
+  case SP_WINDOW_TIME:
+    if (c->window_buckets < 1 || c->window_buckets > SP_BREAKER_MAX_BUCKETS ||
+        c->window_ms < 1 || c->window_ms % c->window_buckets != 0)
+      return 0;
+    break;
+  default:
+    return 0;
+  }
+  return c->min_calls >= 1 && c->failure_rate >= 0 &&
+         c->failure_rate <= 1 && c->slow_call_rate >= 0 &&
+         c->slow_call_rate <= 1;
+}
+
+/* A rate: mostly the round ones, sometimes anything (NaN and out of
+ * range included, which init must refuse). */
+static double take_rate(input_t *in) {
+  uint8_t k = take8(in);
+  return k < 200 ? (k % 11) / 10.0 : take_double(in);
+}
+
 static void breaker_setup(breaker_run_t *r, input_t *in) {
   sp_breaker_config_t c;
+  uint8_t k;
   int rc;
 
   memset(&c, 0, sizeof(c));
   c.failure_threshold = take_count(in);
   c.half_open_max_calls = take_count(in);
   c.reset_timeout_ms = take8(in) & 1 ? take64(in) : take8(in) * 10u;
-  c.window_type = take8(in) < 240 ? SP_WINDOW_CONSECUTIVE : take8(in);
+  k = take8(in);
+  c.window_type = k < 100 ? SP_WINDOW_CONSECUTIVE
+                  : k < 170 ? SP_WINDOW_COUNT
+                  : k < 240 ? SP_WINDOW_TIME : (int) take8(in) - 128;
+  /* Every field is set whatever the type: the consecutive mode must
+   * ignore them. */
+  k = take8(in);
+  c.window_size = k < 200 ? 1 + k % 20
+                  : k < 250 ? SP_BREAKER_MAX_WINDOW_SIZE + (k & 1)
+                            : take32(in) % (2 * SP_BREAKER_MAX_WINDOW_SIZE);
+  k = take8(in);
+  c.window_buckets = k < 200 ? 1 + k % 10
+                     : k < 250 ? SP_BREAKER_MAX_BUCKETS + (k & 1)
+                               : take32(in);
+  k = take8(in);
+  c.window_ms = k < 200 ? (uint64_t) (k % 20) * c.window_buckets
+                        : (k < 250 ? take32(in) : take64(in));
+  c.min_calls = take8(in) < 200 ? take8(in) % 12 : take_count(in);
+  c.failure_rate = take_rate(in);
+  c.slow_call_rate = take_rate(in);
+  k = take8(in);
+  c.slow_call_ms = k < 100 ? 0 : k < 240 ? k % 50 : take64(in);
 
   rc = sp_breaker_init(&r->b, &c);
-  if (c.failure_threshold == 0 || c.window_type != SP_WINDOW_CONSECUTIVE) {
+  if (!breaker_config_valid(&c)) {
     CHECK(rc == SP_EINVAL);
     r->ok = 0;
     return;
@@ -306,34 +494,41 @@ static void breaker_step(breaker_run_t *r, input_t *in) {
   int rc, want;
 
   r->now = take_time(in, r->now);
-  switch (op % 8) {
+  switch (op % 10) {
   case 0:
   case 1: /* acquire */
     rc = sp_breaker_acquire(b, r->now);
     want = mb_tick(m, r->now);
-    if (m->state == SP_BREAKER_STATE_CLOSED) {
+    if (m->state == SP_BREAKER_STATE_CLOSED ||
+        m->state == SP_BREAKER_STATE_DISABLED) {
       CHECK(rc == want);
     } else if (m->state == SP_BREAKER_STATE_HALF_OPEN &&
                m->hoc < m->c.half_open_max_calls) {
       m->hoc++;
       CHECK(rc == want);
     } else {
-      /* A rejection never comes with a transition. */
+      /* A rejection never comes with a transition; an isolated breaker
+       * does not count it. */
       CHECK(want == 0);
-      m->rejected = sat64(m->rejected);
+      if (m->state != SP_BREAKER_STATE_ISOLATED)
+        m->rejected = sat64(m->rejected);
       CHECK(rc == SP_ECIRCUITOPEN);
     }
-    CHECK(b->generation - gen_before == (uint32_t) popcount3(rc > 0 ? rc : 0));
+    CHECK(b->generation - gen_before ==
+          (uint32_t) popcount_transitions(rc > 0 ? rc : 0));
     if (rc >= 0 && r->npermits < PERMITS)
       r->permits[r->npermits++] = b->generation;
     break;
   case 2:
-  case 3: { /* record, with a permit or a made-up generation */
+  case 3:
+  case 4: { /* record, with a permit or a made-up generation */
     uint8_t k = take8(in);
     uint32_t gen;
     int outcome = take8(in);
-    uint64_t duration = take8(in) & 1 ? take64(in) : 0;
+    uint64_t duration = take8(in);
 
+    if (duration >= 250)
+      duration = take64(in);
     outcome = outcome < 250 ? outcome % 3 : outcome - 253; /* -3 .. 2 */
     if (r->npermits > 0 && k < 200) {
       int i = k % r->npermits;
@@ -351,45 +546,72 @@ static void breaker_step(breaker_run_t *r, input_t *in) {
     } else {
       if (m->state == SP_BREAKER_STATE_HALF_OPEN && m->hoc > 0)
         m->hoc--;
-      want = mb_count(m, outcome, r->now);
+      want = mb_count(m, outcome, r->now, duration);
     }
     CHECK(rc == want);
     CHECK(b->generation - gen_before ==
-          (uint32_t) (rc > 0 ? popcount3(rc) : 0));
+          (uint32_t) (rc > 0 ? popcount_transitions(rc) : 0));
     break;
   }
-  case 4:
+  case 5:
     rc = sp_breaker_record_success(b, r->now);
     want = mb_tick(m, r->now);
-    want |= mb_count(m, SP_OUTCOME_SUCCESS, r->now);
+    want |= mb_count(m, SP_OUTCOME_SUCCESS, r->now, 0);
     CHECK(rc == want);
-    CHECK(b->generation - gen_before == (uint32_t) popcount3(rc));
-    break;
-  case 5:
-    rc = sp_breaker_record_failure(b, r->now);
-    want = mb_tick(m, r->now);
-    want |= mb_count(m, SP_OUTCOME_FAILURE, r->now);
-    CHECK(rc == want);
-    /* A failure right after the timeout half-opens then re-opens. */
-    CHECK(b->generation - gen_before == (uint32_t) popcount3(rc));
+    CHECK(b->generation - gen_before == (uint32_t) popcount_transitions(rc));
     break;
   case 6:
+    rc = sp_breaker_record_failure(b, r->now);
+    want = mb_tick(m, r->now);
+    want |= mb_count(m, SP_OUTCOME_FAILURE, r->now, 0);
+    CHECK(rc == want);
+    /* Half-open, then closed (no probe allowed), then open again: each
+     * transition moves the generation once. */
+    CHECK(b->generation - gen_before == (uint32_t) popcount_transitions(rc));
+    break;
+  case 7:
     rc = sp_breaker_tick(b, r->now);
     CHECK(rc == mb_tick(m, r->now));
-    CHECK(b->generation - gen_before == (uint32_t) popcount3(rc));
+    CHECK(b->generation - gen_before == (uint32_t) popcount_transitions(rc));
     break;
+  case 8: { /* the manual states, rarely */
+    uint8_t k = take8(in);
+
+    if (k < 200)
+      break;
+    switch (k % 3) {
+    case 0:
+      rc = sp_breaker_force_open(b);
+      want = mb_manual(m, SP_BREAKER_STATE_FORCED_OPEN,
+                       SP_BREAKER_FORCED_OPENED);
+      break;
+    case 1:
+      rc = sp_breaker_disable(b);
+      want = mb_manual(m, SP_BREAKER_STATE_DISABLED, SP_BREAKER_DISABLED);
+      break;
+    default:
+      rc = sp_breaker_isolate(b);
+      want = mb_manual(m, SP_BREAKER_STATE_ISOLATED, SP_BREAKER_ISOLATED);
+      break;
+    }
+    CHECK(rc == want);
+    CHECK(b->generation - gen_before == (rc != 0));
+    break;
+  }
   default: {
     int was_closed = m->state == SP_BREAKER_STATE_CLOSED;
-    sp_breaker_config_t c = m->c;
 
     if (take8(in) < 240)
       break; /* resets are rare, or nothing would ever open */
     rc = sp_breaker_reset(b);
     CHECK(rc == (was_closed ? 0 : SP_BREAKER_CLOSED));
-    memset(m, 0, sizeof(*m));
-    m->c = c;
-    m->gen = gen_before + 1;
     m->state = SP_BREAKER_STATE_CLOSED;
+    m->gen = gen_before + 1;
+    m->fail = m->succ = m->hoc = 0;
+    m->opened_at = 0;
+    m->rejected = m->tsucc = m->tfail = m->ignored = 0;
+    m->open_reason = SP_OPEN_REASON_NONE;
+    mb_empty(m);
     CHECK(b->generation == gen_before + 1);
     break;
   }
@@ -825,6 +1047,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       retry_step(&rr, &in);
   }
 
+  if (br.ok) {
+    sp_breaker_close(&br.b);
+    sp_breaker_close(&br.b); /* safe twice, says sprun.h */
+  }
   if (hr.ok) {
     sp_health_close(&hr.h);
     sp_health_close(&hr.h); /* safe twice, says sprun.h */

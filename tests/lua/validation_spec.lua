@@ -136,6 +136,11 @@ local cases = {
     health_monitor.start_link, "x" },
   { "health_monitor.start_link: option 'max_crashes' must be an integer "
     .. ">= 1, got 0", health_monitor.start_link, { max_crashes = 0 } },
+  -- Found by the fuzz_options target: the C monitor takes at most
+  -- UINT32_MAX - 2, so a larger value must be refused here, not by init.
+  { "health_monitor.start_link: option 'max_crashes' must be an integer "
+    .. "between 1 and 4294967293, got 4294967295", health_monitor.start_link,
+    { max_crashes = 4294967295 } },
   { "health_monitor.start_link: option 'crash_window_ms' must be an "
     .. "integer >= 1, got -1",
     health_monitor.start_link, { crash_window_ms = -1 } },
