@@ -5,10 +5,12 @@
  * (NaN, infinities, huge, negative, fractional, -0), strings, booleans,
  * nested tables, functions, cdata, coroutines and real sprun objects. The
  * value is handed to one of the functions that check options:
- * circuit_breaker.start_link, health_monitor.start_link, retry_policy.new
- * and the executor's execute_with_retry, execute_with_timeout,
- * execute_batch and execute_with_protection (whose operation succeeds at
- * once, so accepted options run one quick call).
+ * circuit_breaker.start_link (rate windows included),
+ * health_monitor.start_link, retry_policy.new, the executor's
+ * execute_with_retry, execute_with_timeout, execute_batch and
+ * execute_with_protection (whose operation succeeds at once, so accepted
+ * options run one quick call), bulkhead.new and pipeline.new (whose
+ * stages nest the others' options).
  *
  * The invariant (DESIGN.md, Misuse): the call either succeeds, or raises an
  * error whose value is a string starting with the function's name, as in
@@ -85,6 +87,8 @@ static const char driver[] =
     "  { 'executor.execute_with_protection',\n"
     "    function(o) return ex.execute_with_protection(breaker, ok_fn, o) end"
     " },\n"
+    "  { 'bulkhead.new', require('sprun.bulkhead').new },\n"
+    "  { 'pipeline.new', require('sprun.pipeline').new },\n"
     "}\n"
     /* Values the C side cannot make: pushed by index from C. */
     "local specials = {\n"
@@ -248,6 +252,12 @@ static const char *const option_names[] = {
     "policy", "operation",
     /* execute_with_timeout, execute_batch */
     "timeout_ms", "max_concurrency",
+    /* circuit_breaker.start_link's rate windows */
+    "window", "type", "size", "size_ms", "buckets", "failure_rate",
+    "min_calls", "slow_call_ms", "slow_call_rate",
+    /* bulkhead.new, pipeline.new */
+    "max_concurrent", "max_queue", "retry", "breaker", "bulkhead",
+    "fallback", "budget", "ratio", "min_retries_per_s", "ttl_ms",
     /* near misses */
     "failure_treshold", "Name", "max_attempt", "", "jitter ", "timeout",
 };
@@ -260,6 +270,7 @@ static const struct {
   size_t len;
 } words[] = {
     W(""), W("x"), W("fuzz"), W("list"), W("exponential"), W("full"),
+    W("count"), W("time"),
     W("equal"), W("decorrelated"), W("all"), W("timeout"), W("unavailable"),
     W("true"), W("nan"), W("1"), W("-1"), W("1e999"), W("0x10"), W(" 5"),
     W("closed"), W("\xff\xfe"), W("a\0b"),
