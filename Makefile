@@ -125,11 +125,19 @@ demo: deps
 	@$(MAKE) --no-print-directory build
 	$(BIN) scripts/demo.lua
 
-BENCHES := $(filter-out scripts/bench/harness.lua,$(wildcard scripts/bench/*.lua))
+BENCHES := $(filter-out scripts/bench/harness.lua scripts/bench/summary.lua,\
+             $(wildcard scripts/bench/*.lua))
+BENCH_ROWS := $(BUILD)/bench-rows.tsv
 
+# Each benchmark prints its cases and appends them to $(BENCH_ROWS); the
+# summary table of every case and its target comes last.
 bench: deps
 	@$(MAKE) --no-print-directory build
-	@for b in $(BENCHES); do echo "== $$b"; $(BIN) $$b || exit 1; done
+	@rm -f $(BENCH_ROWS)
+	@for b in $(BENCHES); do echo "== $$b"; \
+	  SPRUN_BENCH_ROWS=$(BENCH_ROWS) $(BIN) $$b || exit 1; done
+	@echo "== summary"
+	@$(BIN) scripts/bench/summary.lua $(BENCH_ROWS)
 
 # Not part of `make test`: it runs for about a minute.
 .PHONY: soak

@@ -16,6 +16,13 @@
 -- breaker was. Telemetry costs it one table lookup while no handler is
 -- attached to the per-call events; with one attached, calls take
 -- observed_call, which times them.
+--
+-- In consecutive mode the two commonest cases make no C call at all: a
+-- closed breaker admitting a call that succeeds, and an open breaker whose
+-- reset timeout has not run out rejecting one. Both are a few loads and
+-- stores on the sp_breaker_t, doing exactly what sp_breaker_acquire and
+-- sp_breaker_record would (see fast_finish and call); everything else, and
+-- every transition, goes through the C state machine.
 
 local sp = require "sprun.ffi"
 local check = require "sprun.check"
@@ -53,6 +60,11 @@ local DISABLED = sp.SP_BREAKER_DISABLED
 local ISOLATED = sp.SP_BREAKER_ISOLATED
 local HALF_OPENED = sp.SP_BREAKER_HALF_OPENED
 local CLOSED = sp.SP_BREAKER_CLOSED
+local STATE_CLOSED = sp.SP_BREAKER_STATE_CLOSED
+local STATE_OPEN = sp.SP_BREAKER_STATE_OPEN
+local U32_MAX = 0xffffffff
+local U64_MAX = 0xffffffffffffffffULL
+local U64 = ffi.typeof("uint64_t")
 local SUCCESS = sp.SP_OUTCOME_SUCCESS
 local FAILURE = sp.SP_OUTCOME_FAILURE
 local NEUTRAL = sp.SP_OUTCOME_NEUTRAL
@@ -224,6 +236,10 @@ function _M.start_link(opts)
     ffi.gc(b, C.sp_breaker_close)
   end
   local cb = setmetatable({
+    -- call() is found on the breaker itself: a method looked up through
+    -- the metatable costs a search of the breaker's own keys first.
+    call = _M.call,
+    _class = mt,
     _b = b,
     _name = o.name,
     _clock = clock.reader("circuit_breaker", o.clock),
@@ -231,6 +247,8 @@ function _M.start_link(opts)
     _reset_timeout_ms = o.reset_timeout_ms,
     _is_failure = o.is_failure,
     _window = w and w.type or nil,
+    -- Consecutive mode: call() takes its fast paths.
+    _fast = w == nil,
     -- Calls are timed only when slow calls are counted.
     _timed = o.slow_call_ms ~= nil and w ~= nil,
     _user_clock = o.clock ~= nil,
@@ -417,6 +435,31 @@ local function observed_finish(self, generation, state, started, timed, ok,
   return finish(self, generation, ok, ...)
 end
 
+-- finish() on the fast path: a call admitted by a closed breaker in
+-- consecutive mode. A success recorded under the same generation (so the
+-- breaker is still closed) is what breaker_count does for it in C: a
+-- saturating total, the consecutive failures reset, the consecutive
+-- successes counted. Anything else takes finish().
+local function fast_finish(self, b, generation, ok, ...)
+  if ok then
+    local r1, r2 = ...
+    if (r1 or r2 == nil) and b.generation == generation
+        and b.state == STATE_CLOSED then
+      local total = b.total_successes
+      if total ~= U64_MAX then
+        b.total_successes = total + 1
+      end
+      b.failure_count = 0
+      local successes = U64(b.success_count)
+      if successes ~= U32_MAX then
+        b.success_count = successes + 1
+      end
+      return ...
+    end
+  end
+  return finish(self, generation, ok, ...)
+end
+
 local function observed_call(self, fn, ...)
   local b = self._b
   -- Read before the event: a handler that calls the breaker may move it
@@ -437,9 +480,42 @@ local function rejected(self)
 end
 
 function _M.call(self, fn, ...)
-  check_self(self, mt, "circuit_breaker.call", WHAT)
+  -- A breaker carries its class in _class: a load by a constant key, where
+  -- getmetatable would search the metatable for __metatable.
+  if type(self) ~= "table" or self._class ~= mt then
+    check_self(self, mt, "circuit_breaker.call", WHAT)
+  end
   check_func("circuit_breaker.call", "fn", fn)
   local b = self._b
+  if self._fast and not observed[CALL_EVENTS] then
+    local state = b.state
+    if state == STATE_CLOSED then
+      if self._user_clock then
+        -- Not needed here, but read as on every other path, so that a
+        -- clock that returns garbage is reported at the call that used it.
+        self._clock()
+      end
+      return fast_finish(self, b, b.generation, pcall(fn, ...))
+    end
+    if state == STATE_OPEN then
+      -- sp_breaker_acquire on an open breaker: a rejection unless the reset
+      -- timeout has run out (or the clock went back before the opening).
+      -- Whole ms: with opened_at and the timeout integers, a fractional
+      -- `now` decides as the truncated one C gets would.
+      local now = self._clock()
+      local opened = tonumber(b.opened_at_ms)
+      if now < opened or now - opened < self._reset_timeout_ms then
+        local rejections = b.rejected_count
+        if rejections ~= U64_MAX then
+          b.rejected_count = rejections + 1
+        end
+        if enabled[CALL_REJECTED] then
+          rejected(self)
+        end
+        return nil, self._open_error
+      end
+    end
+  end
   local rc = C.sp_breaker_acquire(b, self._clock())
   if rc < 0 then
     if enabled[CALL_REJECTED] then

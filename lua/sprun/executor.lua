@@ -128,43 +128,127 @@ local function mark_exhausted(err, attempts)
   return setmetatable(copy, getmetatable(err))
 end
 
--- pool and operation name the loop in its telemetry events.
-local function retry_loop(policy, fn, args, pool, operation)
-  local attempt = 1
-  local started = hrtime()
-  while true do
-    local res = pack(pcall(fn, unpack(args, 1, args.n)))
-    local ok, err = attempt_outcome(res[1], res[2], res[3])
-    if ok then
-      telemetry.retry_success(pool, attempt, started)
-      return unpack(res, 2, res.n)
+-- The retry loop. Every attempt is a tail call, and the arguments of the
+-- common arities (up to 3) travel as values rather than in a table, so that
+-- an attempt allocates nothing: run_attempt calls the operation, and
+-- attempt_done takes its outcome and either returns it or runs the next
+-- attempt. The state of the loop is the parameter list:
+--   policy, fn, cb     the policy; the operation; a breaker to call it
+--                      through (cb:call(fn, ...)), or nil
+--   pool, operation    names for the telemetry events
+--   started            hrtime() at the start when a retry event had a
+--                      handler, else false (the loop then reads no clock)
+--   attempt            the attempt being made, from 1
+--   n, a1, a2, a3, args  the arguments: their count, the first three, and
+--                      all of them packed when there are more than three
+local attempt_done
+local cb_call = circuit_breaker.call
+local RETRY_EVENTS = "snakepit.retry"
+local RETRY_SUCCESS = "snakepit.retry.success"
+local observed = telemetry.observed
+local enabled = telemetry.enabled
+
+local function run_attempt(policy, fn, cb, pool, operation, started, attempt,
+                           n, a1, a2, a3, args)
+  if cb ~= nil then
+    if n == 0 then
+      return attempt_done(policy, fn, cb, pool, operation, started, attempt,
+                          n, a1, a2, a3, args, pcall(cb_call, cb, fn))
+    elseif n == 1 then
+      return attempt_done(policy, fn, cb, pool, operation, started, attempt,
+                          n, a1, a2, a3, args, pcall(cb_call, cb, fn, a1))
     end
-    if not policy:retry_for_error(err) then
-      return nil, err
-    end
-    if not policy:should_retry(attempt) then
-      telemetry.retry_exhausted(pool, attempt, started, err)
-      return nil, mark_exhausted(err, attempt)
-    end
-    local delay = policy:backoff_for_attempt(attempt)
-    telemetry.retry_attempt(pool, operation, attempt, delay)
-    sched.sleep(delay)
-    attempt = attempt + 1
+    return attempt_done(policy, fn, cb, pool, operation, started, attempt,
+                        n, a1, a2, a3, args,
+                        pcall(cb_call, cb, fn, unpack(args, 1, n)))
   end
+  if n == 0 then
+    return attempt_done(policy, fn, cb, pool, operation, started, attempt,
+                        n, a1, a2, a3, args, pcall(fn))
+  elseif n == 1 then
+    return attempt_done(policy, fn, cb, pool, operation, started, attempt,
+                        n, a1, a2, a3, args, pcall(fn, a1))
+  elseif n == 2 then
+    return attempt_done(policy, fn, cb, pool, operation, started, attempt,
+                        n, a1, a2, a3, args, pcall(fn, a1, a2))
+  elseif n == 3 then
+    return attempt_done(policy, fn, cb, pool, operation, started, attempt,
+                        n, a1, a2, a3, args, pcall(fn, a1, a2, a3))
+  end
+  return attempt_done(policy, fn, cb, pool, operation, started, attempt,
+                      n, a1, a2, a3, args, pcall(fn, unpack(args, 1, n)))
+end
+
+attempt_done = function(policy, fn, cb, pool, operation, started, attempt,
+                        n, a1, a2, a3, args, ok, ...)
+  local err
+  if ok then
+    local r1, r2 = ...
+    if r1 or r2 == nil then
+      if enabled[RETRY_SUCCESS] then
+        telemetry.retry_success(pool, attempt, started)
+      end
+      return ...
+    end
+    err = r2
+  else
+    err = ...
+    sched.reraise_cancel(err)
+    err = raised(err)
+  end
+  if not policy:retry_for_error(err) then
+    return nil, err
+  end
+  if not policy:should_retry(attempt) then
+    telemetry.retry_exhausted(pool, attempt, started, err)
+    return nil, mark_exhausted(err, attempt)
+  end
+  local delay = policy:backoff_for_attempt(attempt)
+  telemetry.retry_attempt(pool, operation, attempt, delay)
+  -- A zero delay retries at once, without a trip through the loop.
+  if delay > 0 then
+    sched.check_caller(cb and "executor.execute_with_protection"
+                       or "executor.execute_with_retry")
+    sched.sleep(delay)
+  end
+  return run_attempt(policy, fn, cb, pool, operation, started, attempt + 1,
+                     n, a1, a2, a3, args)
+end
+
+-- Runs the loop: in the calling task, or, called from plain Lua code with
+-- no loop running, in a loop of its own. Inside a running loop the first
+-- attempt runs where it is called; a wait before the next one needs a task.
+local function retry(policy, fn, cb, pool, operation, ...)
+  local n = select("#", ...)
+  local a1, a2, a3 = ...
+  local args = false
+  if n > 3 or (cb ~= nil and n > 1) then
+    args = { ... }
+  end
+  local started = observed[RETRY_EVENTS] and hrtime() or false
+  if sched._sched() == nil then
+    return sched.in_task(run_attempt, policy, fn, cb, pool, operation,
+                         started, 1, n, a1, a2, a3, args)
+  end
+  return run_attempt(policy, fn, cb, pool, operation, started, 1, n, a1, a2,
+                     a3, args)
 end
 
 -- Calls fn(...) until it succeeds, the error is not retriable, or
 -- max_attempts calls were made; sleeps the policy's backoff in between
--- (yielding to other tasks). Returns the first success's values or the
--- last `nil, err` (details.retries_exhausted = true when attempts ran out).
--- opts: retry_policy options, or { policy = p }.
+-- (yielding to other tasks; a zero backoff retries at once). Returns the
+-- first success's values or the last `nil, err`
+-- (details.retries_exhausted = true when attempts ran out).
+-- opts: a retry policy, retry_policy options, or { policy = p }.
 function _M.execute_with_retry(fn, opts, ...)
   check.func("executor.execute_with_retry", "fn", fn)
-  sched.check_caller("executor.execute_with_retry")
-  local o = parse_retry(opts)
-  local policy = policy_from("executor.execute_with_retry", opts, o)
-  return sched.in_task(retry_loop, policy, fn, pack(...), o.pool,
-                       o.operation)
+  local policy, pool, operation = opts, nil, nil
+  if not retry_policy.is_policy(opts) then
+    local o = parse_retry(opts)
+    policy = policy_from("executor.execute_with_retry", opts, o)
+    pool, operation = o.pool, o.operation
+  end
+  return retry(policy, fn, nil, pool, operation, ...)
 end
 
 --- execute_with_circuit_breaker ---------------------------------------------
@@ -295,13 +379,13 @@ function _M.execute_with_protection(cb, fn, opts, ...)
                     "must be a circuit breaker", cb)
   end
   check.func("executor.execute_with_protection", "fn", fn)
-  sched.check_caller("executor.execute_with_protection")
-  local o = parse_protection(opts)
-  local policy = policy_from("executor.execute_with_protection", opts, o)
-  local call = cb.call
-  return sched.in_task(retry_loop, policy, function(...)
-    return call(cb, fn, ...)
-  end, pack(...), o.pool or cb:name(), o.operation)
+  local policy, pool, operation = opts, nil, nil
+  if not retry_policy.is_policy(opts) then
+    local o = parse_protection(opts)
+    policy = policy_from("executor.execute_with_protection", opts, o)
+    pool, operation = o.pool, o.operation
+  end
+  return retry(policy, fn, cb, pool or cb:name(), operation, ...)
 end
 
 --- execute_async -------------------------------------------------------------

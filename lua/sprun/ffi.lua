@@ -220,6 +220,12 @@ double sp_retry_random(sp_retry_t *r);
 double sp_clock_ms(void);
 double sp_clock_ns(void);
 double sp_loop_now_ms(void);
+
+typedef struct {
+  const uint64_t *now_ms;
+} sp_loop_clock_t;
+
+const sp_loop_clock_t *sp_loop_clock(void);
 ]]
 end
 

@@ -427,7 +427,12 @@ local RETRY_EXHAUSTED = "snakepit.retry.exhausted"
 
 local hrtime
 
+-- started_ns is false when the loop started with no retry handler attached
+-- (it then reads no clock): a handler attached since sees 0.
 local function elapsed_ms(started_ns)
+  if not started_ns then
+    return 0
+  end
   if hrtime == nil then
     hrtime = require("sprun.clock").hrtime
   end

@@ -80,6 +80,9 @@ void sp__loop_free(sp_loop_t *loop);
 
 /* The loop's time in ms: libuv's cached time, or the virtual clock. */
 uint64_t sp__loop_now(const sp_loop_t *loop);
+
+/* Where sp__loop_now reads its value: stable for the loop's lifetime. */
+const uint64_t *sp__loop_now_ptr(const sp_loop_t *loop);
 /* Refreshes the cached real time (no effect in virtual time). */
 void sp__loop_update_time(sp_loop_t *loop);
 

@@ -48,8 +48,15 @@ typedef struct l_handle_s {
   int pid;
 } l_handle_t;
 
-/* The open loops, newest first, for sp_loop_now_ms. */
+/* The open loops, newest first, for sp_loop_now_ms, and the newest one's
+ * time for sp_loop_clock. */
 static l_loop_t *open_loops;
+static sp_loop_clock_t l_clock;
+
+static void l_clock_update(void) {
+  l_clock.now_ms = open_loops != NULL ? sp__loop_now_ptr(open_loops->loop)
+                                      : NULL;
+}
 
 static const struct {
   const char *name;
@@ -276,6 +283,7 @@ static int l_loop_new(lua_State *L) {
   if (open_loops != NULL)
     open_loops->prev = ll;
   open_loops = ll;
+  l_clock_update();
   lua_pushvalue(L, 2);
   ll->dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushcfunction(L, l_traceback);
@@ -304,6 +312,7 @@ static int l_loop_close(lua_State *L) {
   if (ll->next != NULL)
     ll->next->prev = ll->prev;
   ll->prev = ll->next = NULL;
+  l_clock_update();
   /* Every handle is gone with the loop. */
   lua_rawgeti(L, LUA_REGISTRYINDEX, ll->handles_ref);
   if (lua_istable(L, -1)) {
@@ -692,6 +701,10 @@ double sp_loop_now_ms(void) {
   if (open_loops != NULL)
     return (double) sp__loop_now(open_loops->loop);
   return (double) (uv_hrtime() / 1000000);
+}
+
+const sp_loop_clock_t *sp_loop_clock(void) {
+  return &l_clock;
 }
 
 static const luaL_Reg l_loop_methods[] = {

@@ -2,6 +2,8 @@
 #ifndef SPRUN_LUA_LOOP_H
 #define SPRUN_LUA_LOOP_H
 
+#include <stdint.h>
+
 #include <lua.h>
 
 /* With the module table on top of the stack, adds loop_new, signals,
@@ -12,5 +14,14 @@ int sp__lua_loop_open(lua_State *L);
 /* The time of the most recently created loop that is still open, in ms, or
  * the monotonic clock in whole ms when no loop is open. For the FFI. */
 double sp_loop_now_ms(void);
+
+/* The same time without a call: while a loop is open, `now_ms` points at
+ * the newest open loop's time in ms; it is NULL when none is, and readers
+ * then call sp_loop_now_ms. The struct lives as long as the program. */
+typedef struct {
+  const uint64_t *now_ms;
+} sp_loop_clock_t;
+
+const sp_loop_clock_t *sp_loop_clock(void);
 
 #endif /* SPRUN_LUA_LOOP_H */

@@ -189,6 +189,88 @@ describe("circuit_breaker", function()
       end)
   end)
 
+  -- call() admits and records in Lua, without the C state machine, in two
+  -- cases of consecutive mode: a closed breaker's successes and an open
+  -- breaker's rejections. These pin what they must do as C would.
+  describe("call's fast paths", function()
+    it("admit under a closed breaker only while it is closed", function()
+      local cb = breaker { failure_threshold = 2 }
+      assert.are.equal("ok", cb:call(succeed))
+      cb:call(fail)
+      assert.are.same({ "closed", 1, 0 },
+        { cb:state(), cb:stats().failure_count, cb:stats().success_count })
+      assert.are.equal("ok", cb:call(succeed))
+      assert.are.same({ 0, 1, 2, 1 }, {
+        cb:stats().failure_count, cb:stats().success_count,
+        cb:stats().total_successes, cb:stats().total_failures })
+    end)
+
+    it("saturate the counters as C does", function()
+      local cb = breaker {}
+      local b = cb._b
+      b.success_count = 0xffffffff
+      b.total_successes = 0xffffffffffffffffULL
+      cb:call(succeed)
+      assert.are.equal(0xffffffff, b.success_count)
+      assert.is_true(b.total_successes == 0xffffffffffffffffULL)
+      b.success_count = 0xfffffffe
+      cb:call(succeed)
+      assert.are.equal(0xffffffff, b.success_count)
+
+      local open = breaker { failure_threshold = 1, reset_timeout_ms = 100 }
+      open:call(fail)
+      open._b.rejected_count = 0xffffffffffffffffULL
+      assert.are.equal(nil, (open:call(succeed)))
+      assert.is_true(open._b.rejected_count == 0xffffffffffffffffULL)
+    end)
+
+    it("count a late success as ignored, not as a success", function()
+      local cb = breaker { failure_threshold = 1 }
+      local r = cb:call(function()
+        cb:record_failure() -- opens it: this call is now late
+        return "late"
+      end)
+      assert.are.equal("late", r)
+      local st = cb:stats()
+      assert.are.same({ "open", 1, 0 },
+                      { st.state, st.ignored_count, st.total_successes })
+    end)
+
+    it("reject with a fractional clock exactly as the C breaker would",
+      function()
+        -- C takes the time in whole ms: 1099.9 is 1099, still inside the
+        -- 100 ms reset timeout of a breaker opened at 1000.
+        local cb, t = breaker { failure_threshold = 1, reset_timeout_ms = 100 }
+        t.now = 1000.5
+        cb:call(fail)
+        assert.are.equal(1000, tonumber(cb._b.opened_at_ms))
+        t.now = 1099.9
+        assert.are.equal(nil, (cb:call(succeed)))
+        assert.are.equal(1, cb:stats().rejected_count)
+        t.now = 1100
+        assert.are.equal("ok", cb:call(succeed))
+      end)
+
+    it("reject while the clock is back before the opening", function()
+      local cb, t = breaker { failure_threshold = 1, reset_timeout_ms = 100 }
+      t.now = 5000
+      cb:call(fail)
+      t.now = 10
+      assert.are.equal(nil, (cb:call(succeed)))
+      assert.are.same({ "open", 1 },
+                      { cb:state(), cb:stats().rejected_count })
+    end)
+
+    it("find call on the breaker itself and check self as before", function()
+      local cb = breaker {}
+      assert.are.equal(circuit_breaker.call, cb.call)
+      assert.has_error(function() circuit_breaker.call({}, succeed) end,
+        "circuit_breaker.call: self must be a circuit breaker, got table")
+      assert.has_error(function() circuit_breaker.call(5, succeed) end,
+        "circuit_breaker.call: self must be a circuit breaker, got 5")
+    end)
+  end)
+
   describe("half-open", function()
     it("closes after one successful probe by default", function()
       local cb, t = breaker { failure_threshold = 1, reset_timeout_ms = 10 }

@@ -431,6 +431,102 @@ describe("executor", function()
       end)
   end)
 
+  describe("execute_with_retry's attempts", function()
+    local function flaky_every(k, fn)
+      local calls = 0
+      return function(...)
+        calls = calls + 1
+        if calls % k ~= 0 then
+          return nil, "timeout"
+        end
+        return fn(...)
+      end
+    end
+
+    it("take a retry policy in place of the options", function()
+      local p = retry_policy.new { max_attempts = 3, backoff_ms = { 10 } }
+      local r, elapsed = vrun(function()
+        local t0 = sprun.now()
+        local v = ex.execute_with_retry(flaky_every(3, function()
+          return "third"
+        end), p)
+        return v, sprun.now() - t0
+      end)
+      assert_no_handles()
+      assert.are.same({ "third", 20 }, { r, elapsed })
+    end)
+
+    it("give every attempt the same arguments, whatever their number",
+      function()
+        for n = 0, 6 do
+          local args = {}
+          for i = 1, n do
+            -- holes included: every other argument is nil
+            args[i] = i % 2 == 1 and i or nil
+          end
+          local out = pack(vrun(function()
+            return ex.execute_with_retry(flaky_every(3, function(...)
+              return select("#", ...), ...
+            end), { max_attempts = 3, backoff_ms = { 0 } },
+            unpack(args, 1, n))
+          end))
+          assert_no_handles()
+          local seen = { n = n }
+          for i = 1, n do seen[i] = args[i] end
+          assert.are.equal(n, out[1])
+          assert.are.same(seen, { n = out.n - 1, unpack(out, 2, out.n) })
+        end
+      end)
+
+    it("through a breaker give every attempt the same arguments too",
+      function()
+        for n = 0, 4 do
+          local cb = circuit_breaker.start_link { name = "args" .. n }
+          local out = pack(vrun(function()
+            return ex.execute_with_protection(cb, flaky_every(2,
+              function(...) return select("#", ...), ... end),
+              { max_attempts = 2, backoff_ms = { 0 } }, "a", nil, "c",
+              nil, "e")
+          end))
+          assert_no_handles()
+          assert.are.same({ 5, "a", nil, "c", nil, "e" },
+                          { out[1], out[2], out[3], out[4], out[5], out[6] })
+          assert.are.equal(6, out.n)
+          assert.are.equal(1, cb:stats().total_failures)
+        end
+      end)
+
+    it("retry at once on a zero backoff, without yielding to other tasks",
+      function()
+        local log = {}
+        vrun(function()
+          local other = sprun.spawn(function() log[#log + 1] = "other" end)
+          ex.execute_with_retry(flaky_every(3, function()
+            log[#log + 1] = "done"
+            return true
+          end), { max_attempts = 3, backoff_ms = { 0 } })
+          other:await()
+        end)
+        assert_no_handles()
+        assert.are.same({ "done", "other" }, log)
+      end)
+
+    it("name the caller when a wait is needed outside a task", function()
+      local ok, err
+      vrun(function()
+        ok, err = coroutine.resume(coroutine.create(function()
+          return ex.execute_with_retry(flaky_every(2, function()
+            return true
+          end), { max_attempts = 2, backoff_ms = { 5 } })
+        end))
+      end)
+      assert_no_handles()
+      assert.is_false(ok)
+      assert.matches("executor.execute_with_retry: called from a coroutine "
+                     .. "that is not a sprun task", err, 1, true)
+    end)
+  end)
+
   describe("execute_with_circuit_breaker", function()
     it("returns the values, the nil, err and the rejection of cb:call",
       function()
