@@ -88,7 +88,9 @@ local function grant(self)
       sched._enqueue(w.task, sched.WAKE_IO)
     end
   end
-  if self._head > self._tail then
+  -- An emptied queue starts again at 1 in a new table (the old one may
+  -- have grown large); an unused one is left alone.
+  if self._head > self._tail and self._head ~= 1 then
     self._queue, self._head, self._tail = {}, 1, 0
   end
 end
@@ -108,14 +110,27 @@ local function reject(self)
   return nil, self._full
 end
 
--- Takes a slot, waiting in the queue if need be. Returns true, or nil and
--- the bulkhead_full error. Must run in a task to wait.
-local function acquire(self)
+-- Takes a free slot if there is one and nobody queues for it: true, else
+-- false (nothing done).
+local function take(self)
   if self._in_flight < self._max_concurrent and queued(self) == 0 then
     take_slot(self)
     return true
   end
+  return false
+end
+
+-- Takes a slot, waiting in the queue if need be. Returns true, or nil and
+-- the bulkhead_full error. Only a task can wait: called from another
+-- coroutine of a running loop, raises under the name fname.
+local function acquire(self, fname)
+  if take(self) then
+    return true
+  end
   local task = sched.current()
+  if task == nil then
+    sched.check_caller(fname)
+  end
   if task == nil or queued(self) >= self._max_queue then
     return reject(self)
   end
@@ -155,8 +170,14 @@ local function finish(self, ok, ...)
   return ...
 end
 
-local function call_in_task(self, fn, ...)
-  local ok, err = acquire(self)
+-- For pipelines, which run the call themselves: _take or else _acquire,
+-- then _release once whatever was admitted is over.
+_M._take = take
+_M._acquire = acquire
+_M._release = release
+
+local function call_in_task(self, fname, fn, ...)
+  local ok, err = acquire(self, fname)
   if not ok then
     return nil, err
   end
@@ -171,7 +192,7 @@ function _M.call(self, fn, ...)
   check_self(self, mt, "bulkhead.call", WHAT)
   check.func("bulkhead.call", "fn", fn)
   sched.check_caller("bulkhead.call")
-  return sched.in_task(call_in_task, self, fn, ...)
+  return sched.in_task(call_in_task, self, "bulkhead.call", fn, ...)
 end
 
 function _M.stats(self)

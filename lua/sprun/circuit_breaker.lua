@@ -389,18 +389,23 @@ local function timed_finish(self, generation, started, ok, ...)
   return ...
 end
 
--- Ends an admitted call given what pcall(fn, ...) returned.
-local function finish(self, generation, ok, ...)
+-- Records the outcome of an admitted call given what pcall(fn, ...)
+-- returned (its first values).
+local function settle(self, generation, ok, r1, r2)
   if not ok then
-    local err = ...
-    record(self, generation, failure_outcome(self, err))
-    error(err, 0)
-  end
-  local r1, r2 = ...
-  if not r1 and r2 ~= nil then
+    record(self, generation, failure_outcome(self, r1))
+  elseif not r1 and r2 ~= nil then
     record(self, generation, failure_outcome(self, r2))
   else
     record(self, generation, SUCCESS)
+  end
+end
+
+-- Ends an admitted call given what pcall(fn, ...) returned.
+local function finish(self, generation, ok, ...)
+  settle(self, generation, ok, ...)
+  if not ok then
+    error((...), 0)
   end
   return ...
 end
@@ -435,29 +440,41 @@ local function observed_finish(self, generation, state, started, timed, ok,
   return finish(self, generation, ok, ...)
 end
 
--- finish() on the fast path: a call admitted by a closed breaker in
--- consecutive mode. A success recorded under the same generation (so the
--- breaker is still closed) is what breaker_count does for it in C: a
--- saturating total, the consecutive failures reset, the consecutive
--- successes counted. Anything else takes finish().
+-- The fast path's success: a call admitted by a closed breaker in
+-- consecutive mode succeeded under the same generation (so the breaker is
+-- still closed). This is what breaker_count does for it in C: a saturating
+-- total, the consecutive failures reset, the consecutive successes counted.
+local function fast_success(b, generation, r1, r2)
+  if not (r1 or r2 == nil) or b.generation ~= generation
+      or b.state ~= STATE_CLOSED then
+    return false
+  end
+  local total = b.total_successes
+  if total ~= U64_MAX then
+    b.total_successes = total + 1
+  end
+  b.failure_count = 0
+  local successes = U64(b.success_count)
+  if successes ~= U32_MAX then
+    b.success_count = successes + 1
+  end
+  return true
+end
+
+-- finish() on the fast path: anything but a success takes finish().
 local function fast_finish(self, b, generation, ok, ...)
-  if ok then
-    local r1, r2 = ...
-    if (r1 or r2 == nil) and b.generation == generation
-        and b.state == STATE_CLOSED then
-      local total = b.total_successes
-      if total ~= U64_MAX then
-        b.total_successes = total + 1
-      end
-      b.failure_count = 0
-      local successes = U64(b.success_count)
-      if successes ~= U32_MAX then
-        b.success_count = successes + 1
-      end
-      return ...
-    end
+  if ok and fast_success(b, generation, ...) then
+    return ...
   end
   return finish(self, generation, ok, ...)
+end
+
+-- fast_finish() for _pcall: the outcome as pcall would give it.
+local function fast_pfinish(self, b, generation, ok, ...)
+  if not (ok and fast_success(b, generation, ...)) then
+    settle(self, generation, ok, ...)
+  end
+  return ok, ...
 end
 
 local function observed_call(self, fn, ...)
@@ -533,6 +550,39 @@ function _M.call(self, fn, ...)
     return timed_finish(self, b.generation, start_time(self), pcall(fn, ...))
   end
   return finish(self, b.generation, pcall(fn, ...))
+end
+
+-- For pipelines, which run the call themselves: _fast_admit gives the
+-- generation to pass to _settle when call() would take its fast path (the
+-- call is then admitted), else nil; _settle records what pcall returned.
+function _M._fast_admit(self)
+  local b = self._b
+  if self._fast and b.state == STATE_CLOSED and not self._user_clock
+      and not observed[CALL_EVENTS] then
+    return b.generation
+  end
+  return nil
+end
+
+function _M._settle(self, generation, ok, ...)
+  if not (ok and fast_success(self._b, generation, ...)) then
+    settle(self, generation, ok, ...)
+  end
+end
+
+-- pcall(call, self, fn, ...) for the executor and pipelines, which want
+-- the outcome as a value. It is not that pcall: LuaJIT cannot compile a
+-- return from call's fast path straight into a pcall frame (a vararg
+-- function tail-called under pcall is a NYI of LuaJIT 2.1), which would
+-- keep every caller out of its traces. Takes the fast path of a closed
+-- breaker in consecutive mode; everything else is that pcall.
+function _M._pcall(self, fn, ...)
+  local b = self._b
+  if self._fast and b.state == STATE_CLOSED and not self._user_clock
+      and not observed[CALL_EVENTS] then
+    return fast_pfinish(self, b, b.generation, pcall(fn, ...))
+  end
+  return pcall(_M.call, self, fn, ...)
 end
 
 -- The seed's allow_call?: would a call be admitted now? Reserves nothing.

@@ -142,7 +142,7 @@ end
 --   n, a1, a2, a3, args  the arguments: their count, the first three, and
 --                      all of them packed when there are more than three
 local attempt_done
-local cb_call = circuit_breaker.call
+local cb_pcall = circuit_breaker._pcall
 local RETRY_EVENTS = "snakepit.retry"
 local RETRY_SUCCESS = "snakepit.retry.success"
 local observed = telemetry.observed
@@ -153,14 +153,14 @@ local function run_attempt(policy, fn, cb, pool, operation, started, attempt,
   if cb ~= nil then
     if n == 0 then
       return attempt_done(policy, fn, cb, pool, operation, started, attempt,
-                          n, a1, a2, a3, args, pcall(cb_call, cb, fn))
+                          n, a1, a2, a3, args, cb_pcall(cb, fn))
     elseif n == 1 then
       return attempt_done(policy, fn, cb, pool, operation, started, attempt,
-                          n, a1, a2, a3, args, pcall(cb_call, cb, fn, a1))
+                          n, a1, a2, a3, args, cb_pcall(cb, fn, a1))
     end
     return attempt_done(policy, fn, cb, pool, operation, started, attempt,
                         n, a1, a2, a3, args,
-                        pcall(cb_call, cb, fn, unpack(args, 1, n)))
+                        cb_pcall(cb, fn, unpack(args, 1, n)))
   end
   if n == 0 then
     return attempt_done(policy, fn, cb, pool, operation, started, attempt,

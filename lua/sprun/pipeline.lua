@@ -42,7 +42,11 @@ local floor = math.floor
 local hrtime = clock.hrtime
 local now = clock.now
 local enabled = telemetry.enabled
+local observed = telemetry.observed
 local emit = telemetry.emit
+
+local RETRY_EVENTS = "snakepit.retry"
+local RETRY_SUCCESS = "snakepit.retry.success"
 
 local BUDGET_EVENT = "sprun.retry.budget_exhausted"
 local WHAT = "a pipeline"
@@ -540,45 +544,134 @@ local function failed(r1, r2)
   return (r1 == nil or r1 == false) and r2 ~= nil
 end
 
-local function call_stage(self, fn, ...)
+-- unpack with a count that is not a constant ends a trace: the common
+-- arities are spelled out.
+local function call_stage(self, fn, args)
   trace("call", self)
-  return fn(...)
+  local n = args.n
+  if n == 0 then
+    return fn()
+  elseif n == 1 then
+    return fn(args[1])
+  elseif n == 2 then
+    return fn(args[1], args[2])
+  elseif n == 3 then
+    return fn(args[1], args[2], args[3])
+  end
+  return fn(unpack(args, 1, n))
 end
 
 local function timeout_stage(self, c, fn, args)
   if c.timeout_ms == nil then
-    return call_stage(self, fn, unpack(args, 1, args.n))
+    return call_stage(self, fn, args)
   end
   trace("timeout", self)
-  local task = sched.spawn(call_stage, self, fn, unpack(args, 1, args.n))
+  sched.check_caller("pipeline.execute")
+  local task = sched.spawn(call_stage, self, fn, args)
   task.quiet = true
   return task:await(c.timeout_ms)
 end
 
-local function bulkhead_stage(self, c, fn, args)
-  if c.bulkhead == nil then
-    return timeout_stage(self, c, fn, args)
+-- The stages below the breaker return what pcall would: true and the
+-- values, or false and the raised error. There is one pcall, around the
+-- timeout stage, and the stages above work on its outcome: LuaJIT cannot
+-- compile a vararg function returning straight into a pcall frame, so a
+-- stage that passed results through under its own pcall would keep the
+-- whole call out of its traces.
+local function bulkhead_done(bh, ...)
+  bulkhead._release(bh)
+  return ...
+end
+
+-- pcall(call_stage, ...), with the operation itself under pcall: a Lua
+-- function run by pcall cannot be the root of a trace (LuaJIT 2.1 cannot
+-- return from it to the lower frame), and one of sprun's own that got hot
+-- on its own that way would end up blacklisted, and with it every trace
+-- through it. The operation is the caller's, and the loop's trace still
+-- takes it in.
+local function call_pcall(self, fn, args)
+  trace("call", self)
+  local n = args.n
+  if n == 0 then
+    return pcall(fn)
+  elseif n == 1 then
+    return pcall(fn, args[1])
+  elseif n == 2 then
+    return pcall(fn, args[1], args[2])
+  elseif n == 3 then
+    return pcall(fn, args[1], args[2], args[3])
+  end
+  return pcall(fn, unpack(args, 1, n))
+end
+
+-- The timeout stage as an outcome.
+local function timeout_pcall(self, c, fn, args)
+  if c.timeout_ms == nil then
+    return call_pcall(self, fn, args)
+  end
+  return pcall(timeout_stage, self, c, fn, args)
+end
+
+local function bulkhead_attempt(self, c, fn, args)
+  local bh = c.bulkhead
+  if bh == nil then
+    return timeout_pcall(self, c, fn, args)
   end
   trace("bulkhead", self)
-  return bulkhead._call_in_task(c.bulkhead, timeout_stage, self, c, fn, args)
+  if not bulkhead._take(bh) then
+    -- Waiting for a slot may raise (a cancellation): an outcome too.
+    local caught, ok, err = pcall(bulkhead._acquire, bh, "pipeline.execute")
+    if not caught then
+      return false, ok
+    end
+    if not ok then
+      return true, nil, err
+    end
+  end
+  return bulkhead_done(bh, timeout_pcall(self, c, fn, args))
 end
 
-local function breaker_stage(self, c, fn, args)
-  if c.breaker == nil then
-    return bulkhead_stage(self, c, fn, args)
+local function reraise(ok, ...)
+  if not ok then
+    error((...), 0)
+  end
+  return ...
+end
+
+-- bulkhead_attempt as an operation for cb:_pcall.
+local function bulkhead_stage(self, c, fn, args)
+  return reraise(bulkhead_attempt(self, c, fn, args))
+end
+
+local function breaker_done(cb, generation, ok, ...)
+  cb:_settle(generation, ok, ...)
+  return ok, ...
+end
+
+-- One attempt, as pcall would give it. A breaker on its fast path admits
+-- and counts the call here; on any other path its _pcall runs the call.
+local function attempt(self, c, fn, args)
+  local cb = c.breaker
+  if cb == nil then
+    return bulkhead_attempt(self, c, fn, args)
   end
   trace("breaker", self)
-  return c.breaker:call(bulkhead_stage, self, c, fn, args)
+  local generation = cb:_fast_admit()
+  if generation ~= nil then
+    return breaker_done(cb, generation, bulkhead_attempt(self, c, fn, args))
+  end
+  return cb:_pcall(bulkhead_stage, self, c, fn, args)
 end
 
--- One attempt: values, or nil and an error (a raised error as a value).
-local function attempt(self, c, fn, args)
-  local res = pack(pcall(breaker_stage, self, c, fn, args))
-  if not res[1] then
-    sched.reraise_cancel(res[2])
-    return nil, raised(res[2])
+-- The values of one attempt from what attempt() returned: fn's values, or
+-- nil and the error (a raised error as a value).
+local function attempt_values(ok, ...)
+  if not ok then
+    local e = ...
+    sched.reraise_cancel(e)
+    return nil, raised(e)
   end
-  return unpack(res, 2, res.n)
+  return ...
 end
 
 -- The error with `fields` added to its details, on a copy (see
@@ -601,44 +694,75 @@ local function marked(err, fields)
   return setmetatable(out, getmetatable(err))
 end
 
-local function retry_stage(self, c, fn, args)
+-- The retry loop, as tail calls: retry_attempt runs attempt number n and
+-- retry_done takes its outcome, so that no attempt allocates. `started` is
+-- hrtime() at the start when a retry event had a handler, else false.
+local retry_attempt
+
+local function retry_done(self, c, fn, args, budget, started, n, ok, ...)
+  local err
+  if ok then
+    local r1, r2 = ...
+    if not failed(r1, r2) then
+      if enabled[RETRY_SUCCESS] then
+        telemetry.retry_success(c.name, n, started)
+      end
+      return ...
+    end
+    err = r2
+  else
+    err = ...
+    sched.reraise_cancel(err)
+    err = raised(err)
+  end
   local policy = c.policy
-  if policy == nil then
-    return attempt(self, c, fn, args)
+  if not policy:retry_for_error(err) then
+    return nil, err
+  end
+  if not policy:should_retry(n) then
+    telemetry.retry_exhausted(c.name, n, started, err)
+    return nil, marked(err, { retries_exhausted = true, attempts = n })
+  end
+  if budget and not budget:withdraw() then
+    if enabled[BUDGET_EVENT] then
+      emit(BUDGET_EVENT, { attempts = n }, { pool = c.name, last_error = err })
+    end
+    return nil, marked(err, { budget_exhausted = true, attempts = n })
+  end
+  local delay = policy:backoff_for_attempt(n)
+  telemetry.retry_attempt(c.name, nil, n, delay)
+  if delay > 0 then
+    sched.check_caller("pipeline.execute")
+    sched.sleep(delay)
+  end
+  return retry_attempt(self, c, fn, args, budget, started, n + 1)
+end
+
+retry_attempt = function(self, c, fn, args, budget, started, n)
+  return retry_done(self, c, fn, args, budget, started, n,
+                    attempt(self, c, fn, args))
+end
+
+local function retry_stage(self, c, fn, args)
+  if c.policy == nil then
+    return attempt_values(attempt(self, c, fn, args))
   end
   trace("retry", self)
   local budget = self._budget
   if budget then
     budget:deposit()
   end
-  local name = c.name
-  local n = 1
-  local started = hrtime()
-  while true do
-    local res = pack(attempt(self, c, fn, args))
-    if not failed(res[1], res[2]) then
-      telemetry.retry_success(name, n, started)
-      return unpack(res, 1, res.n)
-    end
-    local err = res[2]
-    if not policy:retry_for_error(err) then
-      return nil, err
-    end
-    if not policy:should_retry(n) then
-      telemetry.retry_exhausted(name, n, started, err)
-      return nil, marked(err, { retries_exhausted = true, attempts = n })
-    end
-    if budget and not budget:withdraw() then
-      if enabled[BUDGET_EVENT] then
-        emit(BUDGET_EVENT, { attempts = n }, { pool = name, last_error = err })
-      end
-      return nil, marked(err, { budget_exhausted = true, attempts = n })
-    end
-    local delay = policy:backoff_for_attempt(n)
-    telemetry.retry_attempt(name, nil, n, delay)
-    sched.sleep(delay)
-    n = n + 1
+  local started = observed[RETRY_EVENTS] and hrtime() or false
+  return retry_attempt(self, c, fn, args, budget, started, 1)
+end
+
+-- What the fallback makes of a failure; anything else goes through.
+local function fallback_values(c, args, ...)
+  local r1, r2 = ...
+  if failed(r1, r2) then
+    return c.fallback(r2, unpack(args, 1, args.n))
   end
+  return ...
 end
 
 local function run(self, fn, args)
@@ -647,12 +771,10 @@ local function run(self, fn, args)
     return retry_stage(self, c, fn, args)
   end
   trace("fallback", self)
-  local res = pack(retry_stage(self, c, fn, args))
-  if failed(res[1], res[2]) then
-    return c.fallback(res[2], unpack(args, 1, args.n))
-  end
-  return unpack(res, 1, res.n)
+  return fallback_values(c, args, retry_stage(self, c, fn, args))
 end
+
+local NO_ARGS = { n = 0 }
 
 -- Runs fn(...) through the stages. Returns fn's values, or nil and the
 -- error (a raised error is returned as an error object, as the executor's
@@ -661,13 +783,23 @@ end
 function _M.execute(self, fn, ...)
   check.self(self, mt, "pipeline.execute", WHAT)
   check.func("pipeline.execute", "fn", fn)
-  sched.check_caller("pipeline.execute")
+  local args = NO_ARGS
+  if select("#", ...) > 0 then
+    args = pack(...)
+  end
   if self._closed then
     return nil, errors.error("closed", "pipeline '" .. self._name
                              .. "' was removed from its policy file",
                              { name = self._name })
   end
-  return sched.in_task(run, self, fn, pack(...))
+  -- Inside a running loop the stages run where they are called; those that
+  -- wait (a backoff, a bulkhead's queue, a timeout) check that the caller
+  -- is a task first. Asking for the running coroutine on every call would
+  -- keep the whole call out of LuaJIT's traces.
+  if sched._sched() == nil then
+    return sched.in_task(run, self, fn, args)
+  end
+  return run(self, fn, args)
 end
 
 function _M.name(self)

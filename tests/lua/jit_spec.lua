@@ -40,29 +40,22 @@ local function traced(name, src, ...)
   return result, log
 end
 
--- An operation run by pcall that gets hot on its own cannot be the root of
--- a trace of its own: that trace would return into pcall's frame, a NYI of
--- LuaJIT 2.1. It is the operation's own trace, not the breaker's, and the
--- loop's trace still inlines the operation; so exactly that line, for the
--- operations given, is allowed.
-local function own_root_abort(fn)
-  local src = debug.getinfo(fn, "S")
-  return ("[TRACE --- %s:%d -- NYI: return to lower frame"):format(
-    src.short_src:match("[^/]*$"), src.linedefined)
-end
-
 -- Fails on a trace of the measured loop (its root trace or a side trace of
--- it) that aborted, and on any NYI, stitch or blacklisting in the log, and
--- when the loop was not compiled at all.
--- A small function called from interpreted code before the loop got hot
--- may start traces of its own, whose side traces then run into the loop
--- and give up there ("loop unroll limit reached"); that is how LuaJIT
--- finds the loop, not a fault of the loop, and is not counted.
-local function assert_compiled(name, log, operations)
-  local allowed = {}
-  for _, fn in ipairs(operations or {}) do
-    allowed[own_root_abort(fn)] = true
-  end
+-- it) that aborted, on any stitch or blacklisting in the log, on any NYI
+-- but one, and when the loop was not compiled at all.
+--
+-- The one: a function called from the loop while the loop is still
+-- interpreted may get hot first and start a trace at its entry. If it runs
+-- under pcall, or returns through a vararg frame, that trace cannot return
+-- below its root ("NYI: return to lower frame", LuaJIT 2.1) and is dropped.
+-- That is how LuaJIT finds the loop, not a fault of the loop: the loop's
+-- own trace takes the function in. Were it to happen so often that LuaJIT
+-- gave up on the function, the log would say "blacklisted", which fails.
+-- So may the function holding the loop, whose entry trace then gives up
+-- where it reaches the loop ("inner loop in root trace"), or leaves it.
+-- Likewise a side trace of such a function that runs into the loop and
+-- gives up there ("loop unroll limit reached") is not counted.
+local function assert_compiled(name, log)
   local mine, traces = {}, 0
   for line in log:gmatch("[^\n]+") do
     -- "[TRACE 3 name:4 loop]", "[TRACE 5 (3/2) file:9 -> 3]",
@@ -84,19 +77,21 @@ local function assert_compiled(name, log, operations)
       mine[head] = true
       traces = traces + 1
     end
-    local aborted = head == "---" and (start:find(name .. ":", 1, true) == 1
-      or (parent ~= nil and mine[parent] == true))
+    local entry_root = head == "---" and parent == nil
+      and ((start:find("^%S+ %-%- NYI: return to lower frame") ~= nil
+            and not start:find("^" .. name .. ":%d+ %-%- NYI"))
+           or start:find("^%S+ %-%- inner loop in root trace") ~= nil
+           or start:find("^%S+ %-%- leaving loop in root trace") ~= nil)
+    local aborted = head == "---" and not entry_root
+      and (start:find(name .. ":", 1, true) == 1
+           or (parent ~= nil and mine[parent] == true))
     -- jit.v's own code (v.lua) may be traced while it logs; those traces
     -- are the logger's, not the measured loop's.
     local logger = start:find("^v%.lua:%d") ~= nil
     local bad = not logger and (aborted or line:find("stitch", 1, true)
-      or line:find("NYI", 1, true) or line:find("abort", 1, true)
-      or line:find("blacklist", 1, true))
-    -- The abort line may name where it returned to: "... frame at f:9]".
-    local own = line:match("^(.-)]$")
-    own = own and (allowed[own] or allowed[own:match("^(.-) at [^ ]+$")])
-    assert.is_true(not bad or own == true,
-                   "in the trace log: " .. line)
+      or (line:find("NYI", 1, true) and not entry_root)
+      or line:find("abort", 1, true) or line:find("blacklist", 1, true))
+    assert.is_true(not bad, "in the trace log: " .. line)
   end
   assert.is_true(traces >= 1, "no trace of the " .. name .. " loop in:\n"
                  .. log)
@@ -138,7 +133,7 @@ describe("hot paths under the JIT", function()
     ]], cb, op, op2)
     assert.are.equal(ITERATIONS * 3 + ITERATIONS * (ITERATIONS + 1) / 2,
                      sum)
-    assert_compiled("closed", log, { op, op2 })
+    assert_compiled("closed", log)
     assert.are.same({ "closed", 0 }, { cb:state(), cb:stats().failure_count })
   end)
 
@@ -159,7 +154,7 @@ describe("hot paths under the JIT", function()
       return rejected
     ]], cb, op)
     assert.are.equal(ITERATIONS, rejected)
-    assert_compiled("open", log, { op })
+    assert_compiled("open", log)
     assert.are.equal(WARM_UP + ITERATIONS, cb:stats().rejected_count)
   end)
 
@@ -212,7 +207,7 @@ describe("hot paths under the JIT", function()
         return loop(n)
       ]], cb, op)
       assert.are.equal(ITERATIONS, sum)
-      assert_compiled("upvalue", log, { op })
+      assert_compiled("upvalue", log)
       assert.are.equal(WARM_UP + ITERATIONS, cb:stats().total_successes)
     end)
 
@@ -240,11 +235,11 @@ describe("hot paths under the JIT", function()
       local first, log = traced("retry_first", src,
                                 sprun.executor.execute_with_retry, p, ok)
       assert.are.equal(ITERATIONS, first)
-      assert_compiled("retry_first", log, { ok })
+      assert_compiled("retry_first", log)
       local third, log2 = traced("retry_third", src,
                                  sprun.executor.execute_with_retry, p, flaky)
       assert.are.equal(ITERATIONS, third)
-      assert_compiled("retry_third", log2, { flaky })
+      assert_compiled("retry_third", log2)
     end)
     assert.are.equal(3 * (WARM_UP + ITERATIONS), calls)
   end)
@@ -266,5 +261,23 @@ describe("hot paths under the JIT", function()
     ]], telemetry)
     assert.are.equal(ITERATIONS * (ITERATIONS + 1) / 2, sum)
     assert_compiled("emit", log)
+  end)
+  it("a pipeline of retry, breaker and bulkhead", function()
+    local p = sprun.pipeline { name = "hot", retry = { max_attempts = 3 },
+      breaker = { failure_threshold = 5 },
+      bulkhead = { max_concurrent = 10, max_queue = 10 } }
+    local function op(x) return x end
+    sprun.run(function()
+      local sum, log = traced("pipeline", [[
+        local n, p, op = ...
+        local sum = 0
+        for i = 1, n do sum = sum + p:execute(op, i) end
+        return sum
+      ]], p, op)
+      assert.are.equal(ITERATIONS * (ITERATIONS + 1) / 2, sum)
+      assert_compiled("pipeline", log)
+    end)
+    assert.are.equal(WARM_UP + ITERATIONS,
+                     p:breaker():stats().total_successes)
   end)
 end)

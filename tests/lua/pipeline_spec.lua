@@ -257,6 +257,35 @@ describe("sprun.bulkhead", function()
     assert_no_handles()
   end)
 
+  it("settles a call cancelled in its bulkhead queue with its breaker",
+     function()
+    local p = sprun.pipeline { name = "q", breaker = { failure_threshold = 5 },
+                               bulkhead = { max_concurrent = 1,
+                                            max_queue = 2 } }
+    local results = {}
+    vrun(function()
+      local holder = sprun.spawn(p.execute, p, function()
+        sprun.sleep(100)
+        return "held"
+      end)
+      sprun.sleep(1)
+      local waiter = sprun.spawn(p.execute, p, function() return "never" end)
+      local third = sprun.spawn(p.execute, p, function() return "third" end)
+      sprun.sleep(1)
+      assert.are.equal(2, p:bulkhead():stats().queued)
+      waiter:cancel()
+      results = { holder:await(), third:await(), waiter:status() }
+    end)
+    assert_no_handles()
+    assert.are.same({ "held", "third", "cancelled" }, results)
+    local bs = p:bulkhead():stats()
+    assert.are.same({ 0, 0 }, { bs.in_flight, bs.queued })
+    -- Every admitted call was settled: 2 successes and the cancelled one.
+    local st = p:breaker():stats()
+    assert.are.same({ "closed", 2, 1 },
+                    { st.state, st.total_successes, st.total_failures })
+  end)
+
   it("rejects outside a task instead of queueing", function()
     local bh = bulkhead.new { max_concurrent = 1 }
     assert.are.equal(5, bh:call(function() return 5 end))
