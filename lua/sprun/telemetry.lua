@@ -395,11 +395,43 @@ local emit = _M.emit
 
 -- Emits `event` to the handlers attached to it. measurements and metadata
 -- are tables (nil for an empty one).
-function _M.execute(event, measurements, metadata)
+-- An event list execute() has checked -> { name, n, parts... }: the same
+-- list coming again with the same parts skips the check and the join.
+-- (Keys added to it since are not looked at again; its parts are.)
+local executed = setmetatable({}, { __mode = "k" })
+
+local function executed_name(event)
+  local seen = executed[event]
+  if seen ~= nil then
+    local n = seen.n
+    if #event == n then
+      local same = true
+      for i = 1, n do
+        if event[i] ~= seen[i] then
+          same = false
+          break
+        end
+      end
+      if same then
+        return seen.name
+      end
+    end
+  end
   local msg = bad_event("telemetry.execute", "event", event)
   if msg then
-    error(msg, 2)
+    error(msg, 3)
   end
+  local name = concat(event, ".")
+  seen = { name = name, n = #event }
+  for i = 1, seen.n do
+    seen[i] = event[i]
+  end
+  executed[event] = seen
+  return name
+end
+
+function _M.execute(event, measurements, metadata)
+  local name = executed_name(event)
   if measurements ~= nil and type(measurements) ~= "table" then
     check.arg_error("telemetry.execute", "measurements",
                     "must be a table or nil", measurements)
@@ -408,7 +440,7 @@ function _M.execute(event, measurements, metadata)
     check.arg_error("telemetry.execute", "metadata", "must be a table or nil",
                     metadata)
   end
-  local list = by_name[concat(event, ".")]
+  local list = by_name[name]
   if list ~= nil then
     dispatch(list, event, measurements or {}, metadata or {})
   end

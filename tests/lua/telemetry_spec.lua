@@ -93,6 +93,28 @@ describe("telemetry", function()
       assert.are.same({ "first", "second", "third" }, got)
     end)
 
+    it("follows an event list reused and changed between calls", function()
+      local got = {}
+      telemetry.attach("a", { "app", "a" }, function() got[#got + 1] = "a" end)
+      telemetry.attach("b", { "app", "b", "x" },
+                       function() got[#got + 1] = "bx" end)
+      local event = { "app", "a" }
+      telemetry.execute(event)
+      telemetry.execute(event)
+      event[2] = "b"
+      telemetry.execute(event)
+      event[3] = "x"
+      telemetry.execute(event)
+      event[3] = nil
+      event[2] = "a"
+      telemetry.execute(event)
+      assert.are.same({ "a", "a", "bx", "a" }, got)
+      event[2] = "a.b"
+      assert.has_error(function() telemetry.execute(event) end,
+        "telemetry.execute: event[2] must be a non-empty string without '.', "
+        .. 'got "a.b"')
+    end)
+
     it("passes empty tables for nil measurements and metadata", function()
       local args
       telemetry.attach("h", { "e" }, function(...) args = { ... } end)

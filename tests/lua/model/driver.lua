@@ -2,16 +2,19 @@
 -- reference models side by side, compares them after every step, and
 -- shrinks a failing sequence to the shortest one it can find.
 --
--- driver.check(kind, seed, count, virtual) runs `count` sequences with the
--- seeds seed, seed + 1, ... and raises, on the first mismatch, an error
--- that shows the shrunk sequence and how to replay it. It returns the
--- number of steps run.
+-- driver.check(kind, seed, count, virtual, mode) runs `count` sequences
+-- (of a breaker: in `mode`, see gen.breaker) with the seeds seed, seed + 1,
+-- ... and raises, on the first mismatch, an error that shows the shrunk
+-- sequence and how to replay it. It returns the number of steps run.
 --
 -- Breaker transitions are observed through the breaker's test hook
 -- (circuit_breaker._on_transition) when it exists, and through the
 -- telemetry events when sprun.telemetry exists; with both, both streams
 -- are checked. wire() sets them up and returns the function that restores
--- what was there before.
+-- what was there before. In the sequences with seq.observe, the per-call
+-- events (snakepit.circuit_breaker.call.*) are observed too, which sends
+-- the breaker's calls down its observed path, and checked in order among
+-- the transitions.
 
 local sprun = require "sprun"
 local sched = require "sprun.sched"
@@ -79,7 +82,8 @@ local RETRY_ERROR_NAMES = {}
 local CALL_STEPS = {
   allow = "allow()", state = "state()", stats = "stats()",
   rs = "record_success()", rf = "record_failure()", reset = "reset()",
-  healthy = "healthy()", is_healthy = "is_healthy()",
+  force_open = "force_open()", disable = "disable()",
+  isolate = "isolate()", healthy = "healthy()", is_healthy = "is_healthy()",
 }
 
 local OUTCOME_TEXT = {
@@ -101,7 +105,14 @@ local function describe_step(step, t)
     local t2 = t - x < 0 and 0 or t - x
     return format("%sset the clock back %d ms (to %d)", at, x, t2), t2
   elseif op == "call" then
-    return format("%scall(fn), fn %s", at, OUTCOME_TEXT[x]), t
+    if y == nil or y == 0 then
+      return format("%scall(fn), fn %s", at, OUTCOME_TEXT[x]), t
+    end
+    -- the times shown after it take it as admitted
+    local t2 = t + y < 0 and 0 or t + y
+    return format("%scall(fn), fn %s the clock %d ms (to %d) if it runs, "
+                  .. "then %s", at, y > 0 and "advances" or "sets back",
+                  y > 0 and y or -y, t2, OUTCOME_TEXT[x]), t2
   elseif op == "start" then
     return format("%scall #%d starts (fn stays in flight)", at, x), t
   elseif op == "finish" then
@@ -128,13 +139,37 @@ end
 local function describe_seq(seq)
   local head
   if seq.kind == "breaker" then
+    local window = ""
+    if seq.window == "count" then
+      window = format(', window = { type = "count"%s }',
+        seq.size and ", size = " .. seq.size or "")
+    elseif seq.window == "time" then
+      window = format(', window = { type = "time"%s }', seq.size_ms
+        and format(", size_ms = %d, buckets = %d", seq.size_ms, seq.buckets)
+        or "")
+    end
+    for _, k in ipairs { "min_calls", "failure_rate", "slow_call_ms",
+                         "slow_call_rate" } do
+      local v = seq[k]
+      if v ~= nil then
+        -- the shortest text that reads back as the same double
+        local text = format("%.15g", v)
+        if tonumber(text) ~= v then
+          text = format("%.17g", v)
+        end
+        window = window .. format(", %s = %s", k, text)
+      end
+    end
     head = format("circuit_breaker { failure_threshold = %d, "
-      .. "half_open_max_calls = %d, reset_timeout_ms = %d%s } (%s time, "
-      .. "compared through %s)", seq.threshold, seq.max_calls, seq.timeout,
+      .. "half_open_max_calls = %d, reset_timeout_ms = %d%s%s } (%s, "
+      .. "compared through %s%s)", seq.threshold, seq.max_calls,
+      seq.timeout, window,
       seq.is_failure and ', is_failure = <"ignored" is none, "explode" '
                          .. 'raises>' or "",
-      seq.virtual and "virtual" or "literal",
-      seq.compare == "peek" and "the C struct" or "stats()")
+      seq.virtual and (seq.phase and format("virtual time, from %d ms "
+        .. "into a bucket", seq.phase) or "virtual time") or "literal time",
+      seq.compare == "peek" and "the C struct" or "stats()",
+      seq.observe and ", call events observed" or "")
   elseif seq.kind == "health" then
     head = format("health_monitor { max_crashes = %d, max_workers = %d, "
       .. "crash_window_ms = %d, check_interval_ms = %d } (%s time)",
@@ -174,20 +209,22 @@ _M.describe_seq = describe_seq
 
 -- The breaker whose events are being collected, and its name.
 local current_cb, current_name = nil, nil
--- hook[i], hook_fc[i]: what the hook reported; tele[i], tele_fc[i]: what
--- the telemetry events reported.
+-- hook[i], hook_fc[i]: what the hook reported; tele[i], tele_fc[i],
+-- tele_a[i], tele_b[i]: what the telemetry events reported (a and b: the
+-- reason of an opening, the state and error of a call event).
 local hook, hook_fc, nhook = {}, {}, 0
-local tele, tele_fc, ntele = {}, {}, 0
+local tele, tele_fc, tele_a, tele_b, ntele = {}, {}, {}, {}, 0
 local use_hook, use_tele, use_crash_tele = false, false, false
 -- crash events of the health monitor (telemetry only)
 local crash_events, ncrash = {}, 0
 local current_pool = nil
 
-local TELE_NAMES = {
-  ["snakepit.circuit_breaker.opened"] = "opened",
-  ["snakepit.circuit_breaker.half_open"] = "half_open",
-  ["snakepit.circuit_breaker.closed"] = "closed",
-}
+local PREFIX = "snakepit.circuit_breaker."
+local TRANSITION_EVENTS = { "opened", "half_open", "closed", "forced_open",
+                            "disabled", "isolated" }
+-- The per-call events, observed in the sequences with seq.observe.
+local CALL_EVENTS = { "call.allowed", "call.rejected", "call.success",
+                      "call.failure" }
 
 local function on_transition(b, name, failure_count)
   if b == current_cb then
@@ -196,6 +233,8 @@ local function on_transition(b, name, failure_count)
     hook_fc[nhook] = failure_count
   end
 end
+
+local PREFIX_LEN = #PREFIX
 
 local function on_event(event, measurements, metadata)
   local name = table.concat(event, ".")
@@ -208,28 +247,51 @@ local function on_event(event, measurements, metadata)
   end
   if metadata.pool == current_name then
     ntele = ntele + 1
-    tele[ntele] = TELE_NAMES[name] or name
+    if name:sub(1, PREFIX_LEN) == PREFIX then
+      name = name:sub(PREFIX_LEN + 1)
+    end
+    tele[ntele] = name
     tele_fc[ntele] = measurements.failure_count
+    if name == "opened" then
+      tele_a[ntele], tele_b[ntele] = metadata.reason, nil
+    else
+      tele_a[ntele], tele_b[ntele] = metadata.state, metadata.error
+    end
   end
 end
 
 local TELEMETRY_ID = "sprun-model-spec"
+local CALLS_ID = "sprun-model-spec-calls"
+local telemetry
+
+local function split(name)
+  local list = {}
+  for part in name:gmatch("[^.]+") do
+    list[#list + 1] = part
+  end
+  return list
+end
 
 function _M.wire()
   -- Telemetry, if there is any.
-  local ok, telemetry = pcall(require, "sprun.telemetry")
+  local ok
+  ok, telemetry = pcall(require, "sprun.telemetry")
   ok = ok and type(telemetry) == "table"
        and type(telemetry.attach_many) == "function"
        and type(telemetry.detach) == "function"
   if ok then
-    telemetry.detach(TELEMETRY_ID) -- left by a run that did not restore
+    -- left by a run that did not restore
+    telemetry.detach(TELEMETRY_ID)
+    telemetry.detach(CALLS_ID)
+  else
+    telemetry = nil
   end
-  local attached = ok and telemetry.attach_many(TELEMETRY_ID, {
-                     { "snakepit", "circuit_breaker", "opened" },
-                     { "snakepit", "circuit_breaker", "half_open" },
-                     { "snakepit", "circuit_breaker", "closed" },
-                     { "snakepit", "worker", "crash" },
-                   }, on_event)
+  local events = { { "snakepit", "worker", "crash" } }
+  for _, name in ipairs(TRANSITION_EVENTS) do
+    events[#events + 1] = split(PREFIX .. name)
+  end
+  local attached = ok and telemetry.attach_many(TELEMETRY_ID, events,
+                                                on_event)
   -- One transition and one crash show which of the two report them.
   local old_hook = circuit_breaker._on_transition
   local fired = false
@@ -257,7 +319,22 @@ function _M.wire()
     circuit_breaker._on_transition = old_hook
     if attached then
       telemetry.detach(TELEMETRY_ID)
+      telemetry.detach(CALLS_ID)
     end
+  end
+end
+
+-- Per-call events on (for one sequence) or off.
+local CALL_EVENT_LISTS = {}
+for i, name in ipairs(CALL_EVENTS) do
+  CALL_EVENT_LISTS[i] = split(PREFIX .. name)
+end
+
+local function observe_calls(on)
+  if on then
+    telemetry.attach_many(CALLS_ID, CALL_EVENT_LISTS, on_event)
+  else
+    telemetry.detach(CALLS_ID)
   end
 end
 
@@ -273,44 +350,70 @@ function _M.observers()
     .. (use_crash_tele and "; crash events via sprun.telemetry" or "")
 end
 
--- Compares one stream of reported transitions with the model's.
-local function compare_events(i, m, via, names, counts, n)
-  local mn = m.nevents
-  for j = 1, n > mn and n or mn do
-    local want, got = m.ev_names[j], names[j]
-    if j > mn then
-      want = nil
+-- Compares one stream of reported events with the model's: the hook
+-- reports transitions only, telemetry also the model's notes (per-call
+-- events).
+local function compare_events(i, m, via, names, counts, a, b, n)
+  local notes = via == "telemetry"
+  local j = 0
+  for k = 1, m.nevents do
+    if notes or not m.ev_notes[k] then
+      j = j + 1
+      local want, got = m.ev_names[k], names[j]
+      if want ~= got then
+        mismatch(i, format("event %d (via %s)", j, via), want, got)
+      end
+      if m.ev_notes[k] then
+        if m.ev_a[k] ~= a[j] then
+          mismatch(i, format("state of %s event %d", want, j), m.ev_a[k],
+                   a[j])
+        end
+        if m.ev_b[k] ~= b[j] then
+          mismatch(i, format("error of %s event %d", want, j), m.ev_b[k],
+                   b[j])
+        end
+      elseif want == "opened" then
+        -- the failure count an opening reports is the one that opened it
+        if m.ev_counts[k] ~= counts[j] then
+          mismatch(i, format("failure_count of opening %d (via %s)", j,
+                             via), m.ev_counts[k], counts[j])
+        end
+        if a and m.ev_reasons[k] ~= a[j] then
+          mismatch(i, format("reason of opening %d", j),
+                   m.ev_reasons[k], a[j])
+        end
+      end
     end
-    if j > n then
-      got = nil
-    end
-    if want ~= got then
-      mismatch(i, format("transition %d (via %s)", j, via), want, got)
-    end
-    -- the failure count an opening reports is the one that opened it
-    if want == "opened" and m.ev_counts[j] ~= counts[j] then
-      mismatch(i, format("failure_count of opening %d (via %s)", j, via),
-               m.ev_counts[j], counts[j])
-    end
+  end
+  if n > j then
+    mismatch(i, format("event %d (via %s)", j + 1, via), nil, names[j + 1])
   end
 end
 
 local function check_events(i, m)
   local n = m.nevents
   if n > 0 then
+    local transitions = 0
     for j = 1, n do
-      count("breaker transitions to " .. m.ev_names[j])
+      if not m.ev_notes[j] then
+        transitions = transitions + 1
+        local name = m.ev_names[j]
+        count("breaker transitions to " .. name)
+        if name == "opened" then
+          count("breaker openings by " .. m.ev_reasons[j])
+        end
+      end
     end
-    if n == 3 then
+    if transitions == 3 then
       count("breaker steps with three transitions")
     end
   end
   if use_hook then
-    compare_events(i, m, "hook", hook, hook_fc, nhook)
+    compare_events(i, m, "hook", hook, hook_fc, nil, nil, nhook)
     nhook = 0
   end
   if use_tele then
-    compare_events(i, m, "telemetry", tele, tele_fc, ntele)
+    compare_events(i, m, "telemetry", tele, tele_fc, tele_a, tele_b, ntele)
     ntele = 0
   end
   m:clear_events()
@@ -365,11 +468,36 @@ local CLASS_PRED = setmetatable({ ignored = "neutral",
                                   ignored_raise = "neutral" },
                                 { __index = CLASS })
 
+-- The error value a call.failure event carries for each failing outcome.
+local ERROR_OF = {
+  fail = "boom", fail_false = "boom", raise = "boom", raise_obj = BOOM_OBJ,
+  ignored = "ignored", ignored_raise = "ignored", explode = "explode",
+}
+
 local function is_failure(err)
   if err == "explode" then
     error("is_failure raised", 0)
   end
   return err ~= "ignored"
+end
+
+-- The fn of a "call" step: it takes `ms` ms (moves the clock on, or back
+-- when negative) and then ends with `outcome`.
+local function literal_op(outcome, ms)
+  if ms ~= 0 then
+    NOW = NOW + ms
+    if NOW < 0 then
+      NOW = 0
+    end
+  end
+  return OPS[outcome]()
+end
+
+local function virtual_op(outcome, ms)
+  if ms > 0 then
+    sprun.sleep(ms)
+  end
+  return OPS[outcome]()
 end
 
 local function inflight_op()
@@ -412,9 +540,56 @@ local function check_rejected(i, admitted, ok, r1, r2)
   end
 end
 
-local STATE_NAMES = { [0] = "closed", [1] = "open", [2] = "half_open" }
+local STATE_NAMES = { [0] = "closed", [1] = "open", [2] = "half_open",
+                      [3] = "forced_open", [4] = "disabled", [5] = "isolated" }
+local OPEN_REASONS = { [1] = "failures", [2] = "failure_rate",
+                       [3] = "slow_call_rate" }
 
-local function compare_stats(i, m, s, name)
+-- The defaults of the rate-window options (README, sprun.circuit_breaker).
+local WINDOW_DEFAULTS = {
+  size = 100, size_ms = 60000, buckets = 10, min_calls = 10,
+  failure_rate = 0.5, slow_call_rate = 1.0,
+}
+
+-- The model's configuration of a sequence: its options, defaults filled in.
+local function model_config(seq)
+  local cfg = { threshold = seq.threshold, max_calls = seq.max_calls,
+                timeout = seq.timeout, window = seq.window }
+  if seq.window then
+    for k, v in pairs(WINDOW_DEFAULTS) do
+      cfg[k] = seq[k] == nil and v or seq[k]
+    end
+    cfg.slow_call_ms = seq.slow_call_ms or 0
+  end
+  return cfg
+end
+
+-- The start_link options of a sequence.
+local function breaker_options(seq, name)
+  local opts = {
+    name = name,
+    failure_threshold = seq.threshold,
+    half_open_max_calls = seq.max_calls,
+    reset_timeout_ms = seq.timeout,
+    is_failure = seq.is_failure and is_failure or nil,
+    clock = (not seq.virtual) and clock or nil,
+  }
+  if seq.window == "count" then
+    opts.window = { type = "count", size = seq.size }
+  elseif seq.window == "time" then
+    opts.window = { type = "time", size_ms = seq.size_ms,
+                    buckets = seq.buckets }
+  end
+  if seq.window then
+    opts.min_calls = seq.min_calls
+    opts.failure_rate = seq.failure_rate
+    opts.slow_call_ms = seq.slow_call_ms
+    opts.slow_call_rate = seq.slow_call_rate
+  end
+  return opts
+end
+
+local function compare_stats(i, m, s)
   if s.state ~= m.state then
     mismatch(i, "stats().state", m.state, s.state)
   end
@@ -443,13 +618,61 @@ local function compare_stats(i, m, s, name)
   if s.ignored_count ~= m.ignored then
     mismatch(i, "stats().ignored_count", m.ignored, s.ignored_count)
   end
-  if s.failure_threshold ~= m.threshold
-     or s.half_open_max_calls ~= m.max_calls
-     or s.reset_timeout_ms ~= m.timeout or s.name ~= name then
-    mismatch(i, "stats() configuration", format("%d %d %d %s", m.threshold,
-      m.max_calls, m.timeout, name), format("%s %s %s %s",
-      s.failure_threshold, s.half_open_max_calls, s.reset_timeout_ms,
-      s.name))
+  if m.window == nil then
+    if s.window_calls ~= nil or s.open_reason ~= nil then
+      mismatch(i, "stats() window fields in consecutive mode", nil,
+               s.window_calls or s.open_reason)
+    end
+    return
+  end
+  local calls, failures, slow = m:window_counts()
+  if s.window_calls ~= calls then
+    mismatch(i, "stats().window_calls", calls, s.window_calls)
+  end
+  if s.window_failures ~= failures then
+    mismatch(i, "stats().window_failures", failures, s.window_failures)
+  end
+  if s.window_slow_calls ~= slow then
+    mismatch(i, "stats().window_slow_calls", slow, s.window_slow_calls)
+  end
+  local rate = calls > 0 and failures / calls or 0
+  if s.failure_rate ~= rate then
+    mismatch(i, "stats().failure_rate", rate, s.failure_rate)
+  end
+  rate = calls > 0 and slow / calls or 0
+  if s.slow_call_rate ~= rate then
+    mismatch(i, "stats().slow_call_rate", rate, s.slow_call_rate)
+  end
+  if s.open_reason ~= m.open_reason then
+    mismatch(i, "stats().open_reason", m.open_reason, s.open_reason)
+  end
+end
+
+-- The configuration stats() reports (checked by the "stats" steps).
+local function compare_config(i, m, s, name)
+  local slow = m.slow_call_ms and m.slow_call_ms > 0 and m.slow_call_ms
+               or nil
+  local want = { name, m.threshold, m.max_calls, m.timeout, m.window,
+    m.window == "count" and m.size or nil,
+    m.window == "time" and m.size_ms or nil,
+    m.window == "time" and m.buckets or nil, m.window and m.min_calls,
+    m.window and m.failure_rate, m.window and m.slow_call_rate, slow }
+  local got = { s.name, s.failure_threshold, s.half_open_max_calls,
+    s.reset_timeout_ms, s.window_type, s.window_size, s.window_size_ms,
+    s.window_buckets, s.min_calls, s.failure_rate_threshold,
+    s.slow_call_rate_threshold, s.slow_call_ms }
+  for k = 1, 12 do
+    if want[k] ~= got[k] then
+      local w, g = {}, {}
+      for j = 1, 12 do
+        w[j], g[j] = show(want[j]), show(got[j])
+      end
+      mismatch(i, "stats() configuration (name, failure_threshold, "
+        .. "half_open_max_calls, reset_timeout_ms, window_type, "
+        .. "window_size, window_size_ms, window_buckets, min_calls, "
+        .. "failure_rate_threshold, slow_call_rate_threshold, "
+        .. "slow_call_ms)", table.concat(w, " "), table.concat(g, " "))
+    end
   end
 end
 
@@ -481,70 +704,153 @@ local function compare_peek(i, m, b)
         tonumber(b.total_successes), tonumber(b.total_failures),
         tonumber(b.ignored_count)))
   end
+  local reason = OPEN_REASONS[b.open_reason]
+  if reason ~= m.open_reason then
+    mismatch(i, "open_reason (peek)", m.open_reason, reason)
+  end
+  local calls, failures, slow = 0, 0, 0
+  if m.window then
+    calls, failures, slow = m:window_counts()
+  end
+  if b.window_calls ~= calls or b.window_failures ~= failures
+     or b.window_slow ~= slow then
+    mismatch(i, "window calls/failures/slow (peek)",
+      format("%d %d %d", calls, failures, slow),
+      format("%d %d %d", tonumber(b.window_calls),
+        tonumber(b.window_failures), tonumber(b.window_slow)))
+  end
 end
 
+-- Under virtual time a timed call is also slow when it took slow_call_ms
+-- of real time, which no sequence decides: the thresholds there are
+-- seconds, and a call that took that long ends the run as an error of its
+-- own rather than as a disagreement with the model.
+local function check_real_time(i, slow_ms, ms, started)
+  local real = (sprun.hrtime() - started) / 1e6
+  if real >= slow_ms and ms < slow_ms then
+    error(format("step %d: the call took %.0f ms of real time (the "
+      .. "breaker counts it as slow, slow_call_ms = %d): the machine is "
+      .. "too slow for this check, not a disagreement", i, real, slow_ms), 0)
+  end
+end
+
+local MANUAL = { force_open = "forced_open", disable = "disabled",
+                 isolate = "isolated" }
+local REJECTED_IN = {
+  open = "breaker calls rejected", half_open = "breaker calls rejected",
+  forced_open = "breaker calls rejected while forced open",
+  isolated = "breaker calls rejected while isolated",
+}
+
 local breaker_count = 0
+local observing = false
 
 local function run_breaker(seq)
   local virtual = seq.virtual
   local now
   if virtual then
     now = sprun.now()
+    if seq.phase then
+      local width = (seq.size_ms or 60000) / (seq.buckets or 10)
+      local wait = (seq.phase - now % width) % width
+      if wait > 0 then
+        sprun.sleep(wait)
+        now = sprun.now()
+      end
+    end
   else
     NOW = 0
     now = 0
   end
   breaker_count = breaker_count + 1
   local name = "model-" .. breaker_count
-  local cb = circuit_breaker.start_link {
-    name = name,
-    failure_threshold = seq.threshold,
-    half_open_max_calls = seq.max_calls,
-    reset_timeout_ms = seq.timeout,
-    is_failure = seq.is_failure and is_failure or nil,
-    clock = (not virtual) and clock or nil,
-  }
+  local cb = circuit_breaker.start_link(breaker_options(seq, name))
   current_cb, current_name = cb, name
   nhook, ntele = 0, 0
-  local m = breaker_model.new(seq.threshold, seq.max_calls, seq.timeout)
+  observing = seq.observe and use_tele
+  if observing then
+    observe_calls(true)
+  end
+  local m = breaker_model.new(model_config(seq))
   if virtual then
     m.timers = {}
   end
   local class = seq.is_failure and CLASS_PRED or CLASS
   local peek = seq.compare == "peek" and cb._b
+  local call_op = virtual and virtual_op or literal_op
+  -- the real time of calls is looked at only where it could count
+  local timed = virtual and seq.slow_call_ms
   local inflight = {}
   local steps = seq.steps
   for i = 1, #steps do
     local step = steps[i]
     local op = step[1]
-    local timed = false
+    local time_step = false
     if op == "call" then
-      local outcome = step[2]
+      local outcome, ms = step[2], step[3] or 0
       local epoch = m:acquire(now)
+      local state = m.state
       if epoch == nil then
-        count("breaker calls rejected")
-      end
-      local ok, r1, r2 = pcall(cb.call, cb, OPS[outcome])
-      check_rejected(i, epoch ~= nil, ok, r1, r2)
-      if epoch ~= nil then
+        count(REJECTED_IN[state])
+        if observing then
+          m:note("call.rejected", state)
+        end
+        local ok, r1, r2 = pcall(cb.call, cb, call_op, outcome, ms)
+        check_rejected(i, false, ok, r1, r2)
+      else
+        if state == "disabled" then
+          count("breaker calls admitted while disabled")
+        end
+        if observing then
+          m:note("call.allowed", state)
+        end
+        local started = timed and sprun.hrtime()
+        local ok, r1, r2 = pcall(cb.call, cb, call_op, outcome, ms)
+        local t = now + ms
+        if t < 0 then
+          t = 0
+        end
+        ms = t - now
+        if ms < 0 then
+          ms = 0
+        end
+        now = t
+        if virtual then
+          if sprun.now() ~= now then
+            mismatch(i, "virtual time after the call", now, sprun.now())
+          end
+          m:advance(now)
+          if timed then
+            check_real_time(i, seq.slow_call_ms, ms, started)
+          end
+        end
         check_result(i, outcome, ok, r1, r2)
-        m:record(epoch, class[outcome], now)
+        if observing then
+          m:note(ERROR_OF[outcome] and "call.failure" or "call.success",
+                 state, ERROR_OF[outcome])
+        end
+        m:record(epoch, class[outcome], now, ms)
       end
     elseif op == "start" then
       local epoch = m:acquire(now)
+      local state = m.state
+      if observing then
+        m:note(epoch and "call.allowed" or "call.rejected", state)
+      end
+      local started = timed and sprun.hrtime()
       local co = co_create(inflight_body)
       local ok, r1, r2 = co_resume(co, cb)
-      local started = ok and r1 == STARTED and co_status(co) == "suspended"
-      if started then
+      if ok and r1 == STARTED and co_status(co) == "suspended" then
         if epoch == nil then
           mismatch(i, "call admitted", false, true)
         end
-        inflight[step[2]] = { co, epoch }
+        inflight[step[2]] = { co, epoch, now, state, started }
       else
         if not ok then
           mismatch(i, "call raised", false, r1)
         end
         check_rejected(i, epoch ~= nil, ok, r1, r2)
+        count(REJECTED_IN[state])
       end
     elseif op == "finish" then
       local call = inflight[step[2]]
@@ -562,9 +868,20 @@ local function run_breaker(seq)
           end
         end
         local outcome = step[3]
+        local ms = now - call[3]
+        if ms < 0 then
+          ms = 0
+        end
+        if observing then
+          m:note(ERROR_OF[outcome] and "call.failure" or "call.success",
+                 call[4], ERROR_OF[outcome])
+        end
         local ok, r1, r2 = co_resume(call[1], outcome)
+        if timed then
+          check_real_time(i, seq.slow_call_ms, ms, call[5])
+        end
         check_result(i, outcome, ok, r1, r2)
-        m:record(call[2], class[outcome], now)
+        m:record(call[2], class[outcome], now, ms)
       end
     elseif op == "allow" then
       local want, got = m:allow(now), cb:allow()
@@ -579,7 +896,9 @@ local function run_breaker(seq)
       end
     elseif op == "stats" then
       m:tick(now)
-      compare_stats(i, m, cb:stats(), name)
+      local s = cb:stats()
+      compare_stats(i, m, s)
+      compare_config(i, m, s, name)
     elseif op == "rs" then
       m:record_success(now)
       cb:record_success()
@@ -589,8 +908,11 @@ local function run_breaker(seq)
     elseif op == "reset" then
       m:reset()
       cb:reset()
+    elseif MANUAL[op] then
+      m:manual(MANUAL[op])
+      cb[op](cb)
     elseif op == "adv" then
-      timed = true
+      time_step = true
       now = now + step[2]
       if virtual then
         sprun.sleep(step[2])
@@ -605,7 +927,7 @@ local function run_breaker(seq)
         NOW = now
       end
     elseif op == "back" then
-      timed = true
+      time_step = true
       now = now - step[2]
       if now < 0 then
         now = 0
@@ -614,11 +936,27 @@ local function run_breaker(seq)
     end
     if peek then
       compare_peek(i, m, peek)
-    elseif not timed or virtual then
+    elseif not time_step or virtual then
       m:tick(now)
-      compare_stats(i, m, cb:stats(), name)
+      compare_stats(i, m, cb:stats())
     end
     check_events(i, m)
+  end
+  if observing then
+    observing = false
+    observe_calls(false)
+    count("breaker sequences with per-call events checked")
+  end
+  if m.window then
+    counts["breaker window calls evicted (count)"] =
+      (counts["breaker window calls evicted (count)"] or 0) + m.evicted
+    counts["breaker window calls expired (time)"] =
+      (counts["breaker window calls expired (time)"] or 0) + m.expired
+    counts["breaker slow calls in the window"] =
+      (counts["breaker slow calls in the window"] or 0) + m.slow_added
+    counts["breaker openings at a rate exactly the threshold"] =
+      (counts["breaker openings at a rate exactly the threshold"] or 0)
+      + m.ties
   end
   current_cb = nil
   return #steps
@@ -908,6 +1246,10 @@ function _M.run(seq)
     ok, r = pcall(runner, seq)
   end
   current_cb, current_pool = nil, nil
+  if observing then
+    observing = false
+    observe_calls(false)
+  end
   if ok then
     return r
   end
@@ -983,15 +1325,15 @@ local GENERATORS = {
   breaker = gen.breaker, health = gen.health, retry = gen.retry,
 }
 
--- Runs `count` sequences of `kind` with the seeds seed .. seed + count - 1.
--- Returns the number of steps run; raises with the shrunk sequence on the
--- first failure.
-function _M.check(kind, seed, count, virtual)
+-- Runs `count` sequences of `kind` (of a breaker, in `mode`) with the seeds
+-- seed .. seed + count - 1. Returns the number of steps run; raises with
+-- the shrunk sequence on the first failure.
+function _M.check(kind, seed, count, virtual, mode)
   local make = GENERATORS[kind]
   local steps = 0
   for k = 0, count - 1 do
     local s = seed + k
-    local seq = make(s, virtual)
+    local seq = make(s, virtual, mode)
     local n, why, at = _M.run(seq)
     if n == nil then
       local small, small_why, runs = _M.shrink(seq, why, at)
@@ -999,7 +1341,8 @@ function _M.check(kind, seed, count, virtual)
         .. "\n%s\n\nShortest failing sequence found (%d steps, after %d "
         .. "shrinking runs):\n%s\n%s\n\nReplay: SPRUN_SEED=%d "
         .. "SPRUN_MODEL_RUNS=1 tests/run tests/lua/model_spec.lua",
-        kind, s, #seq.steps, why, #small.steps, runs, describe_seq(small),
+        mode and kind .. " (" .. mode .. " mode)" or kind, s, #seq.steps,
+        why, #small.steps, runs, describe_seq(small),
         small_why or "(no failure: flaky?)", s), 0)
     end
     steps = steps + n

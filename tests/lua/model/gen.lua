@@ -1,12 +1,12 @@
 -- The generator of random operation sequences for the model-based tests.
 --
--- gen.breaker(seed, virtual), gen.health(seed, virtual), gen.retry(seed)
--- each make one sequence from one seed (each kind and clock drawing from
--- its own stream): a configuration and up to MAX_STEPS steps. A step is a
--- list { op, x, y }. Steps never depend on what the objects answer, and a
--- step whose premise is gone (a "finish" whose "start" was dropped by
--- shrinking) is skipped when run, so any subset of a sequence's steps is
--- again a valid sequence.
+-- gen.breaker(seed, virtual, mode), gen.health(seed, virtual),
+-- gen.retry(seed) each make one sequence from one seed (each kind, breaker
+-- mode and clock drawing from its own stream): a configuration and up to
+-- MAX_STEPS steps. A step is a list { op, x, y }. Steps never depend on
+-- what the objects answer, and a step whose premise is gone (a "finish"
+-- whose "start" was dropped by shrinking) is skipped when run, so any
+-- subset of a sequence's steps is again a valid sequence.
 
 local prng = require "model.prng"
 
@@ -45,7 +45,21 @@ local BREAKER_OPS = {
   { "rs", 4 }, { "rf", 7 }, { "allow", 3 }, { "state", 3 }, { "stats", 2 },
   { "reset", 2 }, { "back", 2 },
 }
-BREAKER_OPS = urn(BREAKER_OPS)
+
+-- The breaker's steps with the manual states (force_open, disable,
+-- isolate) at three levels: none, now and then (about one step in 30),
+-- often (about one in 11).
+local MANUAL_LEVELS = { 0, 1, 3 }
+local BREAKER_URNS = {}
+for level, weight in ipairs(MANUAL_LEVELS) do
+  local ops = { unpack(BREAKER_OPS) }
+  if weight > 0 then
+    ops[#ops + 1] = { "force_open", weight }
+    ops[#ops + 1] = { "disable", weight }
+    ops[#ops + 1] = { "isolate", weight }
+  end
+  BREAKER_URNS[level] = urn(ops)
+end
 
 -- A time step around `span`: on it, either side of it, or anywhere.
 local function time_step(g, span)
@@ -63,19 +77,90 @@ local function time_step(g, span)
   return g:int(0, 10 * span + 10)
 end
 
--- 1..MAX_STEPS, short ones more often (a mean of about a third of
--- MAX_STEPS): most bugs need few steps, and the time goes to the long ones.
+-- 1..MAX_STEPS, short ones more often (a mean of about a quarter of
+-- MAX_STEPS, and one sequence in five at least half of it): most bugs need
+-- few steps, and the time goes to the long ones.
 local function length(g)
   local u = g:float()
-  return 1 + math.floor((_M.MAX_STEPS - 1) * u * u + 0.5)
+  return 1 + math.floor((_M.MAX_STEPS - 1) * u * u * u + 0.5)
 end
 
-function _M.breaker(seed, virtual)
-  local g = prng.new(seed, virtual and 2 or 1)
+-- The breaker's modes, each drawing from its own stream (the first number
+-- for literal times, the second for virtual time).
+_M.BREAKER_MODES = { consecutive = { 1, 2 }, count = { 6, 7 },
+                     time = { 8, 9 } }
+
+-- Rates with exact ties among the quotients of small counts (3 of 10 is
+-- 0.3, 2 of 6 is 1/3): the trip rule is >=.
+local RATES = { 0, 0.1, 0.2, 0.25, 0.3, 1 / 3, 0.4, 0.5, 0.5, 0.6, 2 / 3,
+                0.75, 0.8, 1 }
+local SLOW_RATES = { 0, 0.2, 1 / 3, 0.5, 0.5, 0.75, 1 }
+-- Slow-call thresholds and bucket widths. Under virtual time a call also
+-- counts as slow when it took that long in real time, so the thresholds
+-- there are far above what a call takes.
+local SLOW_MS = { [false] = { 1, 2, 3, 5, 10, 50 },
+                  [true] = { 1000, 2000, 5000 } }
+local WIDTHS = { [false] = { 1, 2, 3, 5, 10, 50 },
+                 [true] = { 100, 500, 1000, 2000 } }
+
+-- The options of a rate window (seq.window ... seq.slow_call_rate); nil
+-- for an option left to its default.
+local function rate_window(g, seq, mode, virtual)
+  seq.window = mode
+  if mode == "count" then
+    if g:chance(0.95) then
+      seq.size = g:pick { 1, 2, 3, 4, 5, 6, 8, 10, 20 }
+    end
+  elseif g:chance(0.95) then
+    seq.buckets = g:pick { 1, 2, 3, 4, 5, 10 }
+    seq.size_ms = seq.buckets * g:pick(WIDTHS[virtual])
+  end
+  if g:chance(0.9) then
+    seq.min_calls = g:pick { 1, 1, 2, 3, 4, 5, 10, 25 }
+  end
+  if g:chance(0.9) then
+    seq.failure_rate = g:pick(RATES)
+  end
+  if g:chance(0.6) then
+    seq.slow_call_ms = g:pick(SLOW_MS[virtual])
+  end
+  if g:chance(0.8) then
+    seq.slow_call_rate = g:pick(SLOW_RATES)
+  end
+  if mode == "time" and virtual then
+    -- Buckets are aligned on time 0, and a virtual run starts at the real
+    -- clock's time: the run first waits until it is this many ms into a
+    -- bucket, so that the sequence does not depend on when it runs.
+    local size_ms = seq.size_ms or 60000
+    seq.phase = g:int(0, size_ms / (seq.buckets or 10) - 1)
+  end
+end
+
+-- How long a call's fn takes (it moves the clock on while it runs); under
+-- literal times it may also set the clock back (a negative duration).
+local function duration(g, seq, spans)
+  local r = g:float()
+  local slow = seq.slow_call_ms
+  if r < 0.45 then
+    return 0
+  elseif r < 0.75 and slow then
+    return slow + g:int(-1, 1)
+  elseif r < 0.95 or seq.virtual then
+    return time_step(g, g:pick(spans))
+  end
+  return -g:int(1, g:pick(spans) + 2)
+end
+
+-- mode: "consecutive" (the default), "count" or "time".
+function _M.breaker(seed, virtual, mode)
+  mode = mode or "consecutive"
+  virtual = virtual or false
+  local g = prng.new(seed, _M.BREAKER_MODES[mode][virtual and 2 or 1])
   local seq = {
     kind = "breaker",
+    mode = mode,
     seed = seed,
-    virtual = virtual or false,
+    virtual = virtual,
     threshold = g:pick { 1, 1, 2, 2, 3, 5 },
     max_calls = g:pick { 0, 1, 1, 1, 2, 3 },
     timeout = g:pick { 0, 1, 2, 5, 10, 10, 100, 1000 },
@@ -83,14 +168,33 @@ function _M.breaker(seed, virtual)
     -- "stats": stats() after every step that is not a time step;
     -- "peek": the C struct, read without a look at the clock, after every
     -- step (so the lazy half-open move is seen only when a step makes it).
-    compare = g:chance(0.75) and "stats" or "peek",
+    compare = g:chance(0.5) and "stats" or "peek",
+    -- per-call telemetry events observed (calls then take the observed
+    -- path of circuit_breaker.call)
+    observe = g:chance(0.2),
+    -- the level of manual states: an index of MANUAL_LEVELS
+    manual = g:pick { 1, 1, 1, 2, 2, 2, 2, 3, 3, 3 },
   }
+  if mode ~= "consecutive" then
+    rate_window(g, seq, mode, virtual)
+  end
+  -- The spans time steps are drawn around.
+  local spans = { seq.timeout }
+  if seq.slow_call_ms then
+    spans[#spans + 1] = seq.slow_call_ms
+  end
+  if mode == "time" then
+    local size_ms = seq.size_ms or 60000
+    spans[#spans + 1] = size_ms / (seq.buckets or 10)
+    spans[#spans + 1] = size_ms
+  end
+  local ops = BREAKER_URNS[seq.manual]
   local steps, open, next_id = {}, {}, 0
   for i = 1, length(g) do
-    local op = g:pick(BREAKER_OPS)
+    local op = g:pick(ops)
     local step
     if op == "call" then
-      step = { "call", g:pick(OUTCOMES) }
+      step = { "call", g:pick(OUTCOMES), duration(g, seq, spans) }
     elseif op == "start" then
       next_id = next_id + 1
       open[#open + 1] = next_id
@@ -101,9 +205,9 @@ function _M.breaker(seed, virtual)
       local id = table.remove(open, k)
       step = { "finish", id, g:pick(OUTCOMES) }
     elseif op == "adv" or (op == "back" and virtual) then
-      step = { "adv", time_step(g, seq.timeout) }
+      step = { "adv", time_step(g, g:pick(spans)) }
     elseif op == "back" then
-      step = { "back", g:int(1, seq.timeout + 2) }
+      step = { "back", g:int(1, g:pick(spans) + 2) }
     elseif op == "finish" then
       step = { "state" }
     else
