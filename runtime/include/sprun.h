@@ -159,6 +159,12 @@ typedef struct sp_breaker_bucket_s {
   uint32_t pad_;
 } sp_breaker_bucket_t;
 
+/* The Lua binding (lua/sprun/circuit_breaker.lua) does two cases of
+ * consecutive mode itself, on this struct, to spare a call: a closed
+ * breaker admitting a call and counting its success (as sp_breaker_acquire
+ * and sp_breaker_record do), and an open breaker rejecting a call before
+ * its reset timeout (as sp_breaker_acquire does). A change to either here
+ * must be made there too; the model-based tests compare the two. */
 typedef struct sp_breaker_s {
   /* read-only: configuration, as given to sp_breaker_init. */
   sp_breaker_config_t config;
