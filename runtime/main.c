@@ -276,6 +276,11 @@ static int load_chunk(lua_State *L, const options_t *o) {
     fprintf(stderr, "sprun: %s\n", lua_tostring(L, -1));
     return 1;
   }
+  if (o->script[0] == '\0') {
+    fprintf(stderr, "sprun: the script name is empty (give the path of a "
+                    "Lua file, or -e CODE)\n");
+    return EXIT_USAGE;
+  }
   if (stat(o->script, &st) != 0) {
     fprintf(stderr, "sprun: cannot open %s: %s\n", o->script,
             strerror(errno));

@@ -196,7 +196,8 @@ local cases = {
     stderr = "sprun: unknown option '--virtual-times' (see sprun -h)\n" },
   { id = "cli: empty script name",
     argv = { "" }, code = 2,
-    stderr = "sprun: cannot open : No such file or directory\n" },
+    stderr = "sprun: the script name is empty (give the path of a Lua "
+      .. "file, or -e CODE)\n" },
   { id = "cli: a script named like an option after --",
     argv = { "--", "-e" }, code = 2,
     stderr = "sprun: cannot open -e: No such file or directory\n" },
