@@ -233,7 +233,9 @@ describe("fault injection: worker processes that crash", function()
           return "fine"
         end
       end
-      return ex.execute_batch(fns, { timeout_ms = 1500 })
+      -- Long enough for the 60 processes to start and end on a loaded
+      -- machine: only the `sleep 60` items may reach it.
+      return ex.execute_batch(fns, { timeout_ms = 4000 })
     end)
     local got = {}
     for i = 1, N do
@@ -249,7 +251,7 @@ describe("fault injection: worker processes that crash", function()
     end
     assert.are.same({
       fine = 940, SIGSEGV = 20,
-      ["timeout: did not finish within 1500 ms"] = 20,
+      ["timeout: did not finish within 4000 ms"] = 20,
       ["timeout: sleep did not finish within 50 ms (killed)"] = 20,
     }, tally_of(got))
   end)

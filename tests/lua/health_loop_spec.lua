@@ -30,10 +30,10 @@ describe("health monitor cleanup timer", function()
     local t0 = sprun.hrtime()
     local t_virtual
     sprun.run(function()
-      local hm = sprun.health_monitor.start_link { check_interval_ms = 5000 }
+      local hm = sprun.health_monitor.start_link { check_interval_ms = 60000 }
       hm:record_crash("w1")
     end)
-    assert.is_true((sprun.hrtime() - t0) / 1e6 < 2000)
+    assert.is_true((sprun.hrtime() - t0) / 1e6 < 10000)
     sprun.run({ clock = "virtual" }, function()
       local hm = sprun.health_monitor.start_link { check_interval_ms = 5000 }
       local start = sprun.now()

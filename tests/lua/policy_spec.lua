@@ -314,8 +314,9 @@ f:close()
 local ffi = require "ffi"
 ffi.cdef "int kill(int pid, int sig); int getpid(void);"
 ffi.C.kill(ffi.C.getpid(), 1)
-for _ = 1, 50 do
-  if reg:breaker("db"):stats().failure_threshold == 9 then break end
+local deadline = sprun.now() + 10000
+while reg:breaker("db"):stats().failure_threshold ~= 9
+      and sprun.now() < deadline do
   sprun.sleep(10)
 end
 print(reg:breaker("db"):stats().failure_threshold)

@@ -17,6 +17,20 @@ local function gone(pid)
   return state == nil or (state == "Z" and ppid ~= h.getpid())
 end
 
+-- Inside a task: sleeps 5 ms at a time until cond() is true, and raises
+-- once `limit_ms` (default 10 s) of loop time went by without it, naming
+-- what it waited for.
+local function wait_for(what, cond, limit_ms)
+  limit_ms = limit_ms or 10000
+  local deadline = sp.now() + limit_ms
+  while not cond() do
+    if sp.now() > deadline then
+      error("waited " .. limit_ms .. " ms for " .. what, 2)
+    end
+    sp.sleep(5)
+  end
+end
+
 describe("sprun.process", function()
   local dir
   before_each(function() dir = h.tmpdir() end)
@@ -101,26 +115,28 @@ describe("sprun.process", function()
 
     it("timeout_ms kills the child: nil, timeout, and the pid is gone",
       function()
+        -- The timeout leaves sh ample time to start and print "partial".
         local t0 = sp.hrtime()
         local v, err = run(function()
           return sp.process.run{ "sh", "-c", "echo partial; exec sleep 30",
-            timeout_ms = 100 }
+            timeout_ms = 1000 }
         end)
         local ms = (sp.hrtime() - t0) / 1e6
         assert.is_nil(v)
         assert.are.equal("timeout", kind(err))
-        assert.are.equal("timeout: sh did not finish within 100 ms (killed)",
+        assert.are.equal("timeout: sh did not finish within 1000 ms (killed)",
           tostring(err))
-        assert.are.same({ 100, "partial\n", "" }, { err.details.timeout_ms,
+        assert.are.same({ 1000, "partial\n", "" }, { err.details.timeout_ms,
           err.details.stdout, err.details.stderr })
-        assert.is_true(ms >= 99 and ms < 3000, "took " .. ms .. " ms")
+        assert.is_true(ms >= 999 and ms < 10000, "took " .. ms .. " ms")
         assert.is_true(gone(err.details.pid), "the child still exists")
       end)
 
     it("timeout_ms kills the child's whole process group", function()
+      -- The timeout leaves sh ample time to start and print the pid.
       local v, err = run(function()
         return sp.process.run{ "sh", "-c", "sleep 30 & echo $!; wait",
-          timeout_ms = 100 }
+          timeout_ms = 1000 }
       end)
       assert.is_nil(v)
       assert.are.equal("timeout", kind(err))
@@ -207,7 +223,8 @@ describe("sprun.process", function()
       local r = run(function()
         local p = sp.process.spawn{ "sh", "-c",
           "echo first; echo second; echo err >&2; exit 5" }
-        sp.sleep(200) -- the child has long exited
+        local pid = p:pid()
+        wait_for("the child to exit", function() return not h.alive(pid) end)
         local a = p:read_line()
         local st = p:wait()
         local b = p:read_line()
@@ -315,13 +332,16 @@ describe("sprun.process", function()
     it("cancelling a task blocked in read_line kills the child", function()
       local pid
       local r = run(function()
+        local ready = false
         local t = sp.spawn(function()
           local p = sp.process.spawn{ "sh", "-c", "echo ready; exec sleep 30" }
           pid = p:pid()
           local first = p:read_line()
+          ready = first == "ready"
           return first, p:read_line()
         end)
-        sp.sleep(100)
+        -- Blocked in its second read_line from here on.
+        wait_for('the task to read "ready"', function() return ready end)
         t:cancel()
         return { select(2, t:await()).kind, t:status() }
       end)
@@ -335,11 +355,14 @@ describe("sprun.process", function()
         local t = sp.spawn(function()
           return sp.process.run{ "sh", "-c", "echo $$; exec sleep 30" }
         end)
-        sp.sleep(100)
-        -- The child's pid, from its own process table entry.
-        for _, line in ipairs(h.live_children()) do
-          if line:match(" sleep ") then pid = tonumber(line:match("^%d+")) end
-        end
+        -- The child's pid, from its own process table entry once the shell
+        -- has become sleep.
+        wait_for("the child to exec sleep", function()
+          for _, line in ipairs(h.live_children()) do
+            if line:match(" sleep ") then pid = tonumber(line:match("^%d+")) end
+          end
+          return pid ~= nil
+        end)
         t:cancel()
         local v, err = t:await()
         assert(v == nil and kind(err) == "cancelled")
@@ -358,7 +381,8 @@ describe("sprun.process", function()
             -- Never read: the write cannot finish.
             return p:write(string.rep("x", 4 * 1024 * 1024))
           end)
-          sp.sleep(50)
+          wait_for("the task to block in its write",
+            function() return t:status() == "waiting" end)
           t:cancel()
           local _, err = t:await()
           return kind(err)
@@ -397,7 +421,7 @@ describe("sprun.process", function()
           return { t:await() }
         end)
         assert.is_true(r[1] == "hi\n" or r[1] == "timeout", tostring(r[1]))
-        assert.is_true(r[2] >= 50 and r[2] < 1000, "slept " .. r[2])
+        assert.is_true(r[2] >= 50 and r[2] < 5000, "slept " .. r[2])
       end)
   end)
 

@@ -128,7 +128,7 @@ describe("sprun scheduler", function()
         sp.sleep(30)
         return sp.now() - t
       end)
-      assert.is_true(elapsed >= 30 and elapsed < 1000, "slept " .. elapsed)
+      assert.is_true(elapsed >= 30 and elapsed < 5000, "slept " .. elapsed)
     end)
 
     it("lets other tasks run while one sleeps", function()
@@ -174,7 +174,7 @@ describe("sprun scheduler", function()
       -- The loop's clock counts whole ms (libuv's), so a real sleep may
       -- end up to 1 ms short of 20 ms measured with hrtime.
       local ms = (sp.hrtime() - t) / 1e6
-      assert.is_true(ms >= 19 and ms < 1000, "slept " .. ms .. " ms")
+      assert.is_true(ms >= 19 and ms < 5000, "slept " .. ms .. " ms")
       assert.are.equal(0, sched.last_run.handles)
     end)
   end)
@@ -341,17 +341,17 @@ describe("sprun scheduler", function()
       assert.are.same({}, log)
     end)
 
-    it("stops a real-time sleep of 10 s within the run's few ms", function()
+    it("stops a real-time sleep of a minute at once", function()
       local t0 = sp.hrtime()
       local st = run(function()
-        local t = sp.spawn(function() sp.sleep(10000) end)
+        local t = sp.spawn(function() sp.sleep(60000) end)
         sp.sleep(5)
         t:cancel()
         t:await()
         return t:status()
       end)
       assert.are.equal("cancelled", st)
-      assert.is_true((sp.hrtime() - t0) / 1e6 < 2000)
+      assert.is_true((sp.hrtime() - t0) / 1e6 < 10000)
     end)
 
     it("of a pending task: it never runs", function()

@@ -478,7 +478,7 @@ print(cb:state(), table.concat(seen, ","))
       end)
       assert.are.equal(1, #seen)
       local d = seen[1][2].duration_ms
-      assert.is_true(d >= 25 and d < 1000, "duration_ms " .. d)
+      assert.is_true(d >= 25 and d < 10000, "duration_ms " .. d)
     end)
 
     it("the per-call path keeps the breaker's rules (generations, "
@@ -597,7 +597,7 @@ print(cb:state(), table.concat(seen, ","))
           backoff_ms = { 20, 20 } })
       end)
       local d = seen[1][2].total_duration_ms
-      assert.is_true(d >= 38 and d < 2000, "total_duration_ms " .. d)
+      assert.is_true(d >= 38 and d < 10000, "total_duration_ms " .. d)
       -- Not a whole number of ms: measured in ns.
       assert.are_not.equal(0, d % 1)
       assert.are.same({ pool = "default" }, seen[1][3])

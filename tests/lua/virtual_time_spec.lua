@@ -1,7 +1,7 @@
 -- Virtual time: when every task waits on a timer, the clock jumps to the
--- next deadline. An hour of backoff and reset timeouts runs in well under a
--- second, with the same order of events as in real time; real I/O still
--- works (and moves the clock at the real speed while it is in flight).
+-- next deadline. An hour of backoff and reset timeouts runs at once, with
+-- the same order of events as in real time; real I/O still works (and
+-- moves the clock at the real speed while it is in flight).
 local h = require "helpers"
 local sp = require "sprun"
 
@@ -17,7 +17,9 @@ end
 -- backs off 2u, 4u, 8u between its 4 attempts, as a retry loop does
 -- (relative sleeps); a monitor looks at the breaker at 5u, 11u, 17u, 23u
 -- (absolute deadlines). Returns the events in order, and their times in
--- units (exact only under a virtual clock).
+-- units (exact only under a virtual clock). In real time each relative
+-- sleep may end late; the order holds while the three of them together
+-- are less than 3u late, hence REAL_U below.
 --
 --   0 attempt 1 fails (closed)        11 monitor: half_open
 --   2 attempt 2 fails, opens          14 attempt 4 probes, fails, re-opens
@@ -65,15 +67,19 @@ local EXPECTED = {
 
 local scenario = assert(loadstring(SCENARIO, "=scenario"))()
 
+-- The unit of the real-time runs: 23 units take 1.15 s, and the sleeps
+-- may be 150 ms late in all before the order changes.
+local REAL_U = 50
+
 describe("virtual time", function()
   after_each(function()
     assert.are.same({}, h.live_children())
   end)
 
-  it("runs an hour of backoff and reset timeouts in under a second, "
-    .. "in the same order as real time", function()
+  it("runs an hour of backoff and reset timeouts at once, in the same "
+    .. "order as real time", function()
     local t0 = sp.hrtime()
-    local real_log, real_times = run(scenario, sp, 10)
+    local real_log, real_times = run(scenario, sp, REAL_U)
     local real_ms = wall_ms(t0)
 
     local u = 160000 -- 23 units: 61 minutes and 20 seconds
@@ -94,9 +100,10 @@ describe("virtual time", function()
     end
     assert.are.equal(23 * u, v_elapsed)
     assert.is_true(v_elapsed > 3600000)
-    assert.is_true(virtual_ms < 1000, "virtual run took " .. virtual_ms)
+    assert.is_true(virtual_ms < 10000, "virtual run took " .. virtual_ms)
     -- (the loop counts whole ms: up to 1 ms less measured with hrtime)
-    assert.is_true(real_ms >= 229, "real run took only " .. real_ms)
+    assert.is_true(real_ms >= 23 * REAL_U - 1, "real run took only "
+      .. real_ms)
   end)
 
   it("a script run by sprun --virtual-time prints what a real-time run "
@@ -110,7 +117,7 @@ describe("virtual time", function()
       .. "print('virtual ms: ' .. (sp.now() - T0))\n")
     -- Record the start time before anything else runs.
     h.write_file(path, "T0 = require('sprun').now()\n" .. h.read_file(path))
-    local real = h.sprun_run { path, "10" }
+    local real = h.sprun_run { path, tostring(REAL_U) }
     local t0 = sp.hrtime()
     local virtual = h.sprun_run { "--virtual-time", path, "160000" }
     local ms = wall_ms(t0)
@@ -121,7 +128,7 @@ describe("virtual time", function()
     assert.are.equal(expected, real.stdout:match("^(.*\n)virtual ms"))
     assert.are.same({ code = 0, stderr = "",
       stdout = expected .. "virtual ms: 3680000\n" }, virtual)
-    assert.is_true(ms < 1000, "took " .. ms .. " ms")
+    assert.is_true(ms < 10000, "took " .. ms .. " ms")
   end)
 
   it("sprun --virtual-time -e: an hour's sleep prints done at once",
@@ -131,7 +138,7 @@ describe("virtual time", function()
         'local sp=require"sprun"; sp.sleep(3600000); print("done")' }
       local ms = wall_ms(t0)
       assert.are.same({ code = 0, stdout = "done\n", stderr = "" }, r)
-      assert.is_true(ms < 1000, "took " .. ms .. " ms")
+      assert.is_true(ms < 10000, "took " .. ms .. " ms")
     end)
 
   it("execute_with_retry backs off an hour in virtual time", function()
@@ -148,7 +155,7 @@ describe("virtual time", function()
     end)
     assert.are.same({ nil, "unavailable", { 0, 600000, 1800000, 3600000 },
       3600000 }, r)
-    assert.is_true(wall_ms(t0) < 1000)
+    assert.is_true(wall_ms(t0) < 10000)
   end)
 
   it("equal deadlines fire in arming order; the clock jumps exactly",
@@ -180,9 +187,9 @@ describe("virtual time", function()
       return t, sp.now()
     end)
     local after = sp.now()
-    assert.is_true(inside >= before and inside - before < 1000)
+    assert.is_true(inside >= before and inside - before < 10000)
     assert.are.equal(inside + 86400000, jumped)
-    assert.is_true(after >= before and after - before < 1000)
+    assert.is_true(after >= before and after - before < 10000)
   end)
 
   it("an await timeout of an hour fires on the virtual clock", function()
