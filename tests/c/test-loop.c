@@ -220,7 +220,7 @@ TEST_IMPL(loop_virtual_hour_timer) {
   ASSERT_EQ(sp__loop_timer_count(r->loop), 1);
   start = wall_ms();
   ASSERT_PASS(run_all(r, 1000));
-  ASSERT_LT(wall_ms() - start, 500);
+  ASSERT_LT(wall_ms() - start, 10000);
   ASSERT_EQ(r->n, 1);
   ASSERT_EQ(r->ev[0].type, SP_EV_TIMER);
   ASSERT_UINT64_EQ(r->ev[0].token, 7);
@@ -232,14 +232,19 @@ TEST_IMPL(loop_virtual_hour_timer) {
   return 0;
 }
 
+/* Virtual time runs the same schedule 100 times longer: it must still
+ * take far less than its 3 s of timers. */
 static int timer_order(int virtual_time) {
-  static const uint64_t delays[] = { 30, 10, 20, 10, 0, 30 };
+  static const uint64_t base[] = { 30, 10, 20, 10, 0, 30 };
   static const uint64_t expected[] = { 5, 2, 4, 3, 1, 6 };
+  uint64_t delays[6];
   rec_t *r = rec_new(virtual_time);
   uint64_t t0, start, id;
   int i;
 
   ASSERT_NOT_NULL(r);
+  for (i = 0; i < 6; i++)
+    delays[i] = base[i] * (virtual_time ? 100 : 1);
   sp__loop_update_time(r->loop);
   t0 = sp__loop_now(r->loop);
   start = wall_ms();
@@ -257,7 +262,7 @@ static int timer_order(int virtual_time) {
       ASSERT_UINT64_EQ(r->ev[i].now, t0 + delays[expected[i] - 1]);
   }
   if (virtual_time)
-    ASSERT_LT(wall_ms() - start, 25);
+    ASSERT_LT(wall_ms() - start, 2000);
   else
     ASSERT_UINT64_GE(wall_ms() - start, 29);
   rec_free(r);
@@ -310,7 +315,7 @@ TEST_IMPL(loop_step_nowait_never_blocks) {
   start = wall_ms();
   for (i = 0; i < 10; i++)
     ASSERT_EQ(sp__loop_step(r->loop, 1), 1);
-  ASSERT_LT(wall_ms() - start, 200);
+  ASSERT_LT(wall_ms() - start, 5000);
   ASSERT_EQ(r->n, 0);
   /* Nothing pending at all: step returns 0 at once. */
   ASSERT_EQ(sp__timer_cancel(r->loop, id), 0);

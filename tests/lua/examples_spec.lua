@@ -7,7 +7,7 @@ local sprun = require "sprun"
 -- and the output as a list of lines with the "[  123 ms] " prefix removed.
 --
 -- The scripts tell a story in real time: a job of 300 ms has a timeout of
--- 400 ms, a probe its slot of 100 ms. What they run (sh, sleep, cksum) has
+-- 1000 ms, a probe its slot of 100 ms. What they run (sh, sleep, cksum) has
 -- nothing of sprun in it, so it runs without what `make check` preloads
 -- into the processes the specs start (the sanitizer runtime, which makes
 -- each of them start and exit tens of ms slower); sprun itself is built
@@ -164,7 +164,7 @@ describe("example scripts", function()
         assert.are.equal("", r.stderr)
         assert.is_true(r.ms < 5000, "took " .. r.ms .. " ms")
         assert_in_order(r, {
-          "batch of 10 jobs, max_concurrency=3, timeout_ms=400",
+          "batch of 10 jobs, max_concurrency=3, timeout_ms=1000",
           "#   job              status   detail",
         })
         local rows = {}
@@ -180,7 +180,7 @@ describe("example scripts", function()
           "9 thumbnail i.jpg timeout", "10 thumbnail j.jpg ok",
         }, rows)
         assert_in_order(r, {
-          "3   thumbnail c.jpg  timeout  did not finish within 400 ms",
+          "3   thumbnail c.jpg  timeout  did not finish within 1000 ms",
           "4   thumbnail d.jpg  failed   thumbnail d.jpg: unsupported format",
           "6   thumbnail f.jpg  crashed  killed by SIGSEGV",
           "8   thumbnail h.jpg  raised   cannot parse the job's output: ??",

@@ -3,7 +3,8 @@
 -- In lua and c blocks, a line ending in `--> text` (`// --> text` in C)
 -- says the next line of output is `text`; a lua block whose first line is
 -- `-- run with: sprun FLAGS` runs with those flags. sh blocks run with HOME set to a
--- fresh directory; `make demo` and `make test` lines are checked with
+-- fresh directory and build/sprun replaced by the sprun under test;
+-- `make demo` and `make test` lines are checked with
 -- `make -n` (running them here would recurse), and `# --> text` lines give
 -- the expected output. text blocks must match `sprun -h`.
 local h = require "helpers"
@@ -80,6 +81,10 @@ function runners.sh(b, dir)
     if target == "test" or target == "demo" then
       l = "make -n " .. target .. " >/dev/null"
     end
+    -- The sprun under test (the sanitizer build under `make check`).
+    l = l:gsub("^build/sprun(%s)", function(space)
+      return h.shell_quote(h.sprun) .. space
+    end)
     script[#script + 1] = l
   end
   local path = h.write_file(dir .. "/block.sh", "set -e\n" .. table.concat(script, "\n") .. "\n")
