@@ -270,21 +270,45 @@ local parse_timeout = check.options("executor.execute_with_timeout", {
   timeout_ms = { "number", min = 0, limit = check.MS_MAX, required = true },
 })
 
-local function timeout_in_task(fn, ms, args)
-  local task = sched.spawn(fn, unpack(args, 1, args.n))
-  task.quiet = true
-  return task:await(ms)
+local MS_MAX = check.MS_MAX
+local next = next
+
+local function timeout_in_task(fn, ms, n, a1, a2, a3, args)
+  return sched.run_child(ms, fn, n, a1, a2, a3, args)
+end
+
+-- execute_with_timeout once its arguments are taken apart (a tail call
+-- from it, so that errors raised here at level 3 still name the user's
+-- line, and the JIT never has to return into the vararg function).
+local function timeout_args(fn, opts, n, a1, a2, a3, args)
+  local inline = sched.in_context()
+  if not inline then
+    sched.check_caller("executor.execute_with_timeout")
+  end
+  local ms = type(opts) == "table" and opts.timeout_ms
+  if type(ms) ~= "number" or not (ms >= 0 and ms <= MS_MAX)
+     or next(opts) ~= "timeout_ms" or next(opts, "timeout_ms") ~= nil then
+    ms = parse_timeout(opts).timeout_ms
+  end
+  if inline then
+    return sched.run_child(ms, fn, n, a1, a2, a3, args)
+  end
+  return sched.in_task(timeout_in_task, fn, ms, n, a1, a2, a3, args)
 end
 
 -- Runs fn(...) as a child task. If it is not done within timeout_ms it is
 -- cancelled for real (timers stopped, processes killed, sockets closed) and
 -- the caller gets nil, err (kind "timeout"). A raised error gives kind
--- "task_crashed" with the error and its traceback in details.
+-- "task_crashed" with the error and its traceback in details. The child
+-- runs inline until it first waits (sched.run_child): an operation that
+-- returns at once costs no task and no timer. Options made of a valid
+-- timeout_ms alone are taken without the full parser.
 function _M.execute_with_timeout(fn, opts, ...)
   check.func("executor.execute_with_timeout", "fn", fn)
-  sched.check_caller("executor.execute_with_timeout")
-  local o = parse_timeout(opts)
-  return sched.in_task(timeout_in_task, fn, o.timeout_ms, pack(...))
+  -- The arguments as run_child takes them: no table for up to three.
+  local n = select("#", ...)
+  local a1, a2, a3 = ...
+  return timeout_args(fn, opts, n, a1, a2, a3, n > 3 and { ... })
 end
 
 --- execute_batch -----------------------------------------------------------
@@ -294,41 +318,23 @@ local parse_batch = check.options("executor.execute_batch", {
   max_concurrency = { "integer", min = 1, limit = check.UINT32_MAX },
 })
 
-local function batch_item(fn, ms)
-  local task = sched.spawn(fn)
-  task.quiet = true
-  local res = pack(task:await(ms))
-  local ok, err = attempt_outcome(true, res[1], res[2])
-  if ok then
-    return { ok = true, values = { unpack(res, 1, res.n) }, n = res.n,
-             value = res[1] }
+-- An item's entry in the result list, from the n values awaiting it
+-- returned (a new list).
+local function batch_entry(n, values)
+  local ok, err = attempt_outcome(true, values[1], values[2])
+  if not ok then
+    return { ok = false, error = err }
   end
-  return { ok = false, error = err }
+  return { ok = true, values = values, n = n, value = values[1] }
 end
 
-local function batch_worker(state)
-  local fns, results = state.fns, state.results
-  while state.next <= #fns do
-    local i = state.next
-    state.next = i + 1
-    results[i] = batch_item(fns[i], state.timeout_ms)
-  end
-end
-
+-- The items run as children of the calling task, at most max_concurrency
+-- at a time, each inline until it waits and with its own timeout
+-- (sched.run_group).
 local function batch_in_task(fns, o)
   local n = #fns
-  local state = { fns = fns, results = {}, next = 1, timeout_ms = o.timeout_ms }
-  local workers = {}
-  for w = 1, min(o.max_concurrency or n, n) do
-    workers[w] = sched.spawn(batch_worker, state)
-  end
-  for w = 1, #workers do
-    local ok, err = workers[w]:await()
-    if ok == nil and err ~= nil then
-      error(err, 0)
-    end
-  end
-  return state.results
+  return sched.run_group(fns, o.timeout_ms, min(o.max_concurrency or n, n),
+                         batch_entry)
 end
 
 -- Raises at the level of execute_batch's caller (3: this function, then

@@ -2,7 +2,9 @@
  * a slot array that ids point into.
  *
  * The rule: timers come out by deadline, and timers with the same deadline
- * in the order they were added (seq counts additions). Add, cancel and pop
+ * in the order they were added (seq counts additions). A caller may also
+ * take a seq ahead and add its timer with it later: that timer then ranks
+ * as if it had been added when the seq was taken. Add, cancel and pop
  * are O(log n): every slot knows where its node sits in the heap, and ids
  * find slots directly. Both arrays grow by doubling; a live timer costs 40
  * bytes (a 24-byte node and a 16-byte slot), so at most 80 with the slack.
@@ -126,6 +128,34 @@ static void remove_at(sp__heap_t *heap, uint32_t i) {
     sift_down(heap, i);
 }
 
+/* Removes the earliest node. The hole it leaves goes down to a leaf, each
+ * step taking the earlier child (one compare a level, where a sift-down
+ * from the root takes two), and the last node fills it and sifts up: taken
+ * from the bottom, it belongs near the bottom (with equal deadlines, at
+ * once: it is the latest added). */
+static void remove_root(sp__heap_t *heap) {
+  uint32_t last = --heap->count;
+  uint32_t i = 0;
+
+  if (last == 0)
+    return;
+  for (;;) {
+    uint32_t child = 2 * i + 1;
+    if (child >= last)
+      break;
+    if (child + 1 < last &&
+        node_less(&heap->nodes[child + 1], &heap->nodes[child]))
+      child++;
+    place(heap, i, &heap->nodes[child]);
+    i = child;
+  }
+  if (i != last) {
+    sp__heap_node_t n = heap->nodes[last];
+    place(heap, i, &n);
+    sift_up(heap, i);
+  }
+}
+
 void sp__heap_init(sp__heap_t *heap) {
   heap->nodes = NULL;
   heap->count = 0;
@@ -143,8 +173,17 @@ void sp__heap_free(sp__heap_t *heap) {
   sp__heap_init(heap);
 }
 
+uint64_t sp__heap_reserve(sp__heap_t *heap) {
+  return heap->next_seq++;
+}
+
 int sp__heap_add(sp__heap_t *heap, uint64_t deadline, uint64_t token,
                  uint64_t *id) {
+  return sp__heap_add_seq(heap, deadline, token, heap->next_seq, id);
+}
+
+int sp__heap_add_seq(sp__heap_t *heap, uint64_t deadline, uint64_t token,
+                     uint64_t seq, uint64_t *id) {
   sp__heap_node_t n;
   sp__heap_slot_t *s;
   uint32_t slot;
@@ -169,7 +208,9 @@ int sp__heap_add(sp__heap_t *heap, uint64_t deadline, uint64_t token,
   s->gen++;
   s->token = token;
   n.deadline = deadline;
-  n.seq = heap->next_seq++;
+  n.seq = seq;
+  if (seq == heap->next_seq)
+    heap->next_seq++;
   n.slot = slot;
   heap->nodes[heap->count++] = n;
   sift_up(heap, heap->count - 1);
@@ -193,11 +234,16 @@ const sp__heap_node_t *sp__heap_peek(const sp__heap_t *heap) {
   return heap->count ? &heap->nodes[0] : NULL;
 }
 
+uint64_t sp__heap_id(const sp__heap_t *heap, const sp__heap_node_t *node) {
+  return ((uint64_t) heap->slots[node->slot].gen << SP__HEAP_SLOT_BITS) |
+         node->slot;
+}
+
 uint64_t sp__heap_pop(sp__heap_t *heap) {
   uint32_t slot = heap->nodes[0].slot;
   uint64_t token = heap->slots[slot].token;
 
-  remove_at(heap, 0);
+  remove_root(heap);
   free_slot(heap, slot);
   return token;
 }

@@ -55,10 +55,18 @@ void sp__heap_free(sp__heap_t *heap);
 /* 0 or UV_ENOMEM. */
 int sp__heap_add(sp__heap_t *heap, uint64_t deadline, uint64_t token,
                  uint64_t *id);
+/* Takes the next seq ahead, for sp__heap_add_seq. */
+uint64_t sp__heap_reserve(sp__heap_t *heap);
+/* sp__heap_add with a seq taken by sp__heap_reserve (or next_seq itself):
+ * the timer ranks among equal deadlines as of when the seq was taken. */
+int sp__heap_add_seq(sp__heap_t *heap, uint64_t deadline, uint64_t token,
+                     uint64_t seq, uint64_t *id);
 /* 0 or UV_ENOENT. */
 int sp__heap_cancel(sp__heap_t *heap, uint64_t id);
 /* The earliest node, or NULL when the heap is empty. */
 const sp__heap_node_t *sp__heap_peek(const sp__heap_t *heap);
+/* The id sp__heap_add gave the timer of a node still in the heap. */
+uint64_t sp__heap_id(const sp__heap_t *heap, const sp__heap_node_t *node);
 /* Removes the earliest node and returns its token (the heap is not
  * empty). Its id is dead from here on. */
 uint64_t sp__heap_pop(sp__heap_t *heap);

@@ -172,9 +172,11 @@ static void fire_due(sp_loop_t *loop, uint64_t now) {
   while ((top = sp__heap_peek(&loop->heap)) != NULL &&
          top->deadline <= now && top->seq < limit) {
     uint64_t deadline = top->deadline;
+    uint64_t id = sp__heap_id(&loop->heap, top);
     uint64_t token = sp__heap_pop(&loop->heap);
 
-    sp__emit(loop, token, SP_EV_TIMER, (int64_t) deadline, 0, NULL, 0, NULL);
+    sp__emit(loop, token, SP_EV_TIMER, (int64_t) deadline, (int64_t) id, NULL,
+             0, NULL);
   }
   if (loop->heap.count == 0)
     disarm(loop);
@@ -368,6 +370,17 @@ int sp__timer_add(sp_loop_t *loop, uint64_t deadline_ms, uint64_t token,
                   uint64_t *id) {
   /* The uv_timer is armed before the next poll, so nothing else to do. */
   return sp__heap_add(&loop->heap, deadline_ms, token, id);
+}
+
+uint64_t sp__timer_reserve(sp_loop_t *loop) {
+  return sp__heap_reserve(&loop->heap);
+}
+
+int sp__timer_add_seq(sp_loop_t *loop, uint64_t deadline_ms, uint64_t token,
+                      uint64_t seq, uint64_t *id) {
+  if (seq >= loop->heap.next_seq)
+    return UV_EINVAL;
+  return sp__heap_add_seq(&loop->heap, deadline_ms, token, seq, id);
 }
 
 int sp__timer_cancel(sp_loop_t *loop, uint64_t id) {

@@ -23,7 +23,8 @@ typedef struct sp_proc_s sp_proc_t;
 typedef struct sp_tcp_s sp_tcp_t;
 
 typedef enum {
-  /* A timer is due. token: the timer's. a: its deadline. */
+  /* A timer is due. token: the timer's. a: its deadline. b: its id (a
+   * stale timer of a token that was reused can be told apart). */
   SP_EV_TIMER = 1,
   /* A chunk of a child's output (handle: the process). len 0: end of file
    * (a: 0, or the read error that ended the stream). */
@@ -109,6 +110,15 @@ int sp__timer_add(sp_loop_t *loop, uint64_t deadline_ms, uint64_t token,
                   uint64_t *id);
 /* Disarms a timer; UV_ENOENT if it already fired or was cancelled. */
 int sp__timer_cancel(sp_loop_t *loop, uint64_t id);
+/* Takes a place in the order of equal deadlines now, for a timer added
+ * later with sp__timer_add_seq: it fires before the timers of the same
+ * deadline added after this call. Only from outside sp__loop_step's
+ * callback (a timer added while timers fire must wait for the next step). */
+uint64_t sp__timer_reserve(sp_loop_t *loop);
+/* sp__timer_add with a place taken by sp__timer_reserve; UV_EINVAL for a
+ * seq that was never handed out. */
+int sp__timer_add_seq(sp_loop_t *loop, uint64_t deadline_ms, uint64_t token,
+                      uint64_t seq, uint64_t *id);
 
 /* ---- child processes ---------------------------------------------------- */
 

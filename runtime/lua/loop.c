@@ -5,7 +5,12 @@
  * here, and each event calls dispatch(token, type, a, b, data, handle)
  * through lua_pcall, on the Lua state that called step, with a traceback
  * handler. A dispatcher that raises gets its error and traceback printed
- * to stderr, and the loop goes on.
+ * to stderr, and the loop goes on. A loop made with batch_timers gathers
+ * the timer events instead, in order, and hands them over in one call,
+ * dispatch(0, EV_TIMERS, n, 0, nil, list) with list[2i-1], list[2i] the
+ * token and id of the i-th: before any other event, and at the end of the
+ * step. A step that fires a thousand timers then makes one call, not a
+ * thousand; a step that fires one dispatches it as usual.
  *
  * The trap: a handle's userdata outlives the C handle. It holds the
  * pointer only until close() (or the handle's SP_EV_CLOSED), and from then
@@ -14,6 +19,7 @@
  * it is never collected while libuv still uses it, and every event of a
  * handle carries the same userdata; the entry goes after SP_EV_CLOSED.
  */
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,12 +39,21 @@
 /* Tokens, ids and deadlines are Lua numbers: integers below 2^53. */
 #define L_MAX_INT 9007199254740992.0
 
+/* The type of a batch of timer events (not an sp_event_type_t). */
+#define L_EV_TIMERS 100
+
 typedef struct l_loop_s {
   sp_loop_t *loop; /* NULL once closed */
   lua_State *L;    /* the state running loop:step, NULL outside a step */
   int dispatch_ref;
   int traceback_ref;
   int handles_ref; /* lightuserdata pointer -> handle userdata */
+  int timers_ref;  /* the list of gathered timer events, or LUA_NOREF */
+  int ntimers;     /* timer events gathered and not yet dispatched */
+  /* The first of them, kept here until a second one comes: a lone timer
+   * is dispatched as an SP_EV_TIMER. */
+  uint64_t first_token;
+  sp_event_t first;
   struct l_loop_s *prev;
   struct l_loop_s *next;
 } l_loop_t;
@@ -85,6 +100,7 @@ static const struct {
   { "EV_TCP_ACCEPT", SP_EV_TCP_ACCEPT },
   { "EV_SIGNAL", SP_EV_SIGNAL },
   { "EV_CLOSED", SP_EV_CLOSED },
+  { "EV_TIMERS", L_EV_TIMERS },
   { NULL, 0 }
 };
 
@@ -147,9 +163,19 @@ static int l_check_signal(lua_State *L, int idx) {
   return l_check_int(L, idx, 0, 64, "signal");
 }
 
+/* The loop methods have the loop metatable as their upvalue:
+ * l_check_loop, on every timer call, compares with it instead of looking
+ * the metatable up by name as luaL_checkudata does. */
 static l_loop_t *l_check_loop(lua_State *L, int idx) {
-  l_loop_t *ll = luaL_checkudata(L, idx, LOOP_MT);
+  l_loop_t *ll = lua_touserdata(L, idx);
+  int same = 0;
 
+  if (ll != NULL && lua_getmetatable(L, idx)) {
+    same = lua_rawequal(L, -1, lua_upvalueindex(1));
+    lua_pop(L, 1);
+  }
+  if (!same)
+    luaL_typerror(L, idx, LOOP_MT);
   if (ll->loop == NULL)
     luaL_error(L, "sprun.core: loop is closed");
   return ll;
@@ -217,10 +243,79 @@ static int l_traceback(lua_State *L) {
   return 1;
 }
 
+/* Calls dispatch with the 6 values on top of the stack, with the traceback
+ * handler pushed below them at `base + 1`; leaves the stack at `base`. */
+static void l_call_dispatch(lua_State *L, int base) {
+  if (lua_pcall(L, 6, 0, base + 1) != 0) {
+    const char *msg = lua_tostring(L, -1);
+    fprintf(stderr, "sprun: error in event dispatch: %s\n",
+            msg != NULL ? msg : "(no message)");
+    fflush(stderr);
+  }
+  lua_settop(L, base);
+}
+
+static void l_dispatch_event(l_loop_t *ll, uint64_t token,
+                             const sp_event_t *ev);
+
+/* Appends a timer event to the list of the step. */
+static void l_push_timer(lua_State *L, l_loop_t *ll, uint64_t token,
+                         int64_t id) {
+  int i = 2 * ll->ntimers;
+
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ll->timers_ref);
+  lua_pushnumber(L, (lua_Number) token);
+  lua_rawseti(L, -2, i + 1);
+  lua_pushnumber(L, (lua_Number) id);
+  lua_rawseti(L, -2, i + 2);
+  lua_pop(L, 1);
+  ll->ntimers++;
+}
+
+/* Gathers a timer event (see the top of this file). */
+static void l_gather_timer(lua_State *L, l_loop_t *ll, uint64_t token,
+                           const sp_event_t *ev) {
+  if (ll->ntimers == 0) {
+    ll->first_token = token;
+    ll->first = *ev;
+    ll->ntimers = 1;
+    return;
+  }
+  if (ll->ntimers == 1) {
+    ll->ntimers = 0;
+    l_push_timer(L, ll, ll->first_token, ll->first.b);
+  }
+  l_push_timer(L, ll, token, ev->b);
+}
+
+/* Hands the gathered timer events over: one as itself, more in one call. */
+static void l_flush_timers(l_loop_t *ll) {
+  lua_State *L = ll->L;
+  int n = ll->ntimers;
+  int base;
+
+  if (n == 0)
+    return;
+  ll->ntimers = 0;
+  if (n == 1) {
+    l_dispatch_event(ll, ll->first_token, &ll->first);
+    return;
+  }
+  base = lua_gettop(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ll->traceback_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ll->dispatch_ref);
+  lua_pushnumber(L, 0);
+  lua_pushinteger(L, L_EV_TIMERS);
+  lua_pushinteger(L, n);
+  lua_pushnumber(L, 0);
+  lua_pushnil(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ll->timers_ref);
+  l_call_dispatch(L, base);
+}
+
 static void l_on_event(void *ctx, uint64_t token, const sp_event_t *ev) {
   l_loop_t *ll = ctx;
   lua_State *L = ll->L;
-  int base;
 
   if (L == NULL)
     return;
@@ -228,6 +323,23 @@ static void l_on_event(void *ctx, uint64_t token, const sp_event_t *ev) {
     fprintf(stderr, "sprun: error in event dispatch: stack overflow\n");
     return;
   }
+  if (ll->timers_ref != LUA_NOREF) {
+    if (ev->type == SP_EV_TIMER && ll->ntimers < INT_MAX / 2) {
+      l_gather_timer(L, ll, token, ev);
+      return;
+    }
+    /* Events reach the dispatcher in the order they happened. */
+    l_flush_timers(ll);
+  }
+  l_dispatch_event(ll, token, ev);
+}
+
+/* Calls dispatch(token, type, a, b, data, handle) for one event. */
+static void l_dispatch_event(l_loop_t *ll, uint64_t token,
+                             const sp_event_t *ev) {
+  lua_State *L = ll->L;
+  int base;
+
   base = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, ll->traceback_ref);
   lua_rawgeti(L, LUA_REGISTRYINDEX, ll->dispatch_ref);
@@ -247,12 +359,7 @@ static void l_on_event(void *ctx, uint64_t token, const sp_event_t *ev) {
   } else {
     l_push_handle(L, ll, ev->handle);
   }
-  if (lua_pcall(L, 6, 0, base + 1) != 0) {
-    const char *msg = lua_tostring(L, -1);
-    fprintf(stderr, "sprun: error in event dispatch: %s\n",
-            msg != NULL ? msg : "(no message)");
-    fflush(stderr);
-  }
+  l_call_dispatch(L, base);
   if (ev->type == SP_EV_CLOSED && ev->handle != NULL)
     l_forget(L, ll, ev->handle);
   lua_settop(L, base);
@@ -260,18 +367,25 @@ static void l_on_event(void *ctx, uint64_t token, const sp_event_t *ev) {
 
 /* ---- loop ---------------------------------------------------------------- */
 
+/* core.loop_new(virtual, dispatch[, batch_timers]) */
 static int l_loop_new(lua_State *L) {
   l_loop_t *ll;
+  int batch;
   int err;
 
   if (!lua_isnoneornil(L, 1))
     luaL_checktype(L, 1, LUA_TBOOLEAN);
   luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (!lua_isnoneornil(L, 3))
+    luaL_checktype(L, 3, LUA_TBOOLEAN);
+  batch = lua_toboolean(L, 3);
+  lua_settop(L, 2);
   ll = lua_newuserdata(L, sizeof(*ll));
   memset(ll, 0, sizeof(*ll));
   ll->dispatch_ref = LUA_NOREF;
   ll->traceback_ref = LUA_NOREF;
   ll->handles_ref = LUA_NOREF;
+  ll->timers_ref = LUA_NOREF;
   luaL_getmetatable(L, LOOP_MT);
   lua_setmetatable(L, -2);
   err = sp__loop_new(&ll->loop, lua_toboolean(L, 1), l_on_event, ll);
@@ -290,6 +404,10 @@ static int l_loop_new(lua_State *L) {
   ll->traceback_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_newtable(L);
   ll->handles_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (batch) {
+    lua_newtable(L);
+    ll->timers_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
   return 1;
 }
 
@@ -328,7 +446,9 @@ static int l_loop_close(lua_State *L) {
   luaL_unref(L, LUA_REGISTRYINDEX, ll->handles_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, ll->traceback_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, ll->dispatch_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, ll->timers_ref);
   ll->handles_ref = ll->traceback_ref = ll->dispatch_ref = LUA_NOREF;
+  ll->timers_ref = LUA_NOREF;
   return 0;
 }
 
@@ -353,41 +473,167 @@ static int l_loop_step(lua_State *L) {
                          "loop:step()");
   ll->L = L;
   more = sp__loop_step(ll->loop, lua_toboolean(L, 2));
+  if (ll->timers_ref != LUA_NOREF && lua_checkstack(L, 16))
+    l_flush_timers(ll);
   ll->L = NULL;
   lua_pushboolean(L, more);
   return 1;
 }
 
-static int l_loop_timer_add(lua_State *L) {
-  l_loop_t *ll = l_check_loop(L, 1);
-  lua_Number d = luaL_checknumber(L, 2);
-  uint64_t deadline;
-  uint64_t token;
+/* Arms a timer for `deadline` (a number of ms, a fraction rounding up: a
+ * timer never fires early) with the token at index `base` and, if given,
+ * the seq at `base + 1` (from timer_reserve); pushes its id. */
+static int l_add_timer(lua_State *L, l_loop_t *ll, lua_Number d, int base) {
+  uint64_t deadline = (uint64_t) d;
+  uint64_t token = l_check_uint(L, base, "token");
   uint64_t id;
   int err;
 
-  if (!(d >= 0 && d < L_MAX_INT))
-    luaL_argerror(L, 2, "deadline must be a number of ms in [0, 2^53)");
-  /* A fraction of a ms rounds up: a timer never fires early. */
-  deadline = (uint64_t) d;
   if ((lua_Number) deadline < d)
     deadline++;
-  token = l_check_uint(L, 3, "token");
-  err = sp__timer_add(ll->loop, deadline, token, &id);
+  if (lua_isnoneornil(L, base + 1))
+    err = sp__timer_add(ll->loop, deadline, token, &id);
+  else
+    err = sp__timer_add_seq(ll->loop, deadline, token,
+                            l_check_uint(L, base + 1, "seq"), &id);
   if (err)
     return l_push_error(L, err);
   lua_pushnumber(L, (lua_Number) id);
   return 1;
 }
 
-static int l_loop_timer_cancel(lua_State *L) {
-  l_loop_t *ll = l_check_loop(L, 1);
-  lua_Number n = luaL_checknumber(L, 2);
+/* timer_add(deadline, token[, seq]), the arguments from index `base`. */
+static int l_timer_add_at(lua_State *L, l_loop_t *ll, int base) {
+  lua_Number d = luaL_checknumber(L, base);
+
+  if (!(d >= 0 && d < L_MAX_INT))
+    luaL_argerror(L, base, "deadline must be a number of ms in [0, 2^53)");
+  return l_add_timer(L, ll, d, base + 1);
+}
+
+/* timer_after(ms, token[, seq]): timer_add for the deadline `ms` from the
+ * loop's time, in one call (a sleep's cost is mostly its calls). A
+ * deadline past the last one a timer takes is clamped to it: it is 285,000
+ * years away either way. */
+static int l_timer_after_at(lua_State *L, l_loop_t *ll, int base) {
+  lua_Number ms = luaL_checknumber(L, base);
+  lua_Number d;
+
+  if (!(ms >= 0 && ms <= L_MAX_INT))
+    luaL_argerror(L, base, "delay must be a number of ms in [0, 2^53]");
+  d = (lua_Number) sp__loop_now(ll->loop) + ms;
+  if (d > L_MAX_INT - 1)
+    d = L_MAX_INT - 1;
+  return l_add_timer(L, ll, d, base + 1);
+}
+
+/* timer_cancel(id): true if it was armed. */
+static int l_timer_cancel_at(lua_State *L, l_loop_t *ll, int base) {
+  lua_Number n = luaL_checknumber(L, base);
   int ok = 0;
 
   if (n >= 0 && n < L_MAX_INT && (lua_Number) (uint64_t) n == n)
     ok = sp__timer_cancel(ll->loop, (uint64_t) n) == 0;
   lua_pushboolean(L, ok);
+  return 1;
+}
+
+/* timer_reserve(): a seq for timer_add or timer_after, whose timer then
+ * fires before the timers of its deadline armed after this call. */
+static int l_timer_reserve_of(lua_State *L, l_loop_t *ll) {
+  lua_pushnumber(L, (lua_Number) sp__timer_reserve(ll->loop));
+  return 1;
+}
+
+static int l_loop_timer_add(lua_State *L) {
+  return l_timer_add_at(L, l_check_loop(L, 1), 2);
+}
+
+static int l_loop_timer_after(lua_State *L) {
+  return l_timer_after_at(L, l_check_loop(L, 1), 2);
+}
+
+static int l_loop_timer_cancel(lua_State *L) {
+  return l_timer_cancel_at(L, l_check_loop(L, 1), 2);
+}
+
+static int l_loop_timer_reserve(lua_State *L) {
+  return l_timer_reserve_of(L, l_check_loop(L, 1));
+}
+
+/* ---- timers through the FFI ------------------------------------------------
+ *
+ * The scheduler's own timer calls (a sleep, a timeout, their cancels) run
+ * no Lua and no loop: pure calls, which the FFI compiles into the caller's
+ * trace, where a classic C function would end it. `h` is what loop:handle()
+ * gave (the loop's l_loop_t); every number is a double, so that no call
+ * makes a boxed 64-bit cdata. A result below 0 is a negative libuv error
+ * code (UV_EBADF once the loop is closed). Declared in loop.h and, for the
+ * FFI, in lua/sprun/ffi.lua. */
+
+/* `seq` < 0: none (take the next). */
+static double l_ffi_add(l_loop_t *ll, double d, double token, double seq) {
+  uint64_t deadline;
+  uint64_t id;
+  int err;
+
+  if (ll->loop == NULL)
+    return UV_EBADF;
+  if (!(d >= 0 && d < L_MAX_INT) || !(token >= 0 && token < L_MAX_INT) ||
+      !(seq < L_MAX_INT))
+    return UV_EINVAL;
+  deadline = (uint64_t) d;
+  if ((double) deadline < d)
+    deadline++;
+  if (seq < 0)
+    err = sp__timer_add(ll->loop, deadline, (uint64_t) token, &id);
+  else
+    err = sp__timer_add_seq(ll->loop, deadline, (uint64_t) token,
+                            (uint64_t) seq, &id);
+  return err ? err : (double) id;
+}
+
+double sp_lua_timer_after(void *h, double ms, double token, double seq) {
+  l_loop_t *ll = h;
+  double d;
+
+  if (ll->loop == NULL)
+    return UV_EBADF;
+  if (!(ms >= 0 && ms <= L_MAX_INT))
+    return UV_EINVAL;
+  d = (double) sp__loop_now(ll->loop) + ms;
+  if (d > L_MAX_INT - 1)
+    d = L_MAX_INT - 1;
+  return l_ffi_add(ll, d, token, seq);
+}
+
+double sp_lua_timer_add(void *h, double deadline, double token, double seq) {
+  return l_ffi_add(h, deadline, token, seq);
+}
+
+double sp_lua_timer_cancel(void *h, double id) {
+  l_loop_t *ll = h;
+
+  if (ll->loop == NULL)
+    return UV_EBADF;
+  if (!(id >= 0 && id < L_MAX_INT) || (double) (uint64_t) id != id)
+    return UV_ENOENT;
+  return sp__timer_cancel(ll->loop, (uint64_t) id);
+}
+
+double sp_lua_timer_reserve(void *h) {
+  l_loop_t *ll = h;
+
+  if (ll->loop == NULL)
+    return UV_EBADF;
+  return (double) sp__timer_reserve(ll->loop);
+}
+
+/* loop:handle(): the loop for the sp_lua_timer_* functions, as a light
+ * userdata. It stays valid as long as the loop userdata lives; once the
+ * loop is closed, the functions answer UV_EBADF. */
+static int l_loop_handle(lua_State *L) {
+  lua_pushlightuserdata(L, l_check_loop(L, 1));
   return 1;
 }
 
@@ -712,6 +958,9 @@ static const luaL_Reg l_loop_methods[] = {
   { "update_time", l_loop_update_time },
   { "step", l_loop_step },
   { "timer_add", l_loop_timer_add },
+  { "timer_after", l_loop_timer_after },
+  { "timer_reserve", l_loop_timer_reserve },
+  { "handle", l_loop_handle },
   { "timer_cancel", l_loop_timer_cancel },
   { "handle_count", l_loop_handle_count },
   { "timer_count", l_loop_timer_count },
@@ -742,12 +991,14 @@ static const luaL_Reg l_tcp_methods[] = {
   { NULL, NULL }
 };
 
+/* The methods get the metatable as their one upvalue (see l_check_loop). */
 static void l_new_metatable(lua_State *L, const char *name,
                             const luaL_Reg *methods, lua_CFunction tostring,
                             lua_CFunction gc) {
   luaL_newmetatable(L, name);
   lua_newtable(L);
-  luaL_register(L, NULL, methods);
+  lua_pushvalue(L, -2);
+  luaL_openlib(L, NULL, methods, 1);
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, tostring);
   lua_setfield(L, -2, "__tostring");

@@ -24,4 +24,12 @@ typedef struct {
 
 const sp_loop_clock_t *sp_loop_clock(void);
 
+/* The scheduler's timer calls, for the FFI: `h` is a loop's handle (see
+ * loop.c). They run no Lua and no loop. Results are ids or counts as
+ * doubles, or a negative libuv error code. */
+double sp_lua_timer_after(void *h, double ms, double token, double seq);
+double sp_lua_timer_add(void *h, double deadline, double token, double seq);
+double sp_lua_timer_cancel(void *h, double id);
+double sp_lua_timer_reserve(void *h);
+
 #endif /* SPRUN_LUA_LOOP_H */
