@@ -567,9 +567,8 @@ local function timeout_stage(self, c, fn, args)
   end
   trace("timeout", self)
   sched.check_caller("pipeline.execute")
-  local task = sched.spawn(call_stage, self, fn, args)
-  task.quiet = true
-  return task:await(c.timeout_ms)
+  -- A child task, run inline until it first waits (sched.run_child).
+  return sched.run_child(c.timeout_ms, call_stage, 3, self, fn, args)
 end
 
 -- The stages below the breaker return what pcall would: true and the
