@@ -69,14 +69,8 @@ local open = sprun.circuit_breaker.start_link {
 }
 open:record_failure()
 assert(open:state() == "open")
-H.case("breaker rejection, open", 1e7, fresh([[
-  local cb = ...
-  local function op() return true end
-  return function(n)
-    local b = cb
-    for _ = 1, n do b:call(op) end
-  end
-]], open), bare, { over = 5, bytes = 0 })
+H.case("breaker rejection, open", 1e7, fresh(CALL, open), bare,
+       { over = 5, bytes = 0 })
 
 print("-- retry")
 local policy = sprun.retry_policy.new { max_attempts = 3, backoff_ms = { 0 },

@@ -135,6 +135,21 @@ end
 
 --- The scheduler ------------------------------------------------------------
 
+-- Inside a task: sleeps 5 ms at a time until cond() is true, and raises
+-- once `limit_ms` (default 10 s) of loop time went by without it, naming
+-- what it waited for.
+function _M.wait_for(what, cond, limit_ms)
+  local sprun = require "sprun"
+  limit_ms = limit_ms or 10000
+  local deadline = sprun.now() + limit_ms
+  while not cond() do
+    if sprun.now() > deadline then
+      error("waited " .. limit_ms .. " ms for " .. what, 2)
+    end
+    sprun.sleep(5)
+  end
+end
+
 -- sprun.run(...) that also checks that the tasks left no handle open
 -- (sprun.sched.last_run.handles == 0); returns what sprun.run returns,
 -- every value (select("#") preserved), and re-raises its error.

@@ -10,19 +10,7 @@ local ffi = require "ffi"
 local run = h.run_tasks
 local kind = sp.error_kind
 
--- Inside a task: sleeps 5 ms at a time until cond() is true, and raises
--- once `limit_ms` (default 10 s) of loop time went by without it, naming
--- what it waited for.
-local function wait_for(what, cond, limit_ms)
-  limit_ms = limit_ms or 10000
-  local deadline = sp.now() + limit_ms
-  while not cond() do
-    if sp.now() > deadline then
-      error("waited " .. limit_ms .. " ms for " .. what, 2)
-    end
-    sp.sleep(5)
-  end
-end
+local wait_for = h.wait_for
 
 pcall(ffi.cdef, [[
 int socket(int domain, int type, int protocol);
