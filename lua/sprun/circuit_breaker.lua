@@ -469,14 +469,6 @@ local function fast_finish(self, b, generation, ok, ...)
   return finish(self, generation, ok, ...)
 end
 
--- fast_finish() for _pcall: the outcome as pcall would give it.
-local function fast_pfinish(self, b, generation, ok, ...)
-  if not (ok and fast_success(b, generation, ...)) then
-    settle(self, generation, ok, ...)
-  end
-  return ok, ...
-end
-
 local function observed_call(self, fn, ...)
   local b = self._b
   -- Read before the event: a handler that calls the breaker may move it
@@ -552,9 +544,11 @@ function _M.call(self, fn, ...)
   return finish(self, b.generation, pcall(fn, ...))
 end
 
--- For pipelines, which run the call themselves: _fast_admit gives the
--- generation to pass to _settle when call() would take its fast path (the
--- call is then admitted), else nil; _settle records what pcall returned.
+-- For callers that run the call themselves and want its outcome as a
+-- value (pipelines, and _pcall below): _fast_admit gives the generation to
+-- pass on when call() would take its fast path (the call is then
+-- admitted), else nil; _finish records what pcall returned for a call so
+-- admitted, and returns it.
 function _M._fast_admit(self)
   local b = self._b
   if self._fast and b.state == STATE_CLOSED and not self._user_clock
@@ -564,23 +558,23 @@ function _M._fast_admit(self)
   return nil
 end
 
-function _M._settle(self, generation, ok, ...)
+function _M._finish(self, generation, ok, ...)
   if not (ok and fast_success(self._b, generation, ...)) then
     settle(self, generation, ok, ...)
   end
+  return ok, ...
 end
 
--- pcall(call, self, fn, ...) for the executor and pipelines, which want
--- the outcome as a value. It is not that pcall: LuaJIT cannot compile a
--- return from call's fast path straight into a pcall frame (a vararg
--- function tail-called under pcall is a NYI of LuaJIT 2.1), which would
--- keep every caller out of its traces. Takes the fast path of a closed
--- breaker in consecutive mode; everything else is that pcall.
+-- pcall(call, self, fn, ...) for the executor, which wants the outcome as
+-- a value. It is not that pcall: LuaJIT cannot compile a return from
+-- call's fast path straight into a pcall frame (a vararg function
+-- tail-called under pcall is a NYI of LuaJIT 2.1), which would keep every
+-- caller out of its traces. Takes the fast path of a closed breaker in
+-- consecutive mode; everything else is that pcall.
 function _M._pcall(self, fn, ...)
-  local b = self._b
-  if self._fast and b.state == STATE_CLOSED and not self._user_clock
-      and not observed[CALL_EVENTS] then
-    return fast_pfinish(self, b, b.generation, pcall(fn, ...))
+  local generation = _M._fast_admit(self)
+  if generation ~= nil then
+    return _M._finish(self, generation, pcall(fn, ...))
   end
   return pcall(_M.call, self, fn, ...)
 end

@@ -642,11 +642,6 @@ local function bulkhead_stage(self, c, fn, args)
   return reraise(bulkhead_attempt(self, c, fn, args))
 end
 
-local function breaker_done(cb, generation, ok, ...)
-  cb:_settle(generation, ok, ...)
-  return ok, ...
-end
-
 -- One attempt, as pcall would give it. A breaker on its fast path admits
 -- and counts the call here; on any other path its _pcall runs the call.
 local function attempt(self, c, fn, args)
@@ -657,7 +652,7 @@ local function attempt(self, c, fn, args)
   trace("breaker", self)
   local generation = cb:_fast_admit()
   if generation ~= nil then
-    return breaker_done(cb, generation, bulkhead_attempt(self, c, fn, args))
+    return cb:_finish(generation, bulkhead_attempt(self, c, fn, args))
   end
   return cb:_pcall(bulkhead_stage, self, c, fn, args)
 end
