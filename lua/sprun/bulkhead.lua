@@ -10,6 +10,7 @@
 -- good.
 
 local check = require "sprun.check"
+local options = require "sprun.options"
 local sched = require "sprun.sched"
 local errors = require "sprun.errors"
 local telemetry = require "sprun.telemetry"
@@ -38,7 +39,7 @@ local SPEC = {
 }
 _M._SPEC = SPEC
 
-local parse_options = check.options("bulkhead.new", SPEC)
+local parse_options = options.parser("bulkhead.new", SPEC)
 
 function _M.new(opts)
   local o = parse_options(opts)

@@ -1,35 +1,26 @@
--- Argument checking shared by every sprun module (internal).
+-- Argument checking shared by every sprun module (internal): how a value
+-- given by the user is shown, what a number or an integer must be, and
+-- the checks of arguments that are not options (tables of options are
+-- sprun.options' job).
 --
 -- Misuse raises one error, at the caller's level, that names the function,
--- the option or argument, what is allowed and what was given:
+-- the argument, what is allowed and what was given:
 --
---   circuit_breaker.start_link: option 'failure_threshold' must be an
---   integer >= 1, got -3
+--   retry_policy.should_retry: attempt must be an integer >= 1, got 0
 --
 -- Every raising function here is meant to be called directly from the API
 -- function the user called (never as a tail call), so level 3 is the user's
 -- line: 1 is this function, 2 the API function, 3 its caller.
---
--- Bounds come in two flavours. `max` is part of the rule (a probability is
--- between 0 and 1) and is always stated. `limit` is only what the C type
--- can hold (a uint32 count, a double holding whole ms exactly); it is
--- stated only to a value that goes past it, so the usual message stays
--- "must be an integer >= 1".
 
 local type = type
-local pairs = pairs
 local error = error
 local tostring = tostring
 local tonumber = tonumber
 local getmetatable = getmetatable
 local huge = math.huge
-local floor = math.floor
-local max = math.max
 local min = math.min
 local byte = string.byte
 local format = string.format
-local concat = table.concat
-local sort = table.sort
 
 local _M = {
   UINT32_MAX = 4294967295,
@@ -105,52 +96,6 @@ local function expect_number(v, lo, hi, limit)
 end
 _M.expect_number = expect_number
 
--- "a", "b" or "c"
-local function alternatives(values)
-  local shown = {}
-  for i = 1, #values do
-    shown[i] = describe(values[i])
-  end
-  if #shown == 1 then
-    return shown[1]
-  end
-  return concat(shown, ", ", 1, #shown - 1) .. " or " .. shown[#shown]
-end
-
-local expect = {}
-
-function expect.integer(v, s)
-  return expect_integer(v, s.min, s.limit)
-end
-
-function expect.number(v, s)
-  return expect_number(v, s.min, s.max, s.limit)
-end
-
-function expect.string(v)
-  if type(v) == "string" and v ~= "" then
-    return nil
-  end
-  return "must be a non-empty string"
-end
-
-expect["function"] = function(v)
-  if type(v) == "function" then
-    return nil
-  end
-  return "must be a function"
-end
-
-function expect.choice(v, s)
-  local values = s.values
-  for i = 1, #values do
-    if v == values[i] then
-      return nil
-    end
-  end
-  return "must be " .. alternatives(values)
-end
-
 -- Optimal string alignment distance: edits, with a swap of two neighbours
 -- counting as one, so 'failure_treshold' is one edit from the real name.
 local function distance(a, b)
@@ -177,93 +122,6 @@ local function distance(a, b)
   return d[la][lb]
 end
 _M.distance = distance
-
-local function unknown_option(key, names)
-  if type(key) == "string" then
-    local best, best_d
-    for i = 1, #names do
-      local d = distance(key, names[i])
-      if d <= max(2, floor(#names[i] / 3)) and (best_d == nil or d < best_d)
-      then
-        best, best_d = names[i], d
-      end
-    end
-    if best ~= nil then
-      return format("unknown option '%s' (did you mean '%s'?)", key, best)
-    end
-    key = "'" .. key .. "'"
-  else
-    key = "[" .. describe(key) .. "]"
-  end
-  return format("unknown option %s (valid options: %s)", key,
-                concat(names, ", "))
-end
-
-local function keys_in_order(t)
-  local keys = {}
-  for k in pairs(t) do
-    keys[#keys + 1] = k
-  end
-  sort(keys, function(a, b)
-    if type(a) == type(b) and (type(a) == "string" or type(a) == "number") then
-      return a < b
-    end
-    return type(a) < type(b)
-  end)
-  return keys
-end
-
--- Returns parse(opts): it checks a table of options against `spec` and
--- returns a new table with every option, defaults filled in. `spec` maps
--- each option name to { kind, required =, default =, ... } where kind is
--- "integer" (min, limit), "number" (min, max or limit), "string",
--- "function" or "choice" (values); or to { check = fn } where fn(v)
--- returns nil when v is fine, else the expectation and, for a part of v,
--- the label of that part and the text to show after "got".
-function _M.options(fname, spec)
-  local names = keys_in_order(spec)
-  local any_required = false
-  for _, s in pairs(spec) do
-    any_required = any_required or s.required == true
-  end
-
-  return function(opts)
-    if opts == nil and not any_required then
-      opts = {}
-    end
-    if type(opts) ~= "table" then
-      error(fname .. ": options must be a table, got " .. describe(opts), 3)
-    end
-    local given = keys_in_order(opts)
-    for i = 1, #given do
-      local k = given[i]
-      if spec[k] == nil then
-        error(fname .. ": " .. unknown_option(k, names), 3)
-      end
-    end
-    local out = {}
-    for i = 1, #names do
-      local k = names[i]
-      local s, v = spec[k], opts[k]
-      if v == nil and not s.required then
-        out[k] = s.default
-      else
-        local expectation, label, got
-        if s.check then
-          expectation, label, got = s.check(v)
-        else
-          expectation = expect[s[1]](v, s)
-        end
-        if expectation ~= nil then
-          error(format("%s: option '%s' %s, got %s", fname, label or k,
-                       expectation, got or describe(v)), 3)
-        end
-        out[k] = v
-      end
-    end
-    return out
-  end
-end
 
 -- Raises "<fname>: <name> <expectation>, got <v>" at the caller's level.
 function _M.arg_error(fname, name, expectation, v)

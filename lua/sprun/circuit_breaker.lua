@@ -26,6 +26,7 @@
 
 local sp = require "sprun.ffi"
 local check = require "sprun.check"
+local options = require "sprun.options"
 local clock = require "sprun.clock"
 local sched = require "sprun.sched"
 local errors = require "sprun.errors"
@@ -38,7 +39,6 @@ local error = error
 local pcall = pcall
 local ipairs = ipairs
 local tostring = tostring
-local format = string.format
 local tonumber = tonumber
 local setmetatable = setmetatable
 local getmetatable = getmetatable
@@ -110,7 +110,7 @@ local _M = {
 local mt = { __index = _M }
 
 -- The window option: { type = "count", size = 100 } or
--- { type = "time", size_ms = 60000, buckets = 10 }. Returns what check.options
+-- { type = "time", size_ms = 60000, buckets = 10 }. Returns what sprun.options
 -- wants of a check: nil, or the expectation, the label and what was got.
 local WINDOW_KEYS = {
   count = { type = true, size = true },
@@ -168,7 +168,19 @@ end
 local RATE_OPTIONS = { "failure_rate", "min_calls", "slow_call_ms",
                        "slow_call_rate" }
 
-local parse_options = check.options("circuit_breaker.start_link", {
+-- Options that only a rate window reads, given without one: misuse.
+local function check_rate_options(o)
+  if o.window == nil then
+    for _, k in ipairs(RATE_OPTIONS) do
+      if o[k] ~= nil then
+        return k, "is only read by a rate window (give option 'window')",
+               describe(o[k])
+      end
+    end
+  end
+end
+
+local parse_options = options.parser("circuit_breaker.start_link", {
   name = { "string", required = true },
   failure_threshold = { "integer", min = 1, limit = check.UINT32_MAX,
                         default = 5 },
@@ -185,7 +197,7 @@ local parse_options = check.options("circuit_breaker.start_link", {
   min_calls = { "integer", min = 1, limit = check.UINT32_MAX },
   slow_call_ms = { "integer", min = 1, limit = check.MS_MAX },
   slow_call_rate = { "number", min = 0, max = 1 },
-})
+}, check_rate_options)
 
 -- Defaults of the rate-window options.
 _M.WINDOW_DEFAULTS = {
@@ -197,15 +209,6 @@ local WD = _M.WINDOW_DEFAULTS
 function _M.start_link(opts)
   local o = parse_options(opts)
   local w = o.window
-  if w == nil then
-    for _, k in ipairs(RATE_OPTIONS) do
-      if o[k] ~= nil then
-        error(format("circuit_breaker.start_link: option '%s' is only read "
-                     .. "by a rate window (give option 'window'), got %s",
-                     k, describe(o[k])), 2)
-      end
-    end
-  end
   local b = ffi.new("sp_breaker_t")
   local config = ffi.new("sp_breaker_config_t", {
     failure_threshold = o.failure_threshold,

@@ -7,6 +7,9 @@
 local check = require "sprun.check"
 
 local type = type
+local pcall = pcall
+local pairs = pairs
+local tostring = tostring
 local getmetatable = getmetatable
 local setmetatable = setmetatable
 
@@ -53,6 +56,72 @@ function _M.kind(e)
     return e.kind
   end
   return "error"
+end
+
+-- tostring(v) for an error value of any kind, never raising: a
+-- __tostring that raises or returns something other than a string must
+-- not turn one failure into a failure of whoever reports it.
+local function text(v)
+  local ok, s = pcall(tostring, v)
+  if ok and type(s) == "string" then
+    return s
+  end
+  return "(error object is a " .. type(v) .. " value)"
+end
+_M.text = text
+
+-- An error value as the sprun executable prints it: a string or a number
+-- as it is, an object through its __tostring, any other value named by
+-- its type (a table's address says nothing). Never raises.
+function _M.message(v)
+  local t = type(v)
+  if t == "string" or t == "number" then
+    return tostring(v)
+  end
+  local m = getmetatable(v)
+  if type(m) == "table" and m.__tostring then
+    return text(v)
+  end
+  return "(error object is a " .. t .. " value)"
+end
+
+-- A raised value as an error object: error objects stay as they are,
+-- anything else becomes kind "error" with the value in details.
+function _M.raised(e)
+  if getmetatable(e) == mt then
+    return e
+  end
+  return _M.error("error", text(e), { value = e })
+end
+
+-- The error object `err` with details[k1] = v1 and details[k2] = v2, on a
+-- copy (every field, and its details table): the same error object may
+-- stand for many failures (a constant an operation returns every time, a
+-- breaker's one circuit_open error), and changing it would change them
+-- all. Details that are not a table are kept as details.value. Any other
+-- error value is returned as it is.
+function _M.with_details(err, k1, v1, k2, v2)
+  if getmetatable(err) ~= mt then
+    return err
+  end
+  local copy = {}
+  for k, v in pairs(err) do
+    copy[k] = v
+  end
+  local d = {}
+  if type(err.details) == "table" then
+    for k, v in pairs(err.details) do
+      d[k] = v
+    end
+  elseif err.details ~= nil then
+    d.value = err.details
+  end
+  d[k1] = v1
+  if k2 ~= nil then
+    d[k2] = v2
+  end
+  copy.details = d
+  return setmetatable(copy, mt)
 end
 
 -- The kinds the SP_E* codes of the C core stand for, built on first use so

@@ -14,16 +14,15 @@
 local sched = require "sprun.sched"
 local errors = require "sprun.errors"
 local check = require "sprun.check"
+local options = require "sprun.options"
 local retry_policy = require "sprun.retry_policy"
 local circuit_breaker = require "sprun.circuit_breaker"
-local telemetry = require "sprun.telemetry"
-local hrtime = require("sprun.clock").hrtime
+local tables = require "sprun.tables"
+local retry_run = require("sprun.retry").run
 
 local type = type
 local pcall = pcall
 local pairs = pairs
-local setmetatable = setmetatable
-local getmetatable = getmetatable
 local select = select
 local unpack = unpack
 local error = error
@@ -32,21 +31,24 @@ local min = math.min
 
 local _M = {}
 
-local function pack(...)
-  return { n = select("#", ...), ... }
-end
-
--- A raised value as an error object: error objects stay as they are,
--- anything else becomes kind "error" with the value in details.
-local function raised(e)
-  if errors.is_error(e) then
-    return e
-  end
-  return errors.error("error", sched.error_text(e), { value = e })
-end
-_M._raised = raised
-
 --- execute_with_retry ----------------------------------------------------
+
+-- With `policy = p`, a policy option beside it would be silently
+-- ignored, so it is misuse. `operation` and `pool` name the call, not the
+-- policy.
+local NOT_POLICY = { policy = true, operation = true, pool = true }
+
+local function policy_alone(o, opts)
+  if o.policy ~= nil then
+    local keys = tables.keys_in_order(opts)
+    for i = 1, #keys do
+      if not NOT_POLICY[keys[i]] then
+        return keys[i], "cannot be given with 'policy' (set it in "
+                        .. "retry_policy.new)"
+      end
+    end
+  end
+end
 
 -- Retry options (or policy = p), checked under the name of the function
 -- the user called.
@@ -59,41 +61,21 @@ local function retry_parser(fname)
     end },
     operation = { "string" },
     pool = { "string" },
-  })
+  }, policy_alone)
 end
 
 local parse_retry = retry_parser("executor.execute_with_retry")
 local parse_protection = retry_parser("executor.execute_with_protection")
 
--- The policy to use. With `policy = p`, a policy option beside it would be
--- silently ignored, so it is misuse: raised at the level of the caller of
--- the API function that calls this (1: here, 2: the API function, 3: its
--- caller). `operation` and `pool` name the call, not the policy.
-local NOT_POLICY = { policy = true, operation = true, pool = true }
-
-local function policy_from(fname, opts, o)
-  if o.policy == nil then
-    return retry_policy._from_options(o)
-  end
-  local extra = {}
-  for k in pairs(opts) do
-    if not NOT_POLICY[k] then
-      extra[#extra + 1] = k
-    end
-  end
-  if #extra > 0 then
-    table.sort(extra)
-    error(format("%s: option '%s' cannot be given with 'policy' (set it in "
-                 .. "retry_policy.new)", fname, extra[1]), 3)
-  end
-  return o.policy
+local function policy_from(o)
+  return o.policy or retry_policy._from_options(o)
 end
 
 -- The outcome of one attempt: ok (a success), or false and the error.
 local function attempt_outcome(ok, a, b)
   if not ok then
     sched.reraise_cancel(a)
-    return false, raised(a)
+    return false, errors.raised(a)
   end
   if (a == nil or a == false) and b ~= nil then
     return false, b
@@ -101,118 +83,32 @@ local function attempt_outcome(ok, a, b)
   return true
 end
 
--- The last error with details.retries_exhausted and details.attempts set.
--- The error object is copied (every field, and its details table) rather
--- than changed: an operation may return the same error object every time
--- (a constant, or a breaker's one circuit_open error), and marking that
--- object would mark every later error it stands for.
-local function mark_exhausted(err, attempts)
-  if not errors.is_error(err) then
-    return err
-  end
-  local copy = {}
-  for k, v in pairs(err) do
-    copy[k] = v
-  end
-  local d = {}
-  if type(err.details) == "table" then
-    for k, v in pairs(err.details) do
-      d[k] = v
-    end
-  elseif err.details ~= nil then
-    d.value = err.details
-  end
-  d.retries_exhausted = true
-  d.attempts = attempts
-  copy.details = d
-  return setmetatable(copy, getmetatable(err))
-end
-
--- The retry loop. Every attempt is a tail call, and the arguments of the
--- common arities (up to 3) travel as values rather than in a table, so that
--- an attempt allocates nothing: run_attempt calls the operation, and
--- attempt_done takes its outcome and either returns it or runs the next
--- attempt. The state of the loop is the parameter list:
---   policy, fn, cb     the policy; the operation; a breaker to call it
---                      through (cb:call(fn, ...)), or nil
---   pool, operation    names for the telemetry events
---   started            hrtime() at the start when a retry event had a
---                      handler, else false (the loop then reads no clock)
---   attempt            the attempt being made, from 1
---   n, a1, a2, a3, args  the arguments: their count, the first three, and
---                      all of them packed when there are more than three
-local attempt_done
+-- One attempt of execute_with_retry (cb nil) or execute_with_protection
+-- (one cb:call(fn, ...)), as retry.run takes it: the operation, the
+-- breaker, and the arguments (their count, the first three, and all of
+-- them packed when there are more than three, or more than one with a
+-- breaker), so that the common arities travel as values.
 local cb_pcall = circuit_breaker._pcall
-local RETRY_EVENTS = "snakepit.retry"
-local RETRY_SUCCESS = "snakepit.retry.success"
-local observed = telemetry.observed
-local enabled = telemetry.enabled
 
-local function run_attempt(policy, fn, cb, pool, operation, started, attempt,
-                           n, a1, a2, a3, args)
+local function call_attempt(fn, cb, n, a1, a2, a3, args)
   if cb ~= nil then
     if n == 0 then
-      return attempt_done(policy, fn, cb, pool, operation, started, attempt,
-                          n, a1, a2, a3, args, cb_pcall(cb, fn))
+      return cb_pcall(cb, fn)
     elseif n == 1 then
-      return attempt_done(policy, fn, cb, pool, operation, started, attempt,
-                          n, a1, a2, a3, args, cb_pcall(cb, fn, a1))
+      return cb_pcall(cb, fn, a1)
     end
-    return attempt_done(policy, fn, cb, pool, operation, started, attempt,
-                        n, a1, a2, a3, args,
-                        cb_pcall(cb, fn, unpack(args, 1, n)))
+    return cb_pcall(cb, fn, unpack(args, 1, n))
   end
   if n == 0 then
-    return attempt_done(policy, fn, cb, pool, operation, started, attempt,
-                        n, a1, a2, a3, args, pcall(fn))
+    return pcall(fn)
   elseif n == 1 then
-    return attempt_done(policy, fn, cb, pool, operation, started, attempt,
-                        n, a1, a2, a3, args, pcall(fn, a1))
+    return pcall(fn, a1)
   elseif n == 2 then
-    return attempt_done(policy, fn, cb, pool, operation, started, attempt,
-                        n, a1, a2, a3, args, pcall(fn, a1, a2))
+    return pcall(fn, a1, a2)
   elseif n == 3 then
-    return attempt_done(policy, fn, cb, pool, operation, started, attempt,
-                        n, a1, a2, a3, args, pcall(fn, a1, a2, a3))
+    return pcall(fn, a1, a2, a3)
   end
-  return attempt_done(policy, fn, cb, pool, operation, started, attempt,
-                      n, a1, a2, a3, args, pcall(fn, unpack(args, 1, n)))
-end
-
-attempt_done = function(policy, fn, cb, pool, operation, started, attempt,
-                        n, a1, a2, a3, args, ok, ...)
-  local err
-  if ok then
-    local r1, r2 = ...
-    if r1 or r2 == nil then
-      if enabled[RETRY_SUCCESS] then
-        telemetry.retry_success(pool, attempt, started)
-      end
-      return ...
-    end
-    err = r2
-  else
-    err = ...
-    sched.reraise_cancel(err)
-    err = raised(err)
-  end
-  if not policy:retry_for_error(err) then
-    return nil, err
-  end
-  if not policy:should_retry(attempt) then
-    telemetry.retry_exhausted(pool, attempt, started, err)
-    return nil, mark_exhausted(err, attempt)
-  end
-  local delay = policy:backoff_for_attempt(attempt)
-  telemetry.retry_attempt(pool, operation, attempt, delay)
-  -- A zero delay retries at once, without a trip through the loop.
-  if delay > 0 then
-    sched.check_caller(cb and "executor.execute_with_protection"
-                       or "executor.execute_with_retry")
-    sched.sleep(delay)
-  end
-  return run_attempt(policy, fn, cb, pool, operation, started, attempt + 1,
-                     n, a1, a2, a3, args)
+  return pcall(fn, unpack(args, 1, n))
 end
 
 -- Runs the loop: in the calling task, or, called from plain Lua code with
@@ -225,13 +121,14 @@ local function retry(policy, fn, cb, pool, operation, ...)
   if n > 3 or (cb ~= nil and n > 1) then
     args = { ... }
   end
-  local started = observed[RETRY_EVENTS] and hrtime() or false
+  local fname = cb and "executor.execute_with_protection"
+                or "executor.execute_with_retry"
   if sched._sched() == nil then
-    return sched.in_task(run_attempt, policy, fn, cb, pool, operation,
-                         started, 1, n, a1, a2, a3, args)
+    return sched.in_task(retry_run, policy, pool, operation, false, fname,
+                         call_attempt, fn, cb, n, a1, a2, a3, args)
   end
-  return run_attempt(policy, fn, cb, pool, operation, started, 1, n, a1, a2,
-                     a3, args)
+  return retry_run(policy, pool, operation, false, fname, call_attempt, fn,
+                   cb, n, a1, a2, a3, args)
 end
 
 -- Calls fn(...) until it succeeds, the error is not retriable, or
@@ -245,7 +142,7 @@ function _M.execute_with_retry(fn, opts, ...)
   local policy, pool, operation = opts, nil, nil
   if not retry_policy.is_policy(opts) then
     local o = parse_retry(opts)
-    policy = policy_from("executor.execute_with_retry", opts, o)
+    policy = policy_from(o)
     pool, operation = o.pool, o.operation
   end
   return retry(policy, fn, nil, pool, operation, ...)
@@ -266,7 +163,7 @@ end
 
 --- execute_with_timeout --------------------------------------------------
 
-local parse_timeout = check.options("executor.execute_with_timeout", {
+local parse_timeout = options.parser("executor.execute_with_timeout", {
   timeout_ms = { "number", min = 0, limit = check.MS_MAX, required = true },
 })
 
@@ -313,7 +210,7 @@ end
 
 --- execute_batch -----------------------------------------------------------
 
-local parse_batch = check.options("executor.execute_batch", {
+local parse_batch = options.parser("executor.execute_batch", {
   timeout_ms = { "number", min = 0, limit = check.MS_MAX, default = 30000 },
   max_concurrency = { "integer", min = 1, limit = check.UINT32_MAX },
 })
@@ -388,7 +285,7 @@ function _M.execute_with_protection(cb, fn, opts, ...)
   local policy, pool, operation = opts, nil, nil
   if not retry_policy.is_policy(opts) then
     local o = parse_protection(opts)
-    policy = policy_from("executor.execute_with_protection", opts, o)
+    policy = policy_from(o)
     pool, operation = o.pool, o.operation
   end
   return retry(policy, fn, cb, pool or cb:name(), operation, ...)
@@ -403,7 +300,7 @@ function _M.execute_async(fn, ...)
   if sched._sched() ~= nil then
     return sched.spawn(fn, ...)
   end
-  local args = pack(...)
+  local args = tables.pack(...)
   return sched.run(function()
     local t = sched.spawn(fn, unpack(args, 1, args.n))
     t.quiet = true

@@ -12,6 +12,7 @@
 
 local sp = require "sprun.ffi"
 local check = require "sprun.check"
+local options = require "sprun.options"
 local clock = require "sprun.clock"
 local sched = require "sprun.sched"
 local errors = require "sprun.errors"
@@ -41,7 +42,7 @@ local _M = {}
 
 local mt = { __index = _M }
 
-local parse_options = check.options("health_monitor.start_link", {
+local parse_options = options.parser("health_monitor.start_link", {
   name = { "string" },
   pool = { "string", default = "default" },
   crash_window_ms = { "integer", min = 1, limit = check.MS_MAX,

@@ -10,23 +10,25 @@
 -- made from options). Every stage is optional.
 --
 -- Options are checked with the rules of the module each stage comes from
--- (retry_policy, circuit_breaker, bulkhead); their errors are rewritten to
--- name the key path: "pipeline.new: option 'retry.max_attempts' must be an
--- integer >= 1, got 0". Policy files (sprun.policy) reuse the same parser
--- with their own message form.
+-- (retry_policy, circuit_breaker, bulkhead); their option errors come back
+-- as values (sprun.options) with the key path in front, and read
+-- "pipeline.new: option 'retry.max_attempts' must be an integer >= 1,
+-- got 0". Policy files (sprun.policy) reuse the same parser and render the
+-- same values in their own form.
 --
 -- The trap: a raised error inside an attempt must reach the retry loop as
 -- an error value, but a cancellation of the calling task must go straight
 -- up (sched.reraise_cancel), never be retried or handed to the fallback.
 
 local check = require "sprun.check"
+local options = require "sprun.options"
 local sched = require "sprun.sched"
 local errors = require "sprun.errors"
-local telemetry = require "sprun.telemetry"
 local retry_policy = require "sprun.retry_policy"
 local circuit_breaker = require "sprun.circuit_breaker"
 local bulkhead = require "sprun.bulkhead"
-local clock = require "sprun.clock"
+local tables = require "sprun.tables"
+local retry = require "sprun.retry"
 
 local type = type
 local pairs = pairs
@@ -38,17 +40,10 @@ local tostring = tostring
 local setmetatable = setmetatable
 local getmetatable = getmetatable
 local format = string.format
-local floor = math.floor
-local hrtime = clock.hrtime
-local now = clock.now
-local enabled = telemetry.enabled
-local observed = telemetry.observed
-local emit = telemetry.emit
+local copy = tables.copy
+local pack = tables.pack
+local retry_run = retry.run
 
-local RETRY_EVENTS = "snakepit.retry"
-local RETRY_SUCCESS = "snakepit.retry.success"
-
-local BUDGET_EVENT = "sprun.retry.budget_exhausted"
 local WHAT = "a pipeline"
 
 local _M = {
@@ -60,186 +55,15 @@ local _M = {
 
 local mt = { __index = _M }
 
-local function pack(...)
-  return { n = select("#", ...), ... }
-end
-
 --- Option errors with a key path ------------------------------------------
 
--- An option error is a table { path = {...}, rule =, got = } or
--- { path = {...}, unknown = "'k'" or "[1]", mean = "name" | nil,
---   valid = "a, b" | nil }: the path is the list of keys from the top.
-local OptionError = {}
-OptionError.__index = OptionError
+-- Every stage is checked under sprun.options' capture: the option errors
+-- of the stage's own constructor come back as values with the stage's
+-- path in front, and build() (or a policy file) renders them.
 
-local function path_plus(path, key)
-  local p = {}
-  for i = 1, #path do
-    p[i] = path[i]
-  end
-  p[#p + 1] = key
-  return p
-end
-
-local function fail(path, rule, got)
-  error(setmetatable({ path = path, rule = rule, got = got }, OptionError), 0)
-end
-_M._fail = fail
-
-function _M._is_option_error(e)
-  return getmetatable(e) == OptionError
-end
-
-function _M._path_text(path)
-  local out = ""
-  for i = 1, #path do
-    local s = tostring(path[i])
-    if s:sub(1, 1) == "[" or out == "" then
-      out = out .. s
-    else
-      out = out .. "." .. s
-    end
-  end
-  return out
-end
-local path_text = _M._path_text
-
--- The option error that check.options' message `msg` (raised by function
--- `fname`) stands for, the options being at `path`.
-local function from_check(msg, fname, path)
-  local body = tostring(msg):gsub("^[^\n]-:%d+: ", "", 1)
-  if body:sub(1, #fname + 2) == fname .. ": " then
-    body = body:sub(#fname + 3)
-  end
-  local e = setmetatable({ path = path }, OptionError)
-  local got = body:match("^options must be a table, got (.*)$")
-  if got then
-    e.rule, e.got = "must be a table", got
-    return e
-  end
-  local key, mean = body:match(
-    "^unknown option '([^']*)' %(did you mean '([^']*)'%?%)$")
-  if key then
-    e.unknown, e.mean = "'" .. key .. "'", mean
-    return e
-  end
-  local k2, valid = body:match("^unknown option (.-) %(valid options: (.*)%)$")
-  if k2 then
-    e.unknown, e.valid = k2, valid
-    return e
-  end
-  local opt, rule, g = body:match("^option '([^']*)' (.*), got (.*)$")
-  if opt then
-    e.path, e.rule, e.got = path_plus(path, opt), rule, g
-    return e
-  end
-  e.rule = body
-  return e
-end
-_M._from_check = from_check
-
--- fn(...) or, if it raises, the option error its message stands for.
-local function checked(fname, path, fn, ...)
-  local res = pack(pcall(fn, ...))
-  if not res[1] then
-    if getmetatable(res[2]) == OptionError then
-      error(res[2], 0)
-    end
-    error(from_check(res[2], fname, path), 0)
-  end
-  return unpack(res, 2, res.n)
-end
-_M._checked = checked
-
--- The message of an option error as an API function states it:
--- "pipeline.new: option 'retry.max_attempts' must be ..., got 0".
-local function api_message(fname, e)
-  local p = path_text(e.path)
-  if e.unknown then
-    local key = e.unknown
-    if key:sub(1, 1) == "'" then
-      key = "'" .. (p == "" and "" or p .. ".") .. key:sub(2)
-    elseif p ~= "" then
-      key = "'" .. p .. key .. "'"
-    end
-    if e.mean then
-      return format("%s: unknown option %s (did you mean '%s'?)", fname, key,
-                    (p == "" and "" or p .. ".") .. e.mean)
-    end
-    return format("%s: unknown option %s (valid options: %s)", fname, key,
-                  e.valid or "")
-  end
-  local got = e.got and ", got " .. e.got or ""
-  if p == "" then
-    return format("%s: options %s%s", fname, e.rule, got)
-  end
-  return format("%s: option '%s' %s%s", fname, p, e.rule, got)
-end
-_M._api_message = api_message
-
---- Retry budget --------------------------------------------------------------
-
--- Finagle-style: over the last ttl_ms, retries may be at most
--- ratio * first attempts + min_retries_per_s * ttl_ms / 1000. Counted in
--- ten buckets of ttl_ms / 10, so an old burst leaves the window in steps.
-local BUCKETS = 10
-
-local Budget = {}
-Budget.__index = Budget
-
-local function new_budget(o)
-  local b = setmetatable({ calls = {}, retries = {}, epoch = {} }, Budget)
-  for i = 1, BUCKETS do
-    b.calls[i], b.retries[i], b.epoch[i] = 0, 0, -1
-  end
-  b:configure(o)
-  return b
-end
-
-function Budget:configure(o)
-  self.ratio = o.ratio
-  self.min_per_s = o.min_retries_per_s
-  self.ttl_ms = o.ttl_ms
-  self.width = o.ttl_ms / BUCKETS
-  self.refused = self.refused or 0
-  self.withdrawn = self.withdrawn or 0
-  self.deposited = self.deposited or 0
-end
-
--- The bucket of the current time, emptied if it held an older period.
-function Budget:bucket()
-  local period = floor(now() / self.width)
-  local i = period % BUCKETS + 1
-  if self.epoch[i] ~= period then
-    self.epoch[i], self.calls[i], self.retries[i] = period, 0, 0
-  end
-  return i, period
-end
-
-function Budget:deposit()
-  local i = self:bucket()
-  self.calls[i] = self.calls[i] + 1
-  self.deposited = self.deposited + 1
-end
-
-function Budget:withdraw()
-  local i, period = self:bucket()
-  local calls, retries = 0, 0
-  for j = 1, BUCKETS do
-    if self.epoch[j] > period - BUCKETS then
-      calls = calls + self.calls[j]
-      retries = retries + self.retries[j]
-    end
-  end
-  if retries + 1 > self.ratio * calls + self.min_per_s * self.ttl_ms / 1000
-  then
-    self.refused = self.refused + 1
-    return false
-  end
-  self.retries[i] = self.retries[i] + 1
-  self.withdrawn = self.withdrawn + 1
-  return true
-end
+local fail = options.throw
+local at = options.nested
+local path_plus = options.path_plus
 
 --- Options -----------------------------------------------------------------
 
@@ -248,7 +72,7 @@ local BUDGET_SPEC = {
   min_retries_per_s = { "number", min = 0, limit = 1e9, default = 10 },
   ttl_ms = { "integer", min = 10, limit = check.MS_MAX, default = 10000 },
 }
-local parse_budget = check.options("pipeline.retry.budget", BUDGET_SPEC)
+local parse_budget = options.parser("pipeline.retry.budget", BUDGET_SPEC)
 
 local ANY = { check = function() return nil end }
 
@@ -257,7 +81,7 @@ local parse_retry = retry_policy._options_parser("pipeline.retry", {
   budget = ANY,
 })
 
-local parse_top = check.options("pipeline", {
+local parse_top = options.parser("pipeline", {
   name = { "string", default = "pipeline" },
   timeout_ms = { "number", min = 0, limit = check.MS_MAX },
   retry = ANY,
@@ -300,13 +124,6 @@ local function ref(names, section, what, path, v)
                     or "none defined"))
 end
 
-local function copy(t)
-  local out = {}
-  for k, v in pairs(t) do
-    out[k] = v
-  end
-  return out
-end
 
 local function parse_retry_stage(v, names, path)
   if retry_policy.is_policy(v) then
@@ -321,11 +138,10 @@ local function parse_retry_stage(v, names, path)
          or "must be a retry policy or a table of options",
          check.describe(v))
   end
-  local o = checked("pipeline.retry", path, parse_retry, v)
+  local o = at(path, parse_retry, v)
   local out = {}
   if o.budget ~= nil then
-    out.budget = checked("pipeline.retry.budget", path_plus(path, "budget"),
-                         parse_budget, o.budget)
+    out.budget = at(path_plus(path, "budget"), parse_budget, o.budget)
   end
   if v.policy ~= nil then
     local keys = {}
@@ -383,8 +199,7 @@ local function parse_breaker_stage(v, names, path, name)
   if o.is_failure == nil then
     o.is_failure = not_bulkhead_full
   end
-  local cb, err = checked("circuit_breaker.start_link", path,
-                          circuit_breaker.start_link, o)
+  local cb, err = at(path, circuit_breaker.start_link, o)
   if cb == nil then
     fail(path, "could not be made: " .. tostring(err))
   end
@@ -407,13 +222,14 @@ local function parse_bulkhead_stage(v, names, path, name)
   if o.name == nil then
     o.name = name
   end
-  return { fresh = checked("bulkhead.new", path, bulkhead.new, o), opts = o }
+  return { fresh = at(path, bulkhead.new, o), opts = o }
 end
 
--- Checks pipeline options; raises an option error. names: see ref().
+-- Checks pipeline options; raises an option error (as a value: call it
+-- under options.capture). names: see ref().
 function _M._parse(opts, names, path)
   path = path or {}
-  local o = checked("pipeline", path, parse_top, opts)
+  local o = at(path, parse_top, opts)
   local spec = { name = o.name, timeout_ms = o.timeout_ms,
                  fallback = o.fallback }
   if o.retry ~= nil then
@@ -446,7 +262,7 @@ function _M._configure(self, spec, lookup, reconf_breaker)
       if self._budget then
         self._budget:configure(r.budget)
       else
-        self._budget = new_budget(r.budget)
+        self._budget = retry.budget(r.budget)
       end
     else
       self._budget = nil
@@ -497,12 +313,9 @@ function _M._configure(self, spec, lookup, reconf_breaker)
 end
 
 local function build(opts)
-  local ok, spec = pcall(_M._parse, opts)
+  local ok, spec = options.capture({}, _M._parse, opts)
   if not ok then
-    if getmetatable(spec) == OptionError then
-      error(api_message("pipeline.new", spec), 3)
-    end
-    error(spec, 0)
+    error(options.message(spec, "pipeline.new"), 3)
   end
   local p = setmetatable({ _closed = false }, mt)
   _M._configure(p, spec)
@@ -531,13 +344,6 @@ local function trace(stage, self)
   if t then
     t(stage, self)
   end
-end
-
-local function raised(e)
-  if errors.is_error(e) then
-    return e
-  end
-  return errors.error("error", sched.error_text(e), { value = e })
 end
 
 local function failed(r1, r2)
@@ -663,78 +469,9 @@ local function attempt_values(ok, ...)
   if not ok then
     local e = ...
     sched.reraise_cancel(e)
-    return nil, raised(e)
+    return nil, errors.raised(e)
   end
   return ...
-end
-
--- The error with `fields` added to its details, on a copy (see
--- executor.lua's mark_exhausted: the original may be shared).
-local function marked(err, fields)
-  if not errors.is_error(err) then
-    return err
-  end
-  local out = copy(err)
-  local d = {}
-  if type(err.details) == "table" then
-    d = copy(err.details)
-  elseif err.details ~= nil then
-    d.value = err.details
-  end
-  for k, v in pairs(fields) do
-    d[k] = v
-  end
-  out.details = d
-  return setmetatable(out, getmetatable(err))
-end
-
--- The retry loop, as tail calls: retry_attempt runs attempt number n and
--- retry_done takes its outcome, so that no attempt allocates. `started` is
--- hrtime() at the start when a retry event had a handler, else false.
-local retry_attempt
-
-local function retry_done(self, c, fn, args, budget, started, n, ok, ...)
-  local err
-  if ok then
-    local r1, r2 = ...
-    if not failed(r1, r2) then
-      if enabled[RETRY_SUCCESS] then
-        telemetry.retry_success(c.name, n, started)
-      end
-      return ...
-    end
-    err = r2
-  else
-    err = ...
-    sched.reraise_cancel(err)
-    err = raised(err)
-  end
-  local policy = c.policy
-  if not policy:retry_for_error(err) then
-    return nil, err
-  end
-  if not policy:should_retry(n) then
-    telemetry.retry_exhausted(c.name, n, started, err)
-    return nil, marked(err, { retries_exhausted = true, attempts = n })
-  end
-  if budget and not budget:withdraw() then
-    if enabled[BUDGET_EVENT] then
-      emit(BUDGET_EVENT, { attempts = n }, { pool = c.name, last_error = err })
-    end
-    return nil, marked(err, { budget_exhausted = true, attempts = n })
-  end
-  local delay = policy:backoff_for_attempt(n)
-  telemetry.retry_attempt(c.name, nil, n, delay)
-  if delay > 0 then
-    sched.check_caller("pipeline.execute")
-    sched.sleep(delay)
-  end
-  return retry_attempt(self, c, fn, args, budget, started, n + 1)
-end
-
-retry_attempt = function(self, c, fn, args, budget, started, n)
-  return retry_done(self, c, fn, args, budget, started, n,
-                    attempt(self, c, fn, args))
 end
 
 local function retry_stage(self, c, fn, args)
@@ -746,8 +483,8 @@ local function retry_stage(self, c, fn, args)
   if budget then
     budget:deposit()
   end
-  local started = observed[RETRY_EVENTS] and hrtime() or false
-  return retry_attempt(self, c, fn, args, budget, started, 1)
+  return retry_run(c.policy, c.name, nil, budget or false, "pipeline.execute",
+                   attempt, self, c, fn, args)
 end
 
 -- What the fallback makes of a failure; anything else goes through.
@@ -811,10 +548,7 @@ function _M.stats(self)
     timeout_ms = c.timeout_ms,
     breaker = c.breaker and c.breaker:stats() or nil,
     bulkhead = c.bulkhead and c.bulkhead:stats() or nil,
-    budget = b and { first_attempts = b.deposited, retries = b.withdrawn,
-                     refused = b.refused, ratio = b.ratio,
-                     min_retries_per_s = b.min_per_s, ttl_ms = b.ttl_ms }
-             or nil,
+    budget = b and b:stats() or nil,
   }
 end
 

@@ -24,6 +24,8 @@
 -- file on its own, and only then are the live objects updated.
 
 local check = require "sprun.check"
+local options = require "sprun.options"
+local tables = require "sprun.tables"
 local errors = require "sprun.errors"
 local sched = require "sprun.sched"
 local pipeline = require "sprun.pipeline"
@@ -61,49 +63,30 @@ local TOP_SPEC = {}
 for i = 1, #SECTIONS do
   TOP_SPEC[SECTIONS[i]] = ANY
 end
-local parse_top = check.options("policy", TOP_SPEC)
+local parse_top = options.parser("policy", TOP_SPEC)
 
-local fail = pipeline._fail
-local checked = pipeline._checked
-local path_text = pipeline._path_text
+local path_text = options.path_text
+local copy = tables.copy
+local sorted_keys = tables.keys_in_order
+
+local fail = options.throw
+local at = options.nested
 
 -- "file: path rule, got x" or "file: path: unknown key 'k' (...)".
 local function file_message(file, e)
   local p = path_text(e.path)
   local where = p == "" and "" or p .. ": "
-  if e.unknown then
+  if e.rule == nil then
     local tail = e.mean and format(" (did you mean '%s'?)", e.mean)
-                 or format(" (valid keys: %s)", e.valid or "")
-    return format("%s: %sunknown key %s%s", file, where, e.unknown, tail)
+                 or format(" (valid keys: %s)", concat(e.valid, ", "))
+    return format("%s: %sunknown key %s%s", file, where,
+                  options.key_text(e.key), tail)
   end
   local got = e.got and ", got " .. e.got or ""
   if p == "" then
     return format("%s: the file %s%s", file, e.rule, got)
   end
   return format("%s: %s %s%s", file, p, e.rule, got)
-end
-
-local function copy(t)
-  local out = {}
-  for k, v in pairs(t) do
-    out[k] = v
-  end
-  return out
-end
-
-local function sorted_keys(t)
-  local keys = {}
-  for k in pairs(t) do
-    keys[#keys + 1] = k
-  end
-  sort(keys, function(a, b)
-    if type(a) == type(b) and (type(a) == "string" or type(a) == "number")
-    then
-      return a < b
-    end
-    return type(a) < type(b)
-  end)
-  return keys
 end
 
 -- The entries of one section, names checked: name -> options table.
@@ -143,29 +126,26 @@ local function compile(t)
   if type(t) ~= "table" then
     fail({}, "must return a table", check.describe(t))
   end
-  checked("policy", {}, parse_top, t)
+  at({}, parse_top, t)
   local new = { breakers = {}, retry_policies = {}, health_monitors = {},
                 bulkheads = {}, pipelines = {}, bulkhead_opts = {},
                 monitor_opts = {} }
   for name, o in pairs(entries("breakers", t.breakers)) do
-    local cb, err = checked("circuit_breaker.start_link", { "breakers", name },
-                            circuit_breaker.start_link,
-                            with_default(o, "name", name))
+    local cb, err = at({ "breakers", name }, circuit_breaker.start_link,
+                       with_default(o, "name", name))
     if cb == nil then
       fail({ "breakers", name }, "could not be made: " .. tostring(err))
     end
     new.breakers[name] = cb
   end
   for name, o in pairs(entries("retry_policies", t.retry_policies)) do
-    new.retry_policies[name] = checked("retry_policy.new",
-                                       { "retry_policies", name },
-                                       retry_policy.new, o)
+    new.retry_policies[name] = at({ "retry_policies", name },
+                                  retry_policy.new, o)
   end
   for name, o in pairs(entries("health_monitors", t.health_monitors)) do
     local opts = with_default(with_default(o, "name", name), "pool", name)
-    local hm, err = checked("health_monitor.start_link",
-                            { "health_monitors", name },
-                            health_monitor.start_link, opts)
+    local hm, err = at({ "health_monitors", name },
+                       health_monitor.start_link, opts)
     if hm == nil then
       fail({ "health_monitors", name }, "could not be made: " .. tostring(err))
     end
@@ -174,8 +154,7 @@ local function compile(t)
   end
   for name, o in pairs(entries("bulkheads", t.bulkheads)) do
     local opts = with_default(o, "name", name)
-    new.bulkheads[name] = checked("bulkhead.new", { "bulkheads", name },
-                                  bulkhead.new, opts)
+    new.bulkheads[name] = at({ "bulkheads", name }, bulkhead.new, opts)
     new.bulkhead_opts[name] = opts
   end
   local names = { breakers = new.breakers,
@@ -199,13 +178,15 @@ local function read(path)
     sched.reraise_cancel(t)
     return nil, sched.error_text(t)
   end
-  local ok2, new = pcall(compile, t)
+  -- An option error comes back from capture as a value; anything else
+  -- that went wrong is caught by the pcall.
+  local ok2, compiled, new = pcall(options.capture, {}, compile, t)
   if not ok2 then
-    if pipeline._is_option_error(new) then
-      return nil, file_message(path, new)
-    end
-    sched.reraise_cancel(new)
-    return nil, path .. ": " .. sched.error_text(new)
+    sched.reraise_cancel(compiled)
+    return nil, path .. ": " .. sched.error_text(compiled)
+  end
+  if not compiled then
+    return nil, file_message(path, new)
   end
   return new
 end

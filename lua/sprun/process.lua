@@ -17,6 +17,7 @@ local core = require "sprun.core"
 local sched = require "sprun.sched"
 local errors = require "sprun.errors"
 local check = require "sprun.check"
+local options = require "sprun.options"
 local ffi = require "ffi"
 
 local type = type
@@ -112,7 +113,7 @@ end
 -- is reported at the user's line: the first splits the command from the
 -- named options, the second checks those.
 local function make_parser(fname, with_timeout)
-  local parse = check.options(fname, opt_spec(with_timeout))
+  local parse = options.parser(fname, opt_spec(with_timeout))
   return function(opts)
     if type(opts) ~= "table" then
       error(fname .. ": options must be a table, got " .. check.describe(opts), 3)

@@ -12,6 +12,7 @@
 
 local sp = require "sprun.ffi"
 local check = require "sprun.check"
+local options = require "sprun.options"
 local errors = require "sprun.errors"
 
 local ffi = sp.ffi
@@ -130,8 +131,9 @@ local SPEC = {
   seed = { "integer", min = 0, limit = check.MS_MAX },
 }
 
--- check.options for the policy's options plus `extra` (for other modules).
-function _M._options_parser(fname, extra)
+-- A parser (sprun.options) of the policy's options plus `extra`, with
+-- `validate` (for other modules that take retry options).
+function _M._options_parser(fname, extra, validate)
   local spec = {}
   for k, v in pairs(SPEC) do
     spec[k] = v
@@ -139,7 +141,7 @@ function _M._options_parser(fname, extra)
   for k, v in pairs(extra or {}) do
     spec[k] = v
   end
-  return check.options(fname, spec)
+  return options.parser(fname, spec, validate)
 end
 
 local parse_options = _M._options_parser("retry_policy.new")

@@ -42,6 +42,7 @@
 local core = require "sprun.core"
 local errors = require "sprun.errors"
 local check = require "sprun.check"
+local options = require "sprun.options"
 local ffi = require "ffi"
 local C = require("sprun.ffi").C
 
@@ -1508,7 +1509,7 @@ local function run_main(opts, fn, args, on_signal)
   return main, sched.stop_signal
 end
 
-local parse_run_options = check.options("sprun.run", {
+local parse_run_options = options.parser("sprun.run", {
   clock = { "choice", values = { "real", "virtual" }, default = "real" },
 })
 

@@ -17,6 +17,7 @@ local core = require "sprun.core"
 local sched = require "sprun.sched"
 local errors = require "sprun.errors"
 local check = require "sprun.check"
+local options = require "sprun.options"
 
 local type = type
 local pcall = pcall
@@ -230,7 +231,7 @@ function Conn:close()
   return true
 end
 
-local parse_connect = check.options("tcp.connect", {
+local parse_connect = options.parser("tcp.connect", {
   timeout_ms = { "number", min = 0, limit = check.MS_MAX },
 })
 

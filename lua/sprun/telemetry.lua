@@ -45,6 +45,7 @@ local io_stdout = io.stdout
 local os_time = os.time
 
 local check = require "sprun.check"
+local options = require "sprun.options"
 
 local describe = check.describe
 
@@ -942,7 +943,7 @@ function _M.log_line(event, measurements, metadata)
 end
 local log_line = _M.log_line
 
-local parse_logger = check.options("telemetry.logger", {
+local parse_logger = options.parser("telemetry.logger", {
   level = { "choice", values = { "debug", "info", "warning" },
             default = "info" },
   io = { check = check_writable },
@@ -967,7 +968,7 @@ end
 
 -- JSON lines: one object per event ----------------------------------------
 
-local parse_json_lines = check.options("telemetry.json_lines", {
+local parse_json_lines = options.parser("telemetry.json_lines", {
   level = { "choice", values = { "debug", "info", "warning" },
             default = "info" },
 })
@@ -1415,7 +1416,7 @@ function Endpoint:close()
   return true
 end
 
-local parse_prometheus = check.options("telemetry.prometheus", {
+local parse_prometheus = options.parser("telemetry.prometheus", {
   host = { "string", default = "127.0.0.1" },
   port = { "integer", min = 0, limit = 65535, default = 9464 },
   request_timeout_ms = { "integer", min = 1, limit = check.MS_MAX,
