@@ -220,8 +220,8 @@ $(CHECK_BUILD)/bin/cc: Makefile
 
 # SAN and CFLAGS stay in the environment of the tests, so that a `make
 # install` run by a spec builds (if it must) with the same flags. The
-# plain build is made too: the README's shell examples, which readme_spec
-# runs as they are written, call build/sprun.
+# plain build is made too: the README's shell examples, which
+# readme_code_blocks_spec runs as they are written, call build/sprun.
 check: deps
 	@$(MAKE) --no-print-directory build
 	@$(MAKE) --no-print-directory build BUILD=$(CHECK_BUILD) \
