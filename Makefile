@@ -244,7 +244,10 @@ VALGRIND_FLAGS := -q --leak-check=full \
   --suppressions=$(CURDIR)/tests/valgrind/luajit.supp
 VALGRIND_SPECS := tests/lua/sched_spec.lua tests/lua/process_spec.lua \
   tests/lua/tcp_spec.lua tests/lua/virtual_time_spec.lua \
-  tests/lua/executor_spec.lua
+  tests/lua/executor_retry_spec.lua tests/lua/executor_breaker_spec.lua \
+  tests/lua/executor_timeout_spec.lua tests/lua/executor_batch_spec.lua \
+  tests/lua/executor_async_spec.lua tests/lua/executor_misuse_spec.lua \
+  tests/lua/seed_document_examples_spec.lua
 
 valgrind: deps
 	@$(MAKE) --no-print-directory deps DEPS=valgrind
