@@ -220,8 +220,8 @@ $(CHECK_BUILD)/bin/cc: Makefile
 
 # SAN and CFLAGS stay in the environment of the tests, so that a `make
 # install` run by a spec builds (if it must) with the same flags. The
-# plain build is made too: the README's shell examples, which readme_spec
-# runs as they are written, call build/sprun.
+# plain build is made too: the README's shell examples, which
+# readme_code_blocks_spec runs as they are written, call build/sprun.
 check: deps
 	@$(MAKE) --no-print-directory build
 	@$(MAKE) --no-print-directory build BUILD=$(CHECK_BUILD) \
@@ -244,7 +244,10 @@ VALGRIND_FLAGS := -q --leak-check=full \
   --suppressions=$(CURDIR)/tests/valgrind/luajit.supp
 VALGRIND_SPECS := tests/lua/sched_spec.lua tests/lua/process_spec.lua \
   tests/lua/tcp_spec.lua tests/lua/virtual_time_spec.lua \
-  tests/lua/executor_spec.lua
+  tests/lua/executor_retry_spec.lua tests/lua/executor_breaker_spec.lua \
+  tests/lua/executor_timeout_spec.lua tests/lua/executor_batch_spec.lua \
+  tests/lua/executor_async_spec.lua tests/lua/executor_misuse_spec.lua \
+  tests/lua/seed_document_examples_spec.lua
 
 valgrind: deps
 	@$(MAKE) --no-print-directory deps DEPS=valgrind

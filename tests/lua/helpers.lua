@@ -1,4 +1,5 @@
--- Shared helpers for the specs: running commands and reading files.
+-- Shared helpers for the specs: running commands, reading files, watching
+-- processes, and running loops and checking what they leave open.
 local _M = {}
 
 _M.root = (function()
@@ -36,6 +37,11 @@ end
 
 function _M.rmrf(path)
   os.execute("rm -rf " .. _M.shell_quote(path))
+end
+
+-- The values given, as a list with their count in n (nils included).
+function _M.pack(...)
+  return { n = select("#", ...), ... }
 end
 
 -- Runs a shell command line; returns { code, stdout, stderr }.
@@ -150,6 +156,22 @@ function _M.wait_for(what, cond, limit_ms)
   end
 end
 
+-- Runs fn(...) as the main task of a virtual-time loop; returns its values.
+function _M.vrun(fn, ...)
+  local sprun = require "sprun"
+  return sprun.run({ clock = "virtual" }, fn, ...)
+end
+
+-- Asserts (with busted's assert) that the last loop left nothing open: no
+-- handle, and no task still running. For the specs that check it after
+-- each loop they ran, or each call that ran one.
+function _M.assert_no_handles()
+  local luassert = require "luassert"
+  local sched = require "sprun.sched"
+  luassert.are.equal(0, sched.last_run.handles)
+  luassert.is_nil(sched.running())
+end
+
 -- sprun.run(...) that also checks that the tasks left no handle open
 -- (sprun.sched.last_run.handles == 0); returns what sprun.run returns,
 -- every value (select("#") preserved), and re-raises its error.
@@ -157,8 +179,7 @@ function _M.run_tasks(...)
   local sprun = require "sprun"
   local sched = require "sprun.sched"
   sched.last_run = nil
-  local r = (function(...) return { n = select("#", ...), ... } end)(
-    sprun.run(...))
+  local r = _M.pack(sprun.run(...))
   local run = sched.last_run
   if run == nil or run.handles ~= 0 then
     error(string.format("sprun.run left %s handle(s) open",
