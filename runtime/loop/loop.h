@@ -1,7 +1,7 @@
 /* The libuv glue under the sprun scheduler: one loop, a timer heap, child
  * processes, TCP sockets and signals. No Lua here: every completion is
  * reported through one C callback with the token its owner chose, and the
- * Lua binding (runtime/lua/loop.c) turns tokens back into tasks.
+ * Lua binding (runtime/lua/) turns tokens back into tasks.
  *
  * Private to sprun: these names are not part of the public sprun.h.
  *
