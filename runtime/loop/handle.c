@@ -42,6 +42,12 @@ void sp__handle_unlink(sp__handle_t *h) {
   sp__emit(loop, h->token, SP_EV_CLOSED, 0, 0, NULL, 0, h);
 }
 
+void sp__handle_close(void *handle) {
+  sp__handle_t *h = handle;
+
+  h->close(h);
+}
+
 void sp__handle_close_all(sp_loop_t *loop) {
   sp__handle_t *h;
 

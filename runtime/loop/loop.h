@@ -102,6 +102,10 @@ unsigned sp__loop_handle_count(const sp_loop_t *loop);
 unsigned sp__loop_closing_count(const sp_loop_t *loop);
 unsigned sp__loop_timer_count(const sp_loop_t *loop);
 
+/* Closes a handle of any kind (a process, a socket) as its own sp__*_close
+ * does, for a caller that treats them alike. */
+void sp__handle_close(void *handle);
+
 /* ---- timers (a binary heap; O(log n) add and cancel) ---------------------- */
 
 /* Arms a one-shot timer for the absolute loop time `deadline_ms`. *id
