@@ -55,8 +55,9 @@ static const struct {
 };
 
 /* The loop methods have the loop metatable as their upvalue:
- * l_check_loop, on every timer call, compares with it instead of looking
- * the metatable up by name as luaL_checkudata does. */
+ * l_check_loop, on every call (loop:step and loop:now come once a turn of
+ * the scheduler), compares with it instead of looking the metatable up by
+ * name as luaL_checkudata does. */
 static l_loop_t *l_check_loop(lua_State *L, int idx) {
   l_loop_t *ll = lua_touserdata(L, idx);
   int same = 0;
@@ -289,11 +290,6 @@ static int l_loop_now(lua_State *L) {
 
   lua_pushnumber(L, (lua_Number) sp__loop_now(ll->loop));
   return 1;
-}
-
-static int l_loop_update_time(lua_State *L) {
-  sp__loop_update_time(l_check_loop(L, 1)->loop);
-  return 0;
 }
 
 static int l_loop_step(lua_State *L) {

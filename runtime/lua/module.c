@@ -51,13 +51,8 @@ double sp_clock_ns(void) {
 /* The methods of a loop, from every family. */
 static const luaL_Reg l_loop_methods[] = {
   { "now", l_loop_now },
-  { "update_time", l_loop_update_time },
   { "step", l_loop_step },
-  { "timer_add", l_loop_timer_add },
-  { "timer_after", l_loop_timer_after },
-  { "timer_reserve", l_loop_timer_reserve },
   { "handle", l_loop_handle },
-  { "timer_cancel", l_loop_timer_cancel },
   { "handle_count", l_loop_handle_count },
   { "timer_count", l_loop_timer_count },
   { "closing_count", l_loop_closing_count },
