@@ -21,7 +21,11 @@ DEPS := libluajit-5.1-dev luajit libuv1-dev lua-busted pkg-config prometheus \
         lua-cjson
 
 CORE_SRC := $(wildcard runtime/core/*.c)
-MOD_SRC := $(wildcard runtime/lua/*.c)
+# The module is one translation unit: module.c #includes the other files of
+# runtime/lua (luv-style), so only it is compiled, and a change to any of
+# them rebuilds it.
+MOD_SRC := runtime/lua/module.c
+MOD_INC := $(filter-out $(MOD_SRC),$(wildcard runtime/lua/*.c))
 LOOP_SRC := $(wildcard runtime/loop/*.c)
 CTEST_SRC := $(wildcard tests/c/*.c)
 CORE_OBJ := $(CORE_SRC:runtime/%.c=$(BUILD)/obj/%.o)
@@ -80,7 +84,7 @@ $(BUILD)/obj/core/%.o: runtime/core/%.c $(HEADERS)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS_ALL) $(WARN) $(CFLAGS) $(SAN) -fPIC -c $< -o $@
 
-$(BUILD)/obj/lua/%.o: runtime/lua/%.c $(HEADERS)
+$(BUILD)/obj/lua/%.o: runtime/lua/%.c $(HEADERS) $(MOD_INC)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS_ALL) $(LUAJIT_CFLAGS) $(UV_CFLAGS) $(WARN) $(CFLAGS) \
 	  $(SAN) -fPIC -c $< -o $@
@@ -288,6 +292,8 @@ $(FUZZ_BUILD)/obj/%.o: runtime/%.c $(HEADERS)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(CPPFLAGS_ALL) $(LUAJIT_CFLAGS) $(UV_CFLAGS) $(WARN) \
 	  $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -fPIC -c $< -o $@
+
+$(FUZZ_BUILD)/obj/lua/module.o: $(MOD_INC)
 
 $(FUZZ_BUILD)/fuzz_core: tests/fuzz/fuzz_core.c $(FUZZ_CORE_OBJ) $(HEADERS)
 	$(FUZZ_CC) $(CPPFLAGS_ALL) $(WARN) $(FUZZ_CFLAGS) -fsanitize=fuzzer \

@@ -227,6 +227,7 @@ typedef struct {
 
 const sp_loop_clock_t *sp_loop_clock(void);
 
+double sp_lua_timer_deadline(void *h, double ms);
 double sp_lua_timer_after(void *h, double ms, double token, double seq);
 double sp_lua_timer_add(void *h, double deadline, double token, double seq);
 double sp_lua_timer_cancel(void *h, double id);

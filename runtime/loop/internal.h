@@ -1,6 +1,13 @@
-/* Private to runtime/loop: the structures behind loop.h, shared by loop.c,
- * heap.c, process.c and tcp.c (and the C tests, which check the heap
- * directly). Nothing outside runtime/loop and tests/c includes this.
+/* Private to runtime/loop: the structures behind loop.h, shared by its
+ * files (and the C tests, which check the heap directly). Nothing outside
+ * runtime/loop and tests/c includes this.
+ *
+ * One file a job: loop.c the loop, its clock and its timers; heap.c the
+ * timer heap; handle.c the list of open handles; stream.c the writes and
+ * the read buffer of every stream; then one file a kind of handle
+ * (process.c, tcp.c, signal.c). A new kind of handle is a new file whose
+ * handles start with an sp__handle_t and pass their close function to
+ * sp__handle_link: loop.c never learns what kinds there are.
  */
 #ifndef SPRUN_LOOP_INTERNAL_H
 #define SPRUN_LOOP_INTERNAL_H
@@ -75,26 +82,27 @@ size_t sp__heap_memory(const sp__heap_t *heap);
 
 /* ---- handles ------------------------------------------------------------- */
 
-enum {
-  SP__KIND_PROC = 1,
-  SP__KIND_TCP,
-  SP__KIND_SIGNAL
-};
+typedef struct sp__handle_s sp__handle_t;
+
+/* Closes a handle as its owner's sp__*_close does: at once if it is not
+ * closing yet, nothing if it is; its memory goes in its close callback. */
+typedef void (*sp__close_fn)(sp__handle_t *h);
 
 /* What every process, socket and signal watcher starts with: the loop's
  * list of open handles (walked by sp__loop_free) and the accounting. */
-typedef struct sp__handle_s {
+struct sp__handle_s {
   sp_loop_t *loop;
-  struct sp__handle_s *prev;
-  struct sp__handle_s *next;
+  sp__handle_t *prev;
+  sp__handle_t *next;
   uint64_t token;
-  int kind;
+  /* How sp__loop_free closes it, whatever kind of handle it is. */
+  sp__close_fn close;
   /* 1 once the owner closed it (or the loop is closing it). */
   int closing;
   /* 0 for a handle whose creation failed: it is closed and freed without
    * an event, and was never counted. */
   int counted;
-} sp__handle_t;
+};
 
 struct sp_loop_s {
   uv_loop_t uv;
@@ -127,26 +135,26 @@ struct sp_loop_s {
   char readbuf[65536];
 };
 
-void sp__handle_link(sp_loop_t *loop, sp__handle_t *h, int kind,
+/* handle.c. Links a handle its owner now holds into the loop's list and
+ * counts it; `close` is how sp__loop_free closes it if the owner did not. */
+void sp__handle_link(sp_loop_t *loop, sp__handle_t *h, sp__close_fn close,
                      uint64_t token);
 /* Called once the handle's memory is about to go: unlinks it and reports
  * SP_EV_CLOSED if it was counted. */
 void sp__handle_unlink(sp__handle_t *h);
+/* Closes every linked handle not closing yet, each with its own close
+ * function (for sp__loop_free; the memory goes in the close callbacks). */
+void sp__handle_close_all(sp_loop_t *loop);
 
+/* loop.c. Reports an event through the loop's callback (nothing while the
+ * loop is being freed). */
 void sp__emit(sp_loop_t *loop, uint64_t token, int type, int64_t a,
               int64_t b, const char *data, size_t len, void *handle);
 
-/* The shared read buffer (data is handed over synchronously). */
+/* stream.c. The shared read buffer (data is handed over synchronously). */
 void sp__alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf);
-
-/* A write request with its own copy of the data. */
-typedef struct sp__write_s {
-  uv_write_t req;
-  sp_loop_t *loop;
-  uint64_t token;
-  char data[];
-} sp__write_t;
-
+/* Writes a copy of `data`; SP_EV_WRITE with `write_token` reports the end,
+ * with stream->data as the event's handle. */
 int sp__stream_write(sp_loop_t *loop, uv_stream_t *stream, const char *data,
                      size_t len, uint64_t write_token);
 

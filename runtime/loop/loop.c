@@ -1,5 +1,5 @@
-/* The loop: one libuv loop, the timer heap, the clock (real or virtual),
- * signal watchers and the accounting that every handle shares.
+/* The loop: one libuv loop, its timers, its clock (real or virtual), and
+ * sp__emit, the one way out of every event.
  *
  * The rule: sp__loop_step polls I/O once, then fires every due timer. A
  * timer is fired by sp__loop_step itself, never from a libuv callback: the
@@ -22,23 +22,18 @@
  * at the time it happened.
  *
  * The trap: libuv must be able to run the close callbacks, so nothing is
- * freed until they ran; sp__loop_free closes every handle, kills and reaps
- * the children, and runs the loop until uv_loop_close can succeed. No event
- * is reported while the loop is being freed.
+ * freed until they ran; sp__loop_free closes every handle (each with its
+ * own close function, which kills the children), and runs the loop until
+ * they are reaped and uv_loop_close can succeed. No event is reported while
+ * the loop is being freed.
  */
 #include <assert.h>
 #include <signal.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "internal.h"
 
-typedef struct sp__signal_s {
-  sp__handle_t h;
-  uv_signal_t signal;
-} sp__signal_t;
-
-/* ---- events and handle accounting ---------------------------------------- */
+/* ---- events -------------------------------------------------------------- */
 
 /* In virtual time, while waiting for I/O: the clock moves with the real
  * time (libuv refreshes its time after every poll). */
@@ -65,76 +60,6 @@ void sp__emit(sp_loop_t *loop, uint64_t token, int type, int64_t a,
   ev.len = len;
   ev.handle = handle;
   loop->cb(loop->ctx, token, &ev);
-}
-
-void sp__handle_link(sp_loop_t *loop, sp__handle_t *h, int kind,
-                     uint64_t token) {
-  h->loop = loop;
-  h->kind = kind;
-  h->token = token;
-  h->counted = 1;
-  h->next = &loop->handles;
-  h->prev = loop->handles.prev;
-  h->prev->next = h;
-  loop->handles.prev = h;
-  loop->handle_count++;
-}
-
-void sp__handle_unlink(sp__handle_t *h) {
-  sp_loop_t *loop = h->loop;
-
-  if (!h->counted)
-    return;
-  h->counted = 0;
-  h->prev->next = h->next;
-  h->next->prev = h->prev;
-  loop->handle_count--;
-  /* The handle structs start with their sp__handle_t, so `h` is also the
-   * pointer the owner holds. */
-  sp__emit(loop, h->token, SP_EV_CLOSED, 0, 0, NULL, 0, h);
-}
-
-void sp__alloc_cb(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
-  sp_loop_t *loop = (sp_loop_t *) handle->loop;
-
-  (void) suggested;
-  buf->base = loop->readbuf;
-  buf->len = sizeof(loop->readbuf);
-}
-
-static void write_cb(uv_write_t *req, int status) {
-  sp__write_t *w = (sp__write_t *) req;
-  sp_loop_t *loop = w->loop;
-
-  loop->inflight--;
-  sp__emit(loop, w->token, SP_EV_WRITE, status, 0, NULL, 0,
-           req->handle->data);
-  free(w);
-}
-
-int sp__stream_write(sp_loop_t *loop, uv_stream_t *stream, const char *data,
-                     size_t len, uint64_t write_token) {
-  sp__write_t *w;
-  uv_buf_t buf;
-  int err;
-
-  if (len > UINT32_MAX)
-    return UV_E2BIG;
-  w = malloc(sizeof(*w) + len);
-  if (w == NULL)
-    return UV_ENOMEM;
-  w->loop = loop;
-  w->token = write_token;
-  if (len > 0)
-    memcpy(w->data, data, len);
-  buf = uv_buf_init(w->data, (unsigned) len);
-  err = uv_write(&w->req, stream, &buf, 1, write_cb);
-  if (err) {
-    free(w);
-    return err;
-  }
-  loop->inflight++;
-  return 0;
 }
 
 /* ---- the loop ------------------------------------------------------------ */
@@ -213,39 +138,13 @@ int sp__loop_new(sp_loop_t **out, int virtual_time, sp_event_cb cb,
   return 0;
 }
 
-static void signal_close_cb(uv_handle_t *handle) {
-  sp__signal_t *s = handle->data;
-
-  sp__handle_unlink(&s->h);
-  free(s);
-}
-
 void sp__loop_free(sp_loop_t *loop) {
-  sp__handle_t *h;
   int err;
 
   assert(!loop->stepping);
   loop->freeing = 1;
   loop->cb = NULL;
-  /* Closing unlinks nothing at once (that happens in the close callbacks),
-   * so the list can be walked while closing. */
-  for (h = loop->handles.next; h != &loop->handles; h = h->next) {
-    if (h->closing)
-      continue;
-    switch (h->kind) {
-    case SP__KIND_PROC:
-      sp__proc_close((sp_proc_t *) h);
-      break;
-    case SP__KIND_TCP:
-      sp__tcp_close((sp_tcp_t *) h);
-      break;
-    case SP__KIND_SIGNAL:
-      h->closing = 1;
-      uv_close((uv_handle_t *) &((sp__signal_t *) h)->signal,
-               signal_close_cb);
-      break;
-    }
-  }
+  sp__handle_close_all(loop);
   uv_close((uv_handle_t *) &loop->timer, NULL);
   /* Runs until every child is reaped and every close callback ran. */
   while (uv_run(&loop->uv, UV_RUN_DEFAULT) != 0)
@@ -346,20 +245,6 @@ int sp__loop_step(sp_loop_t *loop, int nowait) {
   return loop->heap.count > 0 || uv_loop_alive(&loop->uv);
 }
 
-unsigned sp__loop_handle_count(const sp_loop_t *loop) {
-  return loop->handle_count;
-}
-
-unsigned sp__loop_closing_count(const sp_loop_t *loop) {
-  const sp__handle_t *h;
-  unsigned n = 0;
-
-  for (h = loop->handles.next; h != &loop->handles; h = h->next)
-    if (h->closing)
-      n++;
-  return n;
-}
-
 unsigned sp__loop_timer_count(const sp_loop_t *loop) {
   return loop->heap.count;
 }
@@ -390,37 +275,4 @@ int sp__timer_cancel(sp_loop_t *loop, uint64_t id) {
   if (err == 0 && loop->heap.count == 0)
     disarm(loop);
   return err;
-}
-
-/* ---- signals ------------------------------------------------------------- */
-
-static void signal_cb(uv_signal_t *handle, int signum) {
-  sp__signal_t *s = handle->data;
-
-  sp__emit(s->h.loop, s->h.token, SP_EV_SIGNAL, signum, 0, NULL, 0, NULL);
-}
-
-int sp__signal_watch(sp_loop_t *loop, int signum, uint64_t token) {
-  sp__signal_t *s;
-  int err;
-
-  s = calloc(1, sizeof(*s));
-  if (s == NULL)
-    return UV_ENOMEM;
-  s->h.loop = loop;
-  err = uv_signal_init(&loop->uv, &s->signal);
-  if (err) {
-    free(s);
-    return err;
-  }
-  s->signal.data = s;
-  err = uv_signal_start(&s->signal, signal_cb, signum);
-  if (err) {
-    /* Not linked: freed in the close callback without an event. */
-    uv_close((uv_handle_t *) &s->signal, signal_close_cb);
-    return err;
-  }
-  uv_unref((uv_handle_t *) &s->signal);
-  sp__handle_link(loop, &s->h, SP__KIND_SIGNAL, token);
-  return 0;
 }

@@ -1,7 +1,7 @@
 /* The libuv glue under the sprun scheduler: one loop, a timer heap, child
  * processes, TCP sockets and signals. No Lua here: every completion is
  * reported through one C callback with the token its owner chose, and the
- * Lua binding (runtime/lua/loop.c) turns tokens back into tasks.
+ * Lua binding (runtime/lua/) turns tokens back into tasks.
  *
  * Private to sprun: these names are not part of the public sprun.h.
  *
@@ -101,6 +101,10 @@ unsigned sp__loop_handle_count(const sp_loop_t *loop);
 /* Of those, the ones being closed (their SP_EV_CLOSED is still to come). */
 unsigned sp__loop_closing_count(const sp_loop_t *loop);
 unsigned sp__loop_timer_count(const sp_loop_t *loop);
+
+/* Closes a handle of any kind (a process, a socket) as its own sp__*_close
+ * does, for a caller that treats them alike. */
+void sp__handle_close(void *handle);
 
 /* ---- timers (a binary heap; O(log n) add and cancel) ---------------------- */
 

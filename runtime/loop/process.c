@@ -201,6 +201,11 @@ static void close_all(sp_proc_t *p) {
   close_handle((uv_handle_t *) &p->grace);
 }
 
+/* The process's close function, for sp__loop_free. */
+static void proc_close(sp__handle_t *h) {
+  sp__proc_close((sp_proc_t *) h);
+}
+
 int sp__proc_spawn(sp_loop_t *loop, const sp_proc_options_t *options,
                    uint64_t token, sp_proc_t **out, int *pid) {
   uv_process_options_t opts;
@@ -267,7 +272,7 @@ int sp__proc_spawn(sp_loop_t *loop, const sp_proc_options_t *options,
     p->err_eof = 1;
     close_handle((uv_handle_t *) &p->err);
   }
-  sp__handle_link(loop, &p->h, SP__KIND_PROC, token);
+  sp__handle_link(loop, &p->h, proc_close, token);
   p->inflight = 1;
   loop->inflight++;
   *out = p;

@@ -62,6 +62,11 @@ static void tcp_discard(sp_tcp_t *t) {
   uv_close((uv_handle_t *) &t->tcp, close_cb);
 }
 
+/* The socket's close function, for sp__loop_free. */
+static void tcp_close(sp__handle_t *h) {
+  sp__tcp_close((sp_tcp_t *) h);
+}
+
 static void connect_cb(uv_connect_t *req, int status) {
   sp_tcp_t *t = req->handle->data;
 
@@ -90,7 +95,7 @@ int sp__tcp_connect(sp_loop_t *loop, const char *host, int port,
     return err;
   }
   loop->inflight++;
-  sp__handle_link(loop, &t->h, SP__KIND_TCP, token);
+  sp__handle_link(loop, &t->h, tcp_close, token);
   *out = t;
   return 0;
 }
@@ -119,7 +124,7 @@ static void connection_cb(uv_stream_t *server, int status) {
     sp__emit(loop, s->h.token, SP_EV_TCP_ACCEPT, err, 0, NULL, 0, NULL);
     return;
   }
-  sp__handle_link(loop, &c->h, SP__KIND_TCP, 0);
+  sp__handle_link(loop, &c->h, tcp_close, 0);
   sp__emit(loop, s->h.token, SP_EV_TCP_ACCEPT, 0, 0, NULL, 0, c);
 }
 
@@ -149,7 +154,7 @@ int sp__tcp_listen(sp_loop_t *loop, const char *host, int port, int backlog,
     *bound_port = ntohs(((struct sockaddr_in6 *) &addr)->sin6_port);
   else
     *bound_port = ntohs(((struct sockaddr_in *) &addr)->sin_port);
-  sp__handle_link(loop, &t->h, SP__KIND_TCP, token);
+  sp__handle_link(loop, &t->h, tcp_close, token);
   *out = t;
   return 0;
 }

@@ -1,25 +1,36 @@
-/* sprun.core: the classic Lua C module of sprun.
+/* sprun.core: the classic Lua C module of sprun, in one translation unit.
  *
- * The hot calls (breaker, health, retry) go through the LuaJIT FFI, which
- * needs the sp_* symbols and the struct layouts of sprun.h. This module is
- * what `require "sprun.core"` loads: it carries the core in the same shared
- * object, gives the version, and describes the layout of every struct the
- * FFI declares, so a test can check that lua/sprun/ffi.lua matches the C
- * header field by field.
+ * The hot calls (breaker, health, retry, timers) go through the LuaJIT
+ * FFI, which needs the sp_* symbols and the struct layouts of sprun.h.
+ * This module is what `require "sprun.core"` loads: it carries the core
+ * and the loop in the same shared object, gives the version and the
+ * layout of every struct the FFI declares (llayout.c), and binds the loop
+ * to Lua, one file per family of handles, luv-style: each is #included
+ * here, below, and everything in them is static (see private.h).
  *
  * It also holds the only clock reads of sprun: sp_clock_ms and sp_clock_ns
  * are plain C functions called through the FFI.
+ *
+ * The rule: the exported names are the entry points and nothing else:
+ * luaopen_sprun_core, the clocks, sp_loop_now_ms, sp_loop_clock and the
+ * sp_lua_timer_* calls. The trap: the included files depend on the files
+ * included before them, so their order below is the order of their
+ * dependencies (util.c first, then the registry, then the loop).
  */
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
 
-#include <lauxlib.h>
-#include <lua.h>
+#include "private.h"
 
-#include "sprun.h"
-#include "sprun_lua.h"
-#include "loop.h"
+#include "util.c"
+#include "lhandle.c"
+#include "lloop.c"
+#include "ltimer.c"
+#include "lprocess.c"
+#include "ltcp.c"
+#include "lsignal.c"
+#include "llayout.c"
 
 static uint64_t l_monotonic_ns(void) {
   struct timespec ts;
@@ -37,165 +48,47 @@ double sp_clock_ns(void) {
   return (double) l_monotonic_ns();
 }
 
-typedef struct {
-  const char *name;
-  size_t offset;
-} l_field_t;
-
-typedef struct {
-  const char *name;
-  size_t size;
-  const l_field_t *fields;
-} l_struct_t;
-
-#define L_FIELD(type, field) { #field, offsetof(type, field) }
-
-static const l_field_t l_breaker_config_fields[] = {
-  L_FIELD(sp_breaker_config_t, failure_threshold),
-  L_FIELD(sp_breaker_config_t, half_open_max_calls),
-  L_FIELD(sp_breaker_config_t, reset_timeout_ms),
-  L_FIELD(sp_breaker_config_t, window_type),
-  L_FIELD(sp_breaker_config_t, window_size),
-  L_FIELD(sp_breaker_config_t, window_ms),
-  L_FIELD(sp_breaker_config_t, window_buckets),
-  L_FIELD(sp_breaker_config_t, min_calls),
-  L_FIELD(sp_breaker_config_t, failure_rate),
-  L_FIELD(sp_breaker_config_t, slow_call_rate),
-  L_FIELD(sp_breaker_config_t, slow_call_ms),
-  { NULL, 0 }
+/* The methods of a loop, from every family. */
+static const luaL_Reg l_loop_methods[] = {
+  { "now", l_loop_now },
+  { "step", l_loop_step },
+  { "handle", l_loop_handle },
+  { "handle_count", l_loop_handle_count },
+  { "timer_count", l_loop_timer_count },
+  { "closing_count", l_loop_closing_count },
+  { "spawn", l_loop_spawn },
+  { "tcp_connect", l_loop_tcp_connect },
+  { "tcp_listen", l_loop_tcp_listen },
+  { "signal_watch", l_loop_signal_watch },
+  { "close", l_loop_close },
+  { NULL, NULL }
 };
-
-static const l_field_t l_breaker_bucket_fields[] = {
-  L_FIELD(sp_breaker_bucket_t, epoch),
-  L_FIELD(sp_breaker_bucket_t, calls),
-  L_FIELD(sp_breaker_bucket_t, failures),
-  L_FIELD(sp_breaker_bucket_t, slow),
-  L_FIELD(sp_breaker_bucket_t, pad_),
-  { NULL, 0 }
-};
-
-static const l_field_t l_breaker_fields[] = {
-  L_FIELD(sp_breaker_t, config),
-  L_FIELD(sp_breaker_t, state),
-  L_FIELD(sp_breaker_t, generation),
-  L_FIELD(sp_breaker_t, failure_count),
-  L_FIELD(sp_breaker_t, success_count),
-  L_FIELD(sp_breaker_t, half_open_calls),
-  L_FIELD(sp_breaker_t, opened_at_ms),
-  L_FIELD(sp_breaker_t, rejected_count),
-  L_FIELD(sp_breaker_t, total_successes),
-  L_FIELD(sp_breaker_t, total_failures),
-  L_FIELD(sp_breaker_t, ignored_count),
-  L_FIELD(sp_breaker_t, window_calls),
-  L_FIELD(sp_breaker_t, window_failures),
-  L_FIELD(sp_breaker_t, window_slow),
-  L_FIELD(sp_breaker_t, open_reason),
-  L_FIELD(sp_breaker_t, head_),
-  L_FIELD(sp_breaker_t, epoch_),
-  L_FIELD(sp_breaker_t, ring_),
-  L_FIELD(sp_breaker_t, buckets_),
-  { NULL, 0 }
-};
-
-static const l_field_t l_health_config_fields[] = {
-  L_FIELD(sp_health_config_t, max_crashes),
-  L_FIELD(sp_health_config_t, max_workers),
-  L_FIELD(sp_health_config_t, crash_window_ms),
-  { NULL, 0 }
-};
-
-static const l_field_t l_worker_stats_fields[] = {
-  L_FIELD(sp_worker_stats_t, crashes_in_window),
-  L_FIELD(sp_worker_stats_t, pad_),
-  L_FIELD(sp_worker_stats_t, total_crashes),
-  L_FIELD(sp_worker_stats_t, last_crash_ms),
-  { NULL, 0 }
-};
-
-static const l_field_t l_health_fields[] = {
-  L_FIELD(sp_health_t, config),
-  L_FIELD(sp_health_t, total_crashes),
-  L_FIELD(sp_health_t, crashes_in_window),
-  L_FIELD(sp_health_t, workers_with_crashes),
-  L_FIELD(sp_health_t, worker_count),
-  L_FIELD(sp_health_t, head_),
-  L_FIELD(sp_health_t, latest_),
-  L_FIELD(sp_health_t, times_),
-  L_FIELD(sp_health_t, owners_),
-  L_FIELD(sp_health_t, slots_),
-  L_FIELD(sp_health_t, idle_head_),
-  L_FIELD(sp_health_t, idle_tail_),
-  L_FIELD(sp_health_t, free_head_),
-  { NULL, 0 }
-};
-
-static const l_field_t l_retry_config_fields[] = {
-  L_FIELD(sp_retry_config_t, max_attempts),
-  L_FIELD(sp_retry_config_t, backoff_count),
-  L_FIELD(sp_retry_config_t, backoff_ms),
-  L_FIELD(sp_retry_config_t, backoff),
-  L_FIELD(sp_retry_config_t, base_backoff_ms),
-  L_FIELD(sp_retry_config_t, multiplier),
-  L_FIELD(sp_retry_config_t, max_backoff_ms),
-  L_FIELD(sp_retry_config_t, jitter),
-  L_FIELD(sp_retry_config_t, jitter_factor),
-  L_FIELD(sp_retry_config_t, seed),
-  { NULL, 0 }
-};
-
-static const l_field_t l_retry_fields[] = {
-  L_FIELD(sp_retry_t, config),
-  L_FIELD(sp_retry_t, rng_),
-  L_FIELD(sp_retry_t, previous_),
-  { NULL, 0 }
-};
-
-static const l_struct_t l_structs[] = {
-  { "sp_breaker_config_t", sizeof(sp_breaker_config_t),
-    l_breaker_config_fields },
-  { "sp_breaker_bucket_t", sizeof(sp_breaker_bucket_t),
-    l_breaker_bucket_fields },
-  { "sp_breaker_t", sizeof(sp_breaker_t), l_breaker_fields },
-  { "sp_health_config_t", sizeof(sp_health_config_t),
-    l_health_config_fields },
-  { "sp_worker_stats_t", sizeof(sp_worker_stats_t), l_worker_stats_fields },
-  { "sp_health_t", sizeof(sp_health_t), l_health_fields },
-  { "sp_retry_config_t", sizeof(sp_retry_config_t), l_retry_config_fields },
-  { "sp_retry_t", sizeof(sp_retry_t), l_retry_fields },
-  { NULL, 0, NULL }
-};
-
-/* layout() -> { struct_name = { size = N, offsets = { field = N, ... } } } */
-static int l_layout(lua_State *L) {
-  const l_struct_t *s;
-  const l_field_t *f;
-
-  lua_newtable(L);
-  for (s = l_structs; s->name != NULL; s++) {
-    lua_createtable(L, 0, 2);
-    lua_pushnumber(L, (lua_Number) s->size);
-    lua_setfield(L, -2, "size");
-    lua_newtable(L);
-    for (f = s->fields; f->name != NULL; f++) {
-      lua_pushnumber(L, (lua_Number) f->offset);
-      lua_setfield(L, -2, f->name);
-    }
-    lua_setfield(L, -2, "offsets");
-    lua_setfield(L, -2, s->name);
-  }
-  return 1;
-}
 
 static const luaL_Reg l_functions[] = {
   { "layout", l_layout },
+  { "loop_new", l_loop_new },
+  { "signal_name", l_signal_name },
+  { "uv_err_name", l_uv_err_name },
+  { "uv_strerror", l_uv_strerror },
   { NULL, NULL }
 };
 
 int luaopen_sprun_core(lua_State *L) {
+  int i;
+
+  l_new_metatable(L, LOOP_MT, l_loop_methods, l_loop_tostring, l_loop_close);
+  l_new_metatable(L, PROC_MT, l_proc_methods, l_proc_tostring, NULL);
+  l_new_metatable(L, TCP_MT, l_tcp_methods, l_tcp_tostring, NULL);
+
   lua_newtable(L);
   luaL_register(L, NULL, l_functions);
   lua_pushstring(L, SP_VERSION_STRING);
   lua_setfield(L, -2, "version");
-  sp__lua_loop_open(L);
+  l_push_signals(L);
+  lua_setfield(L, -2, "signals");
+  for (i = 0; l_events[i].name != NULL; i++) {
+    lua_pushinteger(L, l_events[i].type);
+    lua_setfield(L, -2, l_events[i].name);
+  }
   return 1;
 }

@@ -7,6 +7,8 @@
 package.path = arg[0]:match("^(.*)/[^/]*$") .. "/?.lua;" .. package.path
 local sprun = require "sprun"
 local core = require "sprun.core"
+local ffi = require "ffi"
+local C = require("sprun.ffi").C
 local H = require "harness"
 local ex = sprun.executor
 
@@ -94,12 +96,13 @@ local function heap_cost(n)
       fired = fired + 1
     end
   end, true)
+  local h = ffi.cast("void *", loop:handle())
   local now = loop:now()
   local rnd = math.random
   math.randomseed(7)
   local t0 = sprun.hrtime()
   for i = 1, n do
-    loop:timer_add(now + rnd(0, 999), i)
+    C.sp_lua_timer_add(h, now + rnd(0, 999), i, -1)
   end
   while fired < n do
     loop:step(false)

@@ -1,7 +1,10 @@
--- The loop binding of sprun.core, driven directly: timers, virtual time,
--- processes, TCP, closed handles, and a dispatcher that raises.
+-- The loop binding of sprun.core, driven directly: timers (through the
+-- FFI calls the scheduler makes), virtual time, processes, TCP, closed
+-- handles, and a dispatcher that raises.
 local h = require "helpers"
 local core = require "sprun.core"
+local ffi = require "ffi"
+local C = require("sprun.ffi").C
 
 local EV = {}
 for k, v in pairs(core) do
@@ -21,7 +24,22 @@ local function recorder(virtual)
       r.on_event(token, kind, a, b, data, handle)
     end
   end)
+  r.h = ffi.cast("void *", r.loop:handle())
   return r
+end
+
+-- The timer calls of the scheduler on the loop of `r`: an id, or a
+-- negative libuv code (whose name core.uv_err_name gives).
+local function add(r, deadline, token, seq)
+  return C.sp_lua_timer_add(r.h, deadline, token, seq or -1)
+end
+
+local function cancel(r, id)
+  return C.sp_lua_timer_cancel(r.h, id)
+end
+
+local function err_name(code)
+  return code < 0 and core.uv_err_name(code) or nil
 end
 
 -- Steps until pred() holds (or, without pred, until nothing is pending).
@@ -114,7 +132,9 @@ describe("sprun.core loop binding", function()
     local t0 = r.loop:now()
     local delays = { 30, 10, 20, 10, 0 }
     for i, d in ipairs(delays) do
-      assert.is_number(r.loop:timer_add(t0 + d, i))
+      local id = add(r, t0 + d, i)
+      assert.is_number(id)
+      assert.is_true(id >= 0)
     end
     assert.are.equal(5, r.loop:timer_count())
     run(r)
@@ -133,8 +153,8 @@ describe("sprun.core loop binding", function()
     r = recorder(true)
     local t0 = r.loop:now()
     local wall = os.time()
-    r.loop:timer_add(t0 + 3600000, 1)
-    r.loop:timer_add(t0 + 1000, 2)
+    add(r, t0 + 3600000, 1)
+    add(r, t0 + 1000, 2)
     run(r)
     assert.is_true(os.time() - wall <= 5)
     assert.are.equal(2, #r.ev)
@@ -148,21 +168,68 @@ describe("sprun.core loop binding", function()
   it("cancels timers; a cancelled or fired id cancels nothing", function()
     r = recorder(true)
     local t0 = r.loop:now()
-    local a = r.loop:timer_add(t0 + 10, 1)
-    local b = r.loop:timer_add(t0 + 10, 2)
+    local a = add(r, t0 + 10, 1)
+    local b = add(r, t0 + 10, 2)
     assert.are_not.equal(a, b)
-    assert.is_true(r.loop:timer_cancel(b))
-    assert.is_false(r.loop:timer_cancel(b))
-    assert.is_false(r.loop:timer_cancel(12345))
-    assert.is_false(r.loop:timer_cancel(-1))
+    assert.are.equal(0, cancel(r, b))
+    assert.are.equal("ENOENT", err_name(cancel(r, b)))
+    assert.are.equal("ENOENT", err_name(cancel(r, 12345)))
+    assert.are.equal("ENOENT", err_name(cancel(r, -1)))
+    assert.are.equal("ENOENT", err_name(cancel(r, 0.5)))
     run(r)
     assert.are.equal(1, #r.ev)
-    assert.is_false(r.loop:timer_cancel(a))
+    assert.are.equal("ENOENT", err_name(cancel(r, a)))
     -- Fractions of a ms round up: never early.
-    r.loop:timer_add(r.loop:now() + 0.25, 3)
+    add(r, r.loop:now() + 0.25, 3)
     local before = r.loop:now()
     run(r)
     assert.are.equal(before + 1, r.ev[2].now)
+  end)
+
+  it("gives the deadline of a timer ms from now: what timer_after arms",
+     function()
+    r = recorder(true)
+    local now = r.loop:now()
+    local function deadline(ms)
+      return C.sp_lua_timer_deadline(r.h, ms)
+    end
+    assert.are.equal(now, deadline(0))
+    assert.are.equal(now + 5, deadline(5))
+    -- A fraction of a ms rounds up: a timer never fires early.
+    assert.are.equal(now + 1, deadline(0.25))
+    assert.are.equal(now + 8, deadline(7.5))
+    assert.are.equal(now + 6, deadline(5.000001))
+    -- Clamped to 2^53 - 1, the last deadline a timer takes.
+    local max = 2 ^ 53 - 1
+    assert.are.equal(max, deadline(max - now))
+    assert.are.equal(max, deadline(max))
+    assert.are.equal(max, deadline(2 ^ 53))
+    assert.are.equal(max - 1, deadline(max - now - 1))
+    -- Out of range: a negative ms, NaN, infinity, past 2^53.
+    for _, ms in ipairs { -1, -0.25, 0 / 0, math.huge, -math.huge,
+                          2 ^ 53 + 2 } do
+      assert.are.equal("EINVAL", err_name(deadline(ms)))
+      assert.are.equal("EINVAL", err_name(
+        C.sp_lua_timer_after(r.h, ms, 1, -1)))
+    end
+    assert.are.equal(0, r.loop:timer_count())
+    -- sp_lua_timer_after arms exactly that deadline: the timer event's
+    -- `a` is its deadline, and virtual time jumps to it.
+    local want = deadline(7.5)
+    local id = C.sp_lua_timer_after(r.h, 7.5, 1, -1)
+    assert.is_true(id >= 0)
+    run(r)
+    assert.are.same({ 1, want, id, want },
+                    { r.ev[1].token, r.ev[1].a, r.ev[1].b, r.ev[1].now })
+    -- A clamped one too: armed at 2^53 - 1, then cancelled.
+    local far = C.sp_lua_timer_after(r.h, 2 ^ 53, 2, -1)
+    assert.is_true(far >= 0)
+    assert.are.equal(1, r.loop:timer_count())
+    assert.are.equal(0, cancel(r, far))
+    -- A closed loop: UV_EBADF, through the handle taken before.
+    r.loop:close()
+    assert.are.equal("EBADF", err_name(deadline(0)))
+    r = nil
   end)
 
   it("reports a process's output, exit code and signal", function()
@@ -354,6 +421,7 @@ describe("sprun.core loop binding", function()
   it("keeps going when the dispatcher raises", function()
     local script = [[
       local core = require "sprun.core"
+      local C = require("sprun.ffi").C
       local loop
       loop = core.loop_new(true, function(token)
         if token == 1 then error("boom") end
@@ -361,17 +429,20 @@ describe("sprun.core loop binding", function()
           __tostring = function() return "object boom" end })) end
         print("token " .. token)
       end)
+      local lh = require("ffi").cast("void *", loop:handle())
       local t0 = loop:now()
-      loop:timer_add(t0 + 1, 1)
-      loop:timer_add(t0 + 2, 2)
-      loop:timer_add(t0 + 3, 3)
+      C.sp_lua_timer_add(lh, t0 + 1, 1, -1)
+      C.sp_lua_timer_add(lh, t0 + 2, 2, -1)
+      C.sp_lua_timer_add(lh, t0 + 3, 3, -1)
       while loop:step(false) do end
       loop:close()
       print("done")
     ]]
     local res = h.run("luajit -e " .. h.shell_quote(
       "package.cpath = " .. string.format("%q", package.cpath)
-      .. " .. ';' .. package.cpath") .. " -e " .. h.shell_quote(script))
+      .. " .. ';' .. package.cpath; package.path = "
+      .. string.format("%q", package.path) .. " .. ';' .. package.path")
+      .. " -e " .. h.shell_quote(script))
     assert.are.equal(0, res.code)
     assert.are.equal("token 3\ndone\n", res.stdout)
     assert.matches("sprun: error in event dispatch: [^\n]*boom",
@@ -388,7 +459,7 @@ describe("sprun.core loop binding", function()
       step_err = select(2, pcall(r.loop.step, r.loop))
       close_err = select(2, pcall(r.loop.close, r.loop))
     end
-    r.loop:timer_add(r.loop:now(), 1)
+    add(r, r.loop:now(), 1)
     run(r)
     assert.matches("inside loop:step", step_err)
     assert.matches("inside loop:step", close_err)
@@ -397,9 +468,21 @@ describe("sprun.core loop binding", function()
   it("raises on misuse and on a closed loop", function()
     r = recorder(true)
     local loop = r.loop
-    assert.has_error(function() loop:timer_add(-1, 1) end)
-    assert.has_error(function() loop:timer_add(0, 2 ^ 53) end)
-    assert.has_error(function() loop:timer_add(0, 1.5) end)
+    -- The timer calls, made through the FFI, answer misuse with UV_EINVAL
+    -- (a deadline, token or seq out of range) instead of raising.
+    assert.are.equal("EINVAL", err_name(add(r, -1, 1)))
+    assert.are.equal("EINVAL", err_name(add(r, 2 ^ 53, 1)))
+    assert.are.equal("EINVAL", err_name(add(r, 0 / 0, 1)))
+    assert.are.equal("EINVAL", err_name(add(r, 0, 2 ^ 53)))
+    assert.are.equal("EINVAL", err_name(add(r, 0, -1)))
+    assert.are.equal("EINVAL", err_name(add(r, 0, 1.5)))
+    assert.are.equal("EINVAL", err_name(add(r, 0, 1, 0.5)))
+    assert.are.equal("EINVAL", err_name(add(r, 0, 1, 2 ^ 53)))
+    assert.are.equal("EINVAL", err_name(
+      C.sp_lua_timer_after(r.h, -1, 1, -1)))
+    assert.are.equal("EINVAL", err_name(
+      C.sp_lua_timer_after(r.h, 0, 1.5, -1)))
+    assert.are.equal(0, loop:timer_count())
     assert.has_error(function() loop:spawn({ file = "sh", bogus = 1 }, 1) end)
     assert.has_error(function() loop:spawn({ args = { "sh" } }, 1) end)
     assert.has_error(function() loop:spawn({ file = "sh", args = { 1 } }, 1)
@@ -411,10 +494,17 @@ describe("sprun.core loop binding", function()
     assert.has_error(function() loop:signal_watch("SIGNOPE", 1) end)
     loop:close()
     loop:close()
-    for _, m in ipairs { "now", "step", "handle_count", "timer_count" } do
+    for _, m in ipairs { "now", "step", "handle", "handle_count",
+                         "timer_count", "closing_count" } do
       assert.has_error(function() loop[m](loop) end,
                        "sprun.core: loop is closed")
     end
+    -- The handle taken before the close stays safe to use: UV_EBADF.
+    assert.are.equal("EBADF", err_name(add(r, 0, 1)))
+    assert.are.equal("EBADF", err_name(C.sp_lua_timer_after(r.h, 0, 1, -1)))
+    assert.are.equal("EBADF", err_name(cancel(r, 0)))
+    assert.are.equal("EBADF", err_name(C.sp_lua_timer_reserve(r.h)))
+    assert.are.equal("EBADF", err_name(C.sp_lua_timer_deadline(r.h, 0)))
     r = nil
   end)
 
@@ -442,7 +532,7 @@ describe("sprun.core loop binding", function()
     pcall(ffi.cdef, "double sp_loop_now_ms(void);")
     local lib = ffi.load(package.searchpath("sprun.core", package.cpath))
     r = recorder(true)
-    r.loop:timer_add(r.loop:now() + 5000000, 1)
+    add(r, r.loop:now() + 5000000, 1)
     run(r)
     assert.are.equal(r.loop:now(), lib.sp_loop_now_ms())
     r.loop:close()

@@ -3,13 +3,16 @@
 -- execute_batch run an operation inline until it waits, then as a real,
 -- cancellable task; a cancellation during the inline part is seen as an
 -- await would see it; equal deadlines keep the order of arming; the
--- collector's pause comes back after bulk work; and the loop binding's
--- timer additions (ids in timer events, batched timer events, reserved
--- places among equal deadlines). Every run checks that no handle is left.
+-- collector's pause comes back after bulk work; and the timer calls of the
+-- loop binding (sp_lua_timer_*: ids in timer events, batched timer events,
+-- reserved places among equal deadlines). Every run checks that no handle
+-- is left.
 local h = require "helpers"
 local sp = require "sprun"
 local sched = require "sprun.sched"
 local core = require "sprun.core"
+local ffi = require "ffi"
+local C = require("sprun.ffi").C
 
 local ex = sp.executor
 local run = h.run_tasks
@@ -457,14 +460,24 @@ describe("sprun.core timers", function()
       r.ev[#r.ev + 1] = { token = token, type = kind_, a = a, b = b,
                           list = list and { unpack(list, 1, 2 * a) } }
     end, batch)
+    r.h = ffi.cast("void *", r.loop:handle())
     return r
+  end
+
+  -- The scheduler's timer calls on the loop of `r` (seq: -1 for none).
+  local function add(r, deadline, token, seq)
+    return C.sp_lua_timer_add(r.h, deadline, token, seq or -1)
+  end
+
+  local function after(r, ms, token, seq)
+    return C.sp_lua_timer_after(r.h, ms, token, seq or -1)
   end
 
   it("a timer event carries the timer's id", function()
     local r = recorder(false)
     local now = r.loop:now()
-    local id1 = r.loop:timer_add(now + 5, 7)
-    local id2 = r.loop:timer_after(5, 8)
+    local id1 = add(r, now + 5, 7)
+    local id2 = after(r, 5, 8)
     while r.loop:step(false) do end
     r.loop:close()
     assert.are.same({ { 7, id1 }, { 8, id2 } },
@@ -477,8 +490,8 @@ describe("sprun.core timers", function()
     local r = recorder(true)
     local now = r.loop:now()
     local ids = {}
-    for i = 1, 3 do ids[i] = r.loop:timer_add(now + 10, 100 + i) end
-    local lone = r.loop:timer_add(now + 20, 200)
+    for i = 1, 3 do ids[i] = add(r, now + 10, 100 + i) end
+    local lone = add(r, now + 20, 200)
     while r.loop:step(false) do end
     r.loop:close()
     assert.are.equal(2, #r.ev)
@@ -493,19 +506,20 @@ describe("sprun.core timers", function()
      .. "after the reservation", function()
     local r = recorder(false)
     local now = r.loop:now()
-    r.loop:timer_add(now + 10, 1)
-    local seq = r.loop:timer_reserve()
-    r.loop:timer_add(now + 10, 2)
-    r.loop:timer_after(10, 3, seq)
-    r.loop:timer_add(now + 5, 4)
+    add(r, now + 10, 1)
+    local seq = C.sp_lua_timer_reserve(r.h)
+    add(r, now + 10, 2)
+    after(r, 10, 3, seq)
+    add(r, now + 5, 4)
     while r.loop:step(false) do end
     local order = {}
     for i, e in ipairs(r.ev) do order[i] = e.token end
     -- A seq never handed out is refused.
-    local ok, ename = r.loop:timer_add(now + 1, 5, 1e9)
+    local code = add(r, now + 1, 5, 1e9)
+    local code_after = after(r, 1, 5, 1e9)
     r.loop:close()
     assert.are.same({ 4, 1, 3, 2 }, order)
-    assert.is_nil(ok)
-    assert.are.equal("EINVAL", ename)
+    assert.are.equal("EINVAL", core.uv_err_name(code))
+    assert.are.equal("EINVAL", core.uv_err_name(code_after))
   end)
 end)

@@ -1,0 +1,112 @@
+/* Sockets in Lua: loop:tcp_connect, loop:tcp_listen and the methods of a
+ * socket userdata.
+ *
+ * The rule: a connect, a write and the data read come as events to the
+ * loop's dispatcher, with the socket userdata as their handle; a socket
+ * that a listener accepted arrives as the handle of its SP_EV_TCP_ACCEPT,
+ * a new userdata (see l_dispatch_event), with the token 0 until
+ * set_token gives it one, and not reading until read_start.
+ *
+ * The trap: a failed connect leaves the socket open (the event says it
+ * failed): the owner closes it like any other, or it stays in the loop's
+ * registry until the loop closes.
+ */
+#include "private.h"
+
+static int l_loop_tcp_connect(lua_State *L) {
+  l_loop_t *ll = l_check_loop(L, 1);
+  const char *host = luaL_checkstring(L, 2);
+  int port = l_check_int(L, 3, 1, 65535, "port");
+  uint64_t token = l_check_uint(L, 4, "token");
+  sp_tcp_t *tcp;
+  l_handle_t *h;
+  int err;
+
+  h = l_new_handle(L, TCP_MT);
+  err = sp__tcp_connect(ll->loop, host, port, token, &tcp);
+  if (err)
+    return l_push_error(L, err);
+  l_register(L, ll, h, tcp);
+  return 1;
+}
+
+static int l_loop_tcp_listen(lua_State *L) {
+  l_loop_t *ll = l_check_loop(L, 1);
+  const char *host = luaL_checkstring(L, 2);
+  int port = l_check_int(L, 3, 0, 65535, "port");
+  int backlog = 128;
+  uint64_t token = l_check_uint(L, 5, "token");
+  sp_tcp_t *tcp;
+  l_handle_t *h;
+  int bound;
+  int err;
+
+  if (!lua_isnoneornil(L, 4))
+    backlog = l_check_int(L, 4, 1, 65535, "backlog");
+  h = l_new_handle(L, TCP_MT);
+  err = sp__tcp_listen(ll->loop, host, port, backlog, token, &tcp, &bound);
+  if (err)
+    return l_push_error(L, err);
+  l_register(L, ll, h, tcp);
+  lua_pushinteger(L, bound);
+  return 2;
+}
+
+static int l_tcp_set_token(lua_State *L) {
+  l_handle_t *h = luaL_checkudata(L, 1, TCP_MT);
+  uint64_t token = l_check_uint(L, 2, "token");
+
+  if (h->ptr == NULL)
+    return l_push_closed(L);
+  sp__tcp_set_token(h->ptr, token);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_tcp_read_start(lua_State *L) {
+  l_handle_t *h = luaL_checkudata(L, 1, TCP_MT);
+
+  if (h->ptr == NULL)
+    return l_push_closed(L);
+  return l_push_result(L, sp__tcp_read_start(h->ptr));
+}
+
+static int l_tcp_read_stop(lua_State *L) {
+  l_handle_t *h = luaL_checkudata(L, 1, TCP_MT);
+
+  if (h->ptr == NULL)
+    return l_push_closed(L);
+  return l_push_result(L, sp__tcp_read_stop(h->ptr));
+}
+
+static int l_tcp_write(lua_State *L) {
+  l_handle_t *h = luaL_checkudata(L, 1, TCP_MT);
+  size_t len;
+  const char *data = luaL_checklstring(L, 2, &len);
+  uint64_t token = l_check_uint(L, 3, "write token");
+
+  if (h->ptr == NULL)
+    return l_push_closed(L);
+  return l_push_result(L, sp__tcp_write(h->ptr, data, len, token));
+}
+
+static int l_tcp_close(lua_State *L) {
+  return l_handle_close(L, TCP_MT);
+}
+
+static int l_tcp_tostring(lua_State *L) {
+  l_handle_t *h = luaL_checkudata(L, 1, TCP_MT);
+
+  lua_pushfstring(L, "sprun.core.tcp (%s): %p", h->ptr ? "open" : "closed",
+                  (void *) h);
+  return 1;
+}
+
+static const luaL_Reg l_tcp_methods[] = {
+  { "set_token", l_tcp_set_token },
+  { "read_start", l_tcp_read_start },
+  { "read_stop", l_tcp_read_stop },
+  { "write", l_tcp_write },
+  { "close", l_tcp_close },
+  { NULL, NULL }
+};
