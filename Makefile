@@ -150,6 +150,8 @@ soak: deps
 	$(BIN) scripts/soak.lua
 
 LUADIR := $(DESTDIR)$(PREFIX)/share/lua/5.1
+# The folders of lua/sprun/ (sched, io, telemetry, ...), installed alike.
+LUA_SUBDIRS = $(notdir $(patsubst %/,%,$(wildcard lua/sprun/*/)))
 CMODDIR := $(DESTDIR)$(PREFIX)/lib/lua/5.1
 
 install: build
@@ -157,6 +159,10 @@ install: build
 	  $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include
 	install -m 755 $(BIN) $(DESTDIR)$(PREFIX)/bin/sprun
 	install -m 644 lua/sprun/*.lua $(LUADIR)/sprun/
+	for d in $(LUA_SUBDIRS); do \
+	  install -d $(LUADIR)/sprun/$$d && \
+	  install -m 644 lua/sprun/$$d/*.lua $(LUADIR)/sprun/$$d/ || exit 1; \
+	done
 	install -m 755 $(MODULE) $(CMODDIR)/sprun/core.so
 	install -m 644 $(LIB) $(DESTDIR)$(PREFIX)/lib/libsprun.a
 	install -m 644 runtime/include/sprun.h $(DESTDIR)$(PREFIX)/include/sprun.h

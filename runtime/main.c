@@ -310,15 +310,15 @@ static int exit_status(lua_Number n) {
   return (int)n & 0xff;
 }
 
-/* Runs the chunk on top of the stack as the main task of the scheduler
- * (sprun.sched.main), which returns the exit status and, after an uncaught
- * error, the message with its traceback. */
+/* Runs the chunk on top of the stack through sprun.cli.main, which sets
+ * up what the options ask for (policy file, telemetry sinks, metrics),
+ * runs the chunk as the main task and returns the exit status and, after
+ * an uncaught error, the message with its traceback. */
 static int run(lua_State *L, int argc, char **argv, const options_t *o) {
   int nargs;
   int i;
   int rc;
   int base;
-  int telemetry;
 
   luaL_openlibs(L);
   preload_core(L);
@@ -328,18 +328,7 @@ static int run(lua_State *L, int argc, char **argv, const options_t *o) {
   lua_pushcfunction(L, traceback);
   base = lua_gettop(L);
   lua_getglobal(L, "require");
-  /* With a telemetry option, sprun.telemetry.main sets the sinks up and
-   * then calls sprun.sched.main. */
-  telemetry = o->telemetry != NULL || o->log_events ||
-              o->metrics_host[0] != '\0';
-  /* With --policy, sprun.policy.main loads the file first and then calls
-   * one of those. */
-  if (o->policy != NULL)
-    lua_pushliteral(L, "sprun.policy");
-  else if (telemetry)
-    lua_pushliteral(L, "sprun.telemetry");
-  else
-    lua_pushliteral(L, "sprun.sched");
+  lua_pushliteral(L, "sprun.cli");
   if (lua_pcall(L, 1, 1, base) != 0) {
     fprintf(stderr, "sprun: cannot load the sprun library: %s\n",
             lua_tostring(L, -1));

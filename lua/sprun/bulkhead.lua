@@ -12,6 +12,7 @@
 local check = require "sprun.check"
 local options = require "sprun.options"
 local sched = require "sprun.sched"
+local kernel = require "sprun.sched.kernel"
 local errors = require "sprun.errors"
 local telemetry = require "sprun.telemetry"
 
@@ -37,7 +38,6 @@ local SPEC = {
                      default = 10 },
   max_queue = { "integer", min = 0, limit = check.UINT32_MAX, default = 0 },
 }
-_M._SPEC = SPEC
 
 local parse_options = options.parser("bulkhead.new", SPEC)
 
@@ -83,10 +83,10 @@ local function grant(self)
     local w = q[self._head]
     q[self._head] = nil
     self._head = self._head + 1
-    if not w.task.cancelled then
+    if not kernel.is_cancelled(w.task) then
       w.granted = true
       take_slot(self)
-      sched._enqueue(w.task, sched.WAKE_IO)
+      kernel.wake_task(w.task)
     end
   end
   -- An emptied queue starts again at 1 in a new table (the old one may
@@ -128,9 +128,9 @@ local function acquire(self, fname)
   if take(self) then
     return true
   end
-  local task = sched.current()
+  local task = kernel.current()
   if task == nil then
-    sched.check_caller(fname)
+    kernel.check_caller(fname)
   end
   if task == nil or queued(self) >= self._max_queue then
     return reject(self)
@@ -140,7 +140,7 @@ local function acquire(self, fname)
   self._tail = self._tail + 1
   q[self._tail] = w
   while not w.granted do
-    local ok, why = pcall(sched._wait, task)
+    local ok, why = pcall(kernel.wait, task)
     if not ok then
       if w.granted then
         release(self)
@@ -184,7 +184,6 @@ local function call_in_task(self, fname, fn, ...)
   end
   return finish(self, pcall(fn, ...))
 end
-_M._call_in_task = call_in_task
 
 -- Runs fn(...) in a slot; returns its values, or nil and a bulkhead_full
 -- error without running it. A raised error is raised again (the slot is
@@ -192,7 +191,7 @@ _M._call_in_task = call_in_task
 function _M.call(self, fn, ...)
   check_self(self, mt, "bulkhead.call", WHAT)
   check.func("bulkhead.call", "fn", fn)
-  sched.check_caller("bulkhead.call")
+  kernel.check_caller("bulkhead.call")
   return sched.in_task(call_in_task, self, "bulkhead.call", fn, ...)
 end
 

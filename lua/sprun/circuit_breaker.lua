@@ -22,23 +22,23 @@
 -- reset timeout has not run out rejecting one. Both are a few loads and
 -- stores on the sp_breaker_t, doing exactly what sp_breaker_acquire and
 -- sp_breaker_record would (see fast_finish and call); everything else, and
--- every transition, goes through the C state machine.
+-- every transition, goes through the C state machine. The struct, its
+-- options and its stats are circuit_breaker/struct.lua's.
 
 local sp = require "sprun.ffi"
 local check = require "sprun.check"
-local options = require "sprun.options"
 local clock = require "sprun.clock"
-local sched = require "sprun.sched"
+local kernel = require "sprun.sched.kernel"
 local errors = require "sprun.errors"
 local telemetry = require "sprun.telemetry"
+local registry = require "sprun.telemetry.registry"
+local struct = require "sprun.circuit_breaker.struct"
 
 local ffi = sp.ffi
 local C = sp.C
 local band = require("bit").band
 local error = error
 local pcall = pcall
-local ipairs = ipairs
-local tostring = tostring
 local tonumber = tonumber
 local setmetatable = setmetatable
 local getmetatable = getmetatable
@@ -50,9 +50,6 @@ local observed = telemetry.observed
 local emit = telemetry.emit
 
 local type = type
-local pairs = pairs
-local describe = check.describe
-local expect_integer = check.expect_integer
 local now_ms = clock.now
 local OPENED = sp.SP_BREAKER_OPENED
 local FORCED_OPENED = sp.SP_BREAKER_FORCED_OPENED
@@ -69,20 +66,9 @@ local SUCCESS = sp.SP_OUTCOME_SUCCESS
 local FAILURE = sp.SP_OUTCOME_FAILURE
 local NEUTRAL = sp.SP_OUTCOME_NEUTRAL
 
-local STATE_NAMES = {
-  [sp.SP_BREAKER_STATE_CLOSED] = "closed",
-  [sp.SP_BREAKER_STATE_OPEN] = "open",
-  [sp.SP_BREAKER_STATE_HALF_OPEN] = "half_open",
-  [sp.SP_BREAKER_STATE_FORCED_OPEN] = "forced_open",
-  [sp.SP_BREAKER_STATE_DISABLED] = "disabled",
-  [sp.SP_BREAKER_STATE_ISOLATED] = "isolated",
-}
-
-local OPEN_REASONS = {
-  [sp.SP_OPEN_REASON_FAILURES] = "failures",
-  [sp.SP_OPEN_REASON_FAILURE_RATE] = "failure_rate",
-  [sp.SP_OPEN_REASON_SLOW_CALL_RATE] = "slow_call_rate",
-}
+local STATE_NAMES = struct.STATE_NAMES
+local OPEN_REASONS = struct.OPEN_REASONS
+local parse_options = struct.parse_options
 
 local WHAT = "a circuit breaker"
 
@@ -109,134 +95,12 @@ local _M = {
 
 local mt = { __index = _M }
 
--- The window option: { type = "count", size = 100 } or
--- { type = "time", size_ms = 60000, buckets = 10 }. Returns what sprun.options
--- wants of a check: nil, or the expectation, the label and what was got.
-local WINDOW_KEYS = {
-  count = { type = true, size = true },
-  time = { type = true, size_ms = true, buckets = true },
-}
-local WINDOW_VALID = { count = "type, size", time = "type, size_ms, buckets" }
-
-local function check_window(w)
-  if type(w) ~= "table" then
-    return "must be a table"
-  end
-  local kind = w.type
-  if kind ~= "count" and kind ~= "time" then
-    return 'must be "count" or "time"', "window.type", describe(kind)
-  end
-  for k, v in pairs(w) do
-    if not WINDOW_KEYS[kind][k] then
-      return "is not a key of a " .. kind .. " window (valid keys: "
-             .. WINDOW_VALID[kind] .. ")", "window." .. tostring(k),
-             describe(v)
-    end
-  end
-  if kind == "count" then
-    local size = w.size
-    if size ~= nil then
-      local e = expect_integer(size, 1, sp.SP_BREAKER_MAX_WINDOW_SIZE)
-      if e then
-        return e, "window.size", describe(size)
-      end
-    end
-    return nil
-  end
-  local size_ms, buckets = w.size_ms, w.buckets
-  if size_ms ~= nil then
-    local e = expect_integer(size_ms, 1, check.MS_MAX)
-    if e then
-      return e, "window.size_ms", describe(size_ms)
-    end
-  end
-  if buckets ~= nil then
-    local e = expect_integer(buckets, 1, sp.SP_BREAKER_MAX_BUCKETS)
-    if e then
-      return e, "window.buckets", describe(buckets)
-    end
-  end
-  size_ms, buckets = size_ms or 60000, buckets or 10
-  if size_ms % buckets ~= 0 then
-    return "must be a multiple of window.buckets (" .. buckets .. ")",
-           "window.size_ms", describe(size_ms)
-  end
-  return nil
-end
-
--- Options that only a rate window reads.
-local RATE_OPTIONS = { "failure_rate", "min_calls", "slow_call_ms",
-                       "slow_call_rate" }
-
--- Options that only a rate window reads, given without one: misuse.
-local function check_rate_options(o)
-  if o.window == nil then
-    for _, k in ipairs(RATE_OPTIONS) do
-      if o[k] ~= nil then
-        return k, "is only read by a rate window (give option 'window')",
-               describe(o[k])
-      end
-    end
-  end
-end
-
-local parse_options = options.parser("circuit_breaker.start_link", {
-  name = { "string", required = true },
-  failure_threshold = { "integer", min = 1, limit = check.UINT32_MAX,
-                        default = 5 },
-  reset_timeout_ms = { "integer", min = 0, limit = check.MS_MAX,
-                       default = 30000 },
-  half_open_max_calls = { "integer", min = 0, limit = check.UINT32_MAX,
-                          default = 1 },
-  is_failure = { "function" },
-  clock = { "function" },
-  window = { check = check_window },
-  -- No defaults here, so that giving one without `window` can be told
-  -- apart; start_link fills them in.
-  failure_rate = { "number", min = 0, max = 1 },
-  min_calls = { "integer", min = 1, limit = check.UINT32_MAX },
-  slow_call_ms = { "integer", min = 1, limit = check.MS_MAX },
-  slow_call_rate = { "number", min = 0, max = 1 },
-}, check_rate_options)
-
--- Defaults of the rate-window options.
-_M.WINDOW_DEFAULTS = {
-  count_size = 100, time_size_ms = 60000, time_buckets = 10,
-  failure_rate = 0.5, min_calls = 10, slow_call_rate = 1.0,
-}
-local WD = _M.WINDOW_DEFAULTS
-
 function _M.start_link(opts)
   local o = parse_options(opts)
   local w = o.window
-  local b = ffi.new("sp_breaker_t")
-  local config = ffi.new("sp_breaker_config_t", {
-    failure_threshold = o.failure_threshold,
-    half_open_max_calls = o.half_open_max_calls,
-    reset_timeout_ms = o.reset_timeout_ms,
-    window_type = sp.SP_WINDOW_CONSECUTIVE,
-  })
-  if w ~= nil then
-    if w.type == "count" then
-      config.window_type = sp.SP_WINDOW_COUNT
-      config.window_size = w.size or WD.count_size
-    else
-      config.window_type = sp.SP_WINDOW_TIME
-      config.window_ms = w.size_ms or WD.time_size_ms
-      config.window_buckets = w.buckets or WD.time_buckets
-    end
-    config.failure_rate = o.failure_rate or WD.failure_rate
-    config.min_calls = o.min_calls or WD.min_calls
-    config.slow_call_rate = o.slow_call_rate or WD.slow_call_rate
-    config.slow_call_ms = o.slow_call_ms or 0
-  end
-  local rc = C.sp_breaker_init(b, config)
-  if rc < 0 then
-    return nil, errors.from_code(rc)
-  end
-  if w ~= nil then
-    -- A rate window owns a ring or buckets, freed with the breaker.
-    ffi.gc(b, C.sp_breaker_close)
+  local b, err = struct.new(o)
+  if b == nil then
+    return nil, err
   end
   local cb = setmetatable({
     -- call() is found on the breaker itself: a method looked up through
@@ -259,7 +123,7 @@ function _M.start_link(opts)
                                "circuit breaker '" .. o.name .. "' is open",
                                { name = o.name }),
   }, mt)
-  telemetry._register_breaker(cb)
+  registry.add_breaker(cb)
   return cb
 end
 
@@ -268,7 +132,7 @@ end
 local function transitions(self, mask)
   if band(mask, OPENED) ~= 0 and self._loop_clock then
     -- Turn half-open on time even if no call comes to notice.
-    sched.after(self._reset_timeout_ms, _M.state, self)
+    kernel.after(self._reset_timeout_ms, _M.state, self)
   end
   local hook = _M._on_transition
   local failures = self._b.failure_count
@@ -626,46 +490,7 @@ function _M.stats(self)
   if mask > 0 then
     transitions(self, mask)
   end
-  local s = {
-    name = self._name,
-    state = STATE_NAMES[b.state],
-    failure_count = b.failure_count,
-    success_count = b.success_count,
-    failure_threshold = b.config.failure_threshold,
-    half_open_calls = b.half_open_calls,
-    reset_timeout_ms = tonumber(b.config.reset_timeout_ms),
-    half_open_max_calls = b.config.half_open_max_calls,
-    opened_at_ms = tonumber(b.opened_at_ms),
-    rejected_count = tonumber(b.rejected_count),
-    total_successes = tonumber(b.total_successes),
-    total_failures = tonumber(b.total_failures),
-    ignored_count = tonumber(b.ignored_count),
-  }
-  local window = self._window
-  if window then
-    local c = b.config
-    local calls = tonumber(b.window_calls)
-    local failures = tonumber(b.window_failures)
-    local slow = tonumber(b.window_slow)
-    s.window_type = window
-    if window == "count" then
-      s.window_size = c.window_size
-    else
-      s.window_size_ms = tonumber(c.window_ms)
-      s.window_buckets = c.window_buckets
-    end
-    s.min_calls = c.min_calls
-    s.failure_rate_threshold = c.failure_rate
-    s.slow_call_rate_threshold = c.slow_call_rate
-    s.slow_call_ms = c.slow_call_ms > 0 and tonumber(c.slow_call_ms) or nil
-    s.window_calls = calls
-    s.window_failures = failures
-    s.window_slow_calls = slow
-    s.failure_rate = calls > 0 and failures / calls or 0
-    s.slow_call_rate = calls > 0 and slow / calls or 0
-    s.open_reason = OPEN_REASONS[b.open_reason]
-  end
-  return s
+  return struct.stats(b, self._name, self._window)
 end
 
 function _M.reset(self)

@@ -70,6 +70,11 @@ local function text(v)
 end
 _M.text = text
 
+-- text(v) on one line (a log line, a warning).
+function _M.one_line(v)
+  return (text(v):gsub("%s*\n%s*", " "))
+end
+
 -- An error value as the sprun executable prints it: a string or a number
 -- as it is, an object through its __tostring, any other value named by
 -- its type (a table's address says nothing). Never raises.

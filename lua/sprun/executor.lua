@@ -9,9 +9,12 @@
 -- The trap: user code runs under pcall here, and a cancellation of the
 -- calling task is raised through that code. A pcall that swallowed it would
 -- retry (or report) an operation that was meant to stop, so every pcall
--- hands a cancellation straight back (sched.reraise_cancel).
+-- hands a cancellation straight back (kernel.reraise_cancel).
 
 local sched = require "sprun.sched"
+local kernel = require "sprun.sched.kernel"
+local inline = require "sprun.sched.inline"
+local group = require "sprun.sched.group"
 local errors = require "sprun.errors"
 local check = require "sprun.check"
 local options = require "sprun.options"
@@ -74,7 +77,7 @@ end
 -- The outcome of one attempt: ok (a success), or false and the error.
 local function attempt_outcome(ok, a, b)
   if not ok then
-    sched.reraise_cancel(a)
+    kernel.reraise_cancel(a)
     return false, errors.raised(a)
   end
   if (a == nil or a == false) and b ~= nil then
@@ -123,7 +126,7 @@ local function retry(policy, fn, cb, pool, operation, ...)
   end
   local fname = cb and "executor.execute_with_protection"
                 or "executor.execute_with_retry"
-  if sched._sched() == nil then
+  if kernel.running() == nil then
     return sched.in_task(retry_run, policy, pool, operation, false, fname,
                          call_attempt, fn, cb, n, a1, a2, a3, args)
   end
@@ -157,7 +160,7 @@ function _M.execute_with_circuit_breaker(cb, fn, ...)
                     "must be a circuit breaker", cb)
   end
   check.func("executor.execute_with_circuit_breaker", "fn", fn)
-  sched.check_caller("executor.execute_with_circuit_breaker")
+  kernel.check_caller("executor.execute_with_circuit_breaker")
   return sched.in_task(cb.call, cb, fn, ...)
 end
 
@@ -171,24 +174,24 @@ local MS_MAX = check.MS_MAX
 local next = next
 
 local function timeout_in_task(fn, ms, n, a1, a2, a3, args)
-  return sched.run_child(ms, fn, n, a1, a2, a3, args)
+  return inline.run_child(ms, fn, n, a1, a2, a3, args)
 end
 
 -- execute_with_timeout once its arguments are taken apart (a tail call
 -- from it, so that errors raised here at level 3 still name the user's
 -- line, and the JIT never has to return into the vararg function).
 local function timeout_args(fn, opts, n, a1, a2, a3, args)
-  local inline = sched.in_context()
-  if not inline then
-    sched.check_caller("executor.execute_with_timeout")
+  local in_context = kernel.in_context()
+  if not in_context then
+    kernel.check_caller("executor.execute_with_timeout")
   end
   local ms = type(opts) == "table" and opts.timeout_ms
   if type(ms) ~= "number" or not (ms >= 0 and ms <= MS_MAX)
      or next(opts) ~= "timeout_ms" or next(opts, "timeout_ms") ~= nil then
     ms = parse_timeout(opts).timeout_ms
   end
-  if inline then
-    return sched.run_child(ms, fn, n, a1, a2, a3, args)
+  if in_context then
+    return inline.run_child(ms, fn, n, a1, a2, a3, args)
   end
   return sched.in_task(timeout_in_task, fn, ms, n, a1, a2, a3, args)
 end
@@ -197,7 +200,7 @@ end
 -- cancelled for real (timers stopped, processes killed, sockets closed) and
 -- the caller gets nil, err (kind "timeout"). A raised error gives kind
 -- "task_crashed" with the error and its traceback in details. The child
--- runs inline until it first waits (sched.run_child): an operation that
+-- runs inline until it first waits (inline.run_child): an operation that
 -- returns at once costs no task and no timer. Options made of a valid
 -- timeout_ms alone are taken without the full parser.
 function _M.execute_with_timeout(fn, opts, ...)
@@ -227,10 +230,10 @@ end
 
 -- The items run as children of the calling task, at most max_concurrency
 -- at a time, each inline until it waits and with its own timeout
--- (sched.run_group).
+-- (sched/group.lua).
 local function batch_in_task(fns, o)
   local n = #fns
-  return sched.run_group(fns, o.timeout_ms, min(o.max_concurrency or n, n),
+  return group.run(fns, o.timeout_ms, min(o.max_concurrency or n, n),
                          batch_entry)
 end
 
@@ -266,7 +269,7 @@ end
 function _M.execute_batch(fns, opts)
   check_fns(fns)
   local o = parse_batch(opts)
-  sched.check_caller("executor.execute_batch")
+  kernel.check_caller("executor.execute_batch")
   if #fns == 0 then
     return {}
   end
@@ -297,7 +300,7 @@ end
 -- Outside a running loop, runs the task to completion first.
 function _M.execute_async(fn, ...)
   check.func("executor.execute_async", "fn", fn)
-  if sched._sched() ~= nil then
+  if kernel.running() ~= nil then
     return sched.spawn(fn, ...)
   end
   local args = tables.pack(...)

@@ -14,9 +14,10 @@ local sp = require "sprun.ffi"
 local check = require "sprun.check"
 local options = require "sprun.options"
 local clock = require "sprun.clock"
-local sched = require "sprun.sched"
+local kernel = require "sprun.sched.kernel"
 local errors = require "sprun.errors"
 local telemetry = require "sprun.telemetry"
+local registry = require "sprun.telemetry.registry"
 
 local ffi = sp.ffi
 local C = sp.C
@@ -80,7 +81,7 @@ function _M.start_link(opts)
     _slot_out = ffi.new("uint32_t[2]"),
     _worker_out = ffi.new("sp_worker_stats_t"),
   }, mt)
-  telemetry._register_monitor(hm)
+  registry.add_monitor(hm)
   return hm
 end
 
@@ -111,19 +112,19 @@ end
 -- window are dropped (queries stay exact without it; this keeps the counts
 -- read from stats() fresh and frees idle workers' slots for reuse).
 local function cleanup(self)
-  if self._cleanup_sched ~= sched.running() then
+  if self._cleanup_sched ~= kernel.running() then
     self._cleanup_sched = nil
     return
   end
   C.sp_health_expire(self._h, self._clock())
-  sched.after(self._check_interval_ms, cleanup, self)
+  kernel.after(self._check_interval_ms, cleanup, self)
 end
 
 local function arm_cleanup(self)
-  local running = sched.running()
+  local running = kernel.running()
   if running ~= nil and self._cleanup_sched ~= running then
     self._cleanup_sched = running
-    sched.after(self._check_interval_ms, cleanup, self)
+    kernel.after(self._check_interval_ms, cleanup, self)
   end
 end
 

@@ -1,8 +1,8 @@
 -- sprun: fault tolerance for LuaJIT. Every module is also usable on its
 -- own: require "sprun.circuit_breaker", "sprun.health_monitor",
 -- "sprun.retry_policy", "sprun.errors", "sprun.executor", "sprun.process",
--- "sprun.tcp", "sprun.telemetry",
--- "sprun.pipeline", "sprun.bulkhead", "sprun.policy".
+-- "sprun.tcp", "sprun.telemetry", "sprun.pipeline", "sprun.bulkhead",
+-- "sprun.policy", "sprun.sched".
 
 local sp = require "sprun.ffi"
 local clock = require "sprun.clock"

@@ -18,11 +18,13 @@
 --
 -- The trap: a raised error inside an attempt must reach the retry loop as
 -- an error value, but a cancellation of the calling task must go straight
--- up (sched.reraise_cancel), never be retried or handed to the fallback.
+-- up (kernel.reraise_cancel), never be retried or handed to the fallback.
 
 local check = require "sprun.check"
 local options = require "sprun.options"
 local sched = require "sprun.sched"
+local kernel = require "sprun.sched.kernel"
+local inline = require "sprun.sched.inline"
 local errors = require "sprun.errors"
 local retry_policy = require "sprun.retry_policy"
 local circuit_breaker = require "sprun.circuit_breaker"
@@ -372,9 +374,9 @@ local function timeout_stage(self, c, fn, args)
     return call_stage(self, fn, args)
   end
   trace("timeout", self)
-  sched.check_caller("pipeline.execute")
-  -- A child task, run inline until it first waits (sched.run_child).
-  return sched.run_child(c.timeout_ms, call_stage, 3, self, fn, args)
+  kernel.check_caller("pipeline.execute")
+  -- A child task, run inline until it first waits (inline.run_child).
+  return inline.run_child(c.timeout_ms, call_stage, 3, self, fn, args)
 end
 
 -- The stages below the breaker return what pcall would: true and the
@@ -468,7 +470,7 @@ end
 local function attempt_values(ok, ...)
   if not ok then
     local e = ...
-    sched.reraise_cancel(e)
+    kernel.reraise_cancel(e)
     return nil, errors.raised(e)
   end
   return ...
@@ -527,7 +529,7 @@ function _M.execute(self, fn, ...)
   -- wait (a backoff, a bulkhead's queue, a timeout) check that the caller
   -- is a task first. Asking for the running coroutine on every call would
   -- keep the whole call out of LuaJIT's traces.
-  if sched._sched() == nil then
+  if kernel.running() == nil then
     return sched.in_task(run, self, fn, args)
   end
   return run(self, fn, args)

@@ -27,7 +27,8 @@ local check = require "sprun.check"
 local options = require "sprun.options"
 local tables = require "sprun.tables"
 local errors = require "sprun.errors"
-local sched = require "sprun.sched"
+local core = require "sprun.core"
+local kernel = require "sprun.sched.kernel"
 local pipeline = require "sprun.pipeline"
 local bulkhead = require "sprun.bulkhead"
 local retry_policy = require "sprun.retry_policy"
@@ -175,15 +176,15 @@ local function read(path)
   end
   local ok, t = pcall(chunk)
   if not ok then
-    sched.reraise_cancel(t)
-    return nil, sched.error_text(t)
+    kernel.reraise_cancel(t)
+    return nil, errors.text(t)
   end
   -- An option error comes back from capture as a value; anything else
   -- that went wrong is caught by the pcall.
   local ok2, compiled, new = pcall(options.capture, {}, compile, t)
   if not ok2 then
-    sched.reraise_cancel(compiled)
-    return nil, path .. ": " .. sched.error_text(compiled)
+    kernel.reraise_cancel(compiled)
+    return nil, path .. ": " .. errors.text(compiled)
   end
   if not compiled then
     return nil, file_message(path, new)
@@ -204,7 +205,6 @@ local function reconfigure_breaker(old, fresh)
   old._reset_timeout_ms = fresh._reset_timeout_ms
   old._is_failure = fresh._is_failure
 end
-_M._reconfigure_breaker = reconfigure_breaker
 
 -- A monitor keeps its crashes unless max_crashes or max_workers changed
 -- (they size its memory): then the new one replaces it.
@@ -352,16 +352,21 @@ function _M.default()
   return default
 end
 
-function _M._set_default(reg)
-  default = reg
+-- Loads the executable's policy file (sprun.cli): the registry, which
+-- default() returns from then on, or nil and the error.
+function _M.load_default(path)
+  local reg, err = _M.load(path)
+  if reg ~= nil then
+    default = reg
+  end
+  return reg, err
 end
 
--- SIGHUP reloads the default registry while the loop runs; a broken file
--- is reported on stderr and the old policies stay.
-local function watch_sighup(reg)
-  local S = sched._sched()
-  local core = require "sprun.core"
-  local token = sched._new_token({ _event = function()
+-- From a task of the running loop: SIGHUP reloads `reg` for as long as
+-- the loop runs; a broken file is reported on stderr and the old policies
+-- stay.
+function _M.reload_on_sighup(reg)
+  kernel.on_signal(core.signals.SIGHUP, function()
     local ok, err = reg:reload()
     if ok then
       io.stderr:write("sprun: --policy: reloaded " .. reg._path .. "\n")
@@ -369,27 +374,7 @@ local function watch_sighup(reg)
       io.stderr:write("sprun: --policy: reload failed, the old policies "
                       .. "stay: " .. err.message .. "\n")
     end
-  end })
-  S.loop:signal_watch(core.signals.SIGHUP, token)
-end
-
--- What runtime/main.c calls when --policy PATH was given: loads the file
--- (exit status 2 if it is broken), then runs the script through
--- sprun.telemetry.main or sprun.sched.main as it would have.
-function _M.main(opts, chunk, ...)
-  local reg, err = _M.load(opts.policy)
-  if reg == nil then
-    return 2, "sprun: --policy: " .. err.message
-  end
-  default = reg
-  local wrapped = function(...)
-    watch_sighup(reg)
-    return chunk(...)
-  end
-  if opts.telemetry ~= nil or opts.log_events or opts.metrics_host ~= nil then
-    return require("sprun.telemetry").main(opts, wrapped, ...)
-  end
-  return sched.main(opts, wrapped, ...)
+  end)
 end
 
 return _M

@@ -19,11 +19,12 @@
 --
 -- The trap: a raised error is a failure like any other, but a
 -- cancellation of the calling task is not: it goes straight up
--- (sched.reraise_cancel), never retried, never counted.
+-- (kernel.reraise_cancel), never retried, never counted.
 
 local errors = require "sprun.errors"
 local telemetry = require "sprun.telemetry"
 local sched = require "sprun.sched"
+local kernel = require "sprun.sched.kernel"
 local clock = require "sprun.clock"
 
 local floor = math.floor
@@ -32,8 +33,8 @@ local hrtime = clock.hrtime
 local now = clock.now
 local raised = errors.raised
 local with_details = errors.with_details
-local reraise_cancel = sched.reraise_cancel
-local check_caller = sched.check_caller
+local reraise_cancel = kernel.reraise_cancel
+local check_caller = kernel.check_caller
 local enabled = telemetry.enabled
 local observed = telemetry.observed
 local emit = telemetry.emit

@@ -43,22 +43,10 @@ local function subst(s, dir)
   return (s:gsub("%$DIR", function() return dir end))
 end
 
--- h.run_tasks with a watchdog (a background timer, which never keeps the
--- loop alive): a case still running after 5 s is cancelled and fails.
+-- h.run_tasks with a watchdog: a case still running after 5 s is
+-- cancelled and fails.
 local function run_guarded(fn)
-  local hung = false
-  local r = pack(pcall(h.run_tasks, function()
-    sched.after(5000, function()
-      hung = true
-      for t in pairs(sched._sched().all) do t:cancel() end
-    end)
-    return fn()
-  end))
-  assert(not hung, "the case hung: cancelled after 5000 ms")
-  if not r[1] then
-    error(r[2], 0)
-  end
-  return unpack(r, 2, r.n)
+  return h.run_guarded(fn, 5000)
 end
 
 -- pcall(fn, args...) from call(ctx), then the closers the case left in

@@ -2,39 +2,13 @@
 -- that checks each ends exactly once, and a batch of ordinary calls to
 -- show the loop still serves.
 local sprun = require "sprun"
-local sched = require "sprun.sched"
 local h = require "helpers"
 
 local ex = sprun.executor
 
-local function pack(...)
-  return { n = select("#", ...), ... }
-end
+local pack = h.pack
 
--- h.run_tasks (which also checks that no handle was left open) with a
--- watchdog: if the run is still going after limit_ms, every task left is
--- cancelled and the spec fails, instead of hanging the whole suite. The
--- watchdog is a background timer, which never keeps the loop alive.
-local function run_guarded(fn, limit_ms)
-  limit_ms = limit_ms or 15000
-  local hung = false
-  local r = pack(pcall(h.run_tasks, function()
-    sched.after(limit_ms, function()
-      hung = true
-      for t in pairs(sched._sched().all) do
-        t:cancel()
-      end
-    end)
-    return fn()
-  end))
-  if hung then
-    error("the run was still going after " .. limit_ms .. " ms", 2)
-  end
-  if not r[1] then
-    error(r[2], 0)
-  end
-  return unpack(r, 2, r.n)
-end
+local run_guarded = h.run_guarded
 
 -- Starts call(i) as a task for i = 1..n, all at once, and waits for them.
 -- Returns out[i] = pack(call(i)); raises if a call ended twice, never, or

@@ -188,4 +188,30 @@ function _M.run_tasks(...)
   return unpack(r, 1, r.n)
 end
 
+-- run_tasks(fn) with a watchdog: if the run is still going after
+-- limit_ms, every task left is cancelled and the spec fails (at the
+-- caller's line), instead of hanging the whole suite. The watchdog is a
+-- background timer, which never keeps the loop alive.
+function _M.run_guarded(fn, limit_ms)
+  local kernel = require "sprun.sched.kernel"
+  limit_ms = limit_ms or 15000
+  local hung = false
+  local r = _M.pack(pcall(_M.run_tasks, function()
+    kernel.after(limit_ms, function()
+      hung = true
+      for t in pairs(kernel.tasks()) do
+        t:cancel()
+      end
+    end)
+    return fn()
+  end))
+  if hung then
+    error("the run was still going after " .. limit_ms .. " ms", 2)
+  end
+  if not r[1] then
+    error(r[2], 0)
+  end
+  return unpack(r, 2, r.n)
+end
+
 return _M

@@ -4,6 +4,7 @@ local h = require "helpers"
 local cjson = require "cjson"
 local sprun = require "sprun"
 local telemetry = require "sprun.telemetry"
+local retry = require "sprun.retry"
 
 -- Prometheus' tools run as they are, without what a sanitizer build
 -- preloads into the processes the specs start.
@@ -91,10 +92,10 @@ describe("telemetry.prometheus", function()
       local hm = health_monitor.start_link { pool = "workers", max_crashes = 2 }
       hm:record_crash("w1", { reason = "segfault" })
       hm:record_crash("w2", { reason = "oom" })
-      telemetry.retry_attempt("api", "fetch", 1, 100)
-      telemetry.retry_attempt("api", "fetch", 2, 200)
-      telemetry.retry_success("api", 3, sprun.hrtime())
-      telemetry.retry_exhausted("api", 3, sprun.hrtime(), "timeout")
+      retry.emit_attempt("api", "fetch", 1, 100)
+      retry.emit_attempt("api", "fetch", 2, 200)
+      retry.emit_success("api", 3, sprun.hrtime())
+      retry.emit_exhausted("api", 3, sprun.hrtime(), "timeout")
       status, headers, body = get(ep.port)
       ep:close()
     end)

@@ -10,6 +10,7 @@
 local h = require "helpers"
 local sp = require "sprun"
 local sched = require "sprun.sched"
+local kernel = require "sprun.sched.kernel"
 local core = require "sprun.core"
 local ffi = require "ffi"
 local C = require("sprun.ffi").C
@@ -68,9 +69,9 @@ describe("reused coroutines", function()
       local co, cancelled = sp.spawn(function()
         local me = sched.current()
         sp.sleep(1)
-        return coroutine.running(), me.cancelled
+        return coroutine.running(), kernel.is_cancelled(me)
       end):await()
-      return { kind(err), co ~= seen, cancelled == nil,
+      return { kind(err), co ~= seen, cancelled == false,
                coroutine.status(seen) }
     end)
     assert.are.same({ "cancelled", true, true, "dead" }, r)
@@ -165,7 +166,7 @@ describe("execute_with_timeout's inline run", function()
   it("makes no task and arms no timer for an operation that returns",
     function()
       local r = run(function()
-        local S = sched._sched()
+        local S = kernel.state()
         local before = S.ntokens
         local seen_timers
         local a, b = ex.execute_with_timeout(function(x, y)

@@ -4,6 +4,7 @@ local h = require "helpers"
 local cjson = require "cjson"
 local sprun = require "sprun"
 local telemetry = require "sprun.telemetry"
+local retry = require "sprun.retry"
 
 -- Prometheus' tools run as they are, without what a sanitizer build
 -- preloads into the processes the specs start.
@@ -58,9 +59,9 @@ local function every_event()
   local hm = health_monitor.start_link { pool = "python_pool" }
   hm:record_crash("worker_1", { reason = "segfault" })
   local t0 = sprun.hrtime()
-  telemetry.retry_attempt("python_pool", "predict", 1, 100)
-  telemetry.retry_success("python_pool", 2, t0)
-  telemetry.retry_exhausted("python_pool", 3, t0,
+  retry.emit_attempt("python_pool", "predict", 1, 100)
+  retry.emit_success("python_pool", 2, t0)
+  retry.emit_exhausted("python_pool", 3, t0,
                             sprun.error("timeout", "too slow"))
 end
 
@@ -109,7 +110,7 @@ describe("telemetry sinks", function()
       cb:call(succeed)
       cb:call(fail)
       cb:call(succeed)
-      telemetry.retry_attempt("p", nil, 1, 12.5)
+      retry.emit_attempt("p", nil, 1, 12.5)
       local lines = {}
       for i, l in ipairs(w:lines()) do
         lines[i] = l:gsub("duration_ms=[%d.]+", "duration_ms=D")

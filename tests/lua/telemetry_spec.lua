@@ -4,6 +4,7 @@
 local h = require "helpers"
 local sprun = require "sprun"
 local telemetry = require "sprun.telemetry"
+local retry = require "sprun.retry"
 local circuit_breaker = require "sprun.circuit_breaker"
 local health_monitor = require "sprun.health_monitor"
 local ex = require "sprun.executor"
@@ -638,9 +639,9 @@ print(cb:state(), table.concat(seen, ","))
     it("the helpers emit exactly the documented fields", function()
       local seen = recorder("snakepit.retry.")
       local t0 = sprun.hrtime()
-      telemetry.retry_attempt("p", "op", 2, 400)
-      telemetry.retry_success(nil, 3, t0)
-      telemetry.retry_exhausted("p", 5, t0, "timeout")
+      retry.emit_attempt("p", "op", 2, 400)
+      retry.emit_success(nil, 3, t0)
+      retry.emit_exhausted("p", 5, t0, "timeout")
       without_durations(seen, "total_duration_ms")
       assert.are.same({
         { "snakepit.retry.attempt", { attempt = 2, delay_ms = 400 },

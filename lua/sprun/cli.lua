@@ -1,0 +1,83 @@
+-- The sprun executable's main chain: what runtime/main.c calls, once,
+-- after it has parsed the command line and loaded the script.
+--
+--   cli.main(opts, chunk, ...) -> exit status[, message]
+--
+-- opts (from main.c): clock ("real" | "virtual"); policy (--policy PATH);
+-- telemetry (--telemetry=DEST: "stderr", "stdout" or a path); log_events
+-- (--log-events); metrics_host and metrics_port (--metrics=HOST:PORT).
+--
+-- In this order: the policy file is loaded (a broken one exits 2 before
+-- the script runs), the telemetry sinks are attached (a JSON-lines path
+-- that cannot be opened exits 2), then the script runs as the main task
+-- (sched.main), inside which the metrics endpoint starts and SIGHUP
+-- starts reloading the policy file before the script's first line.
+--
+-- The trap: a sink or an endpoint the chain made must outlive nothing:
+-- the endpoint belongs to the main task (cancelling it closes the port),
+-- and a failure to listen ends the run with status 2, reported on one
+-- line, before the script ran.
+
+local sched = require "sprun.sched"
+local telemetry = require "sprun.telemetry"
+local errors = require "sprun.errors"
+
+local find = string.find
+local format = string.format
+local io_stderr = io.stderr
+local io_stdout = io.stdout
+
+local _M = {}
+
+-- chunk, run after the policy file starts reloading on SIGHUP.
+local function with_policy(reg, chunk)
+  return function(...)
+    require("sprun.policy").reload_on_sighup(reg)
+    return chunk(...)
+  end
+end
+
+-- chunk, run once the metrics endpoint listens (else the run ends, 2).
+local function with_metrics(host, port, chunk)
+  return function(...)
+    local endpoint, err = telemetry.prometheus { host = host, port = port }
+    if endpoint == nil then
+      io_stderr:write(format("sprun: --metrics=%s:%d: %s\n",
+                             find(host, ":", 1, true) and "[" .. host .. "]"
+                             or host, port, errors.is_error(err)
+                             and err.message or errors.text(err)))
+      return 2
+    end
+    return chunk(...)
+  end
+end
+
+-- Runs the script's chunk with the options of the command line. Returns
+-- the exit status and, on failure, the message to print.
+function _M.main(opts, chunk, ...)
+  if opts.policy ~= nil then
+    local reg, err = require("sprun.policy").load_default(opts.policy)
+    if reg == nil then
+      return 2, "sprun: --policy: " .. err.message
+    end
+    chunk = with_policy(reg, chunk)
+  end
+  if opts.log_events then
+    telemetry.logger()
+  end
+  local dest = opts.telemetry
+  if dest ~= nil then
+    local target = dest == "stderr" and io_stderr
+                   or dest == "stdout" and io_stdout or dest
+    local id, err = telemetry.json_lines(target)
+    if id == nil then
+      return 2, "sprun: --telemetry: " .. err.message
+    end
+  end
+  if opts.metrics_host ~= nil then
+    chunk = with_metrics(opts.metrics_host, opts.metrics_port, chunk)
+  end
+  return sched.main(opts, chunk, ...)
+end
+
+return _M

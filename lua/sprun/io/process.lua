@@ -1,0 +1,378 @@
+-- Child processes as tasks see them.
+--
+--   local r = sprun.process.run{ "sh", "-c", "echo hi", timeout_ms = 1000 }
+--   -- r = { code = 0, signal = nil, stdout = "hi\n", stderr = "", pid = ... }
+--
+--   local w = sprun.process.spawn{ "python3", "-u", "worker.py", stdin = true }
+--   w:write("job\n"); local line = w:read_line(); w:kill("SIGTERM"); w:wait()
+--
+-- Each child runs in its own process group, and belongs to the task that
+-- started it: cancelling that task (a timeout, a batch, Ctrl-C) kills the
+-- whole group and reaps it. Output that arrives before anyone reads it is
+-- kept; stdout is a stream (io/stream.lua) and stdin its writer. The
+-- trap: a child's exit is reported only after its output pipes reached
+-- end of file, so `wait` never returns before the last line was read into
+-- the buffers.
+
+local core = require "sprun.core"
+local sched = require "sprun.sched"
+local kernel = require "sprun.sched.kernel"
+local stream = require "sprun.io.stream"
+local errors = require "sprun.errors"
+local check = require "sprun.check"
+local options = require "sprun.options"
+local ffi = require "ffi"
+
+local type = type
+local pairs = pairs
+local tostring = tostring
+local error = error
+local setmetatable = setmetatable
+local concat = table.concat
+local find = string.find
+local format = string.format
+
+local EV_PROC_STDOUT = core.EV_PROC_STDOUT
+local EV_PROC_STDERR = core.EV_PROC_STDERR
+local EV_PROC_EXIT = core.EV_PROC_EXIT
+local WAKE_TIMER = kernel.WAKE_TIMER
+
+pcall(ffi.cdef, "extern char **environ;")
+
+local _M = {}
+
+local Proc = {}
+Proc.__index = Proc
+
+-- The inherited environment with `env` laid over it (false removes a
+-- variable), as a list of "K=V" strings.
+local function environment(env)
+  local vars, order = {}, {}
+  local ep = ffi.C.environ
+  local i = 0
+  while ep[i] ~= nil do
+    local kv = ffi.string(ep[i])
+    local k = kv:match("^([^=]*)=")
+    if k and vars[k] == nil then
+      vars[k] = kv
+      order[#order + 1] = k
+    end
+    i = i + 1
+  end
+  for k, v in pairs(env) do
+    if vars[k] == nil then
+      order[#order + 1] = k
+    end
+    vars[k] = v ~= false and (k .. "=" .. tostring(v)) or false
+  end
+  local list = {}
+  for j = 1, #order do
+    if vars[order[j]] then
+      list[#list + 1] = vars[order[j]]
+    end
+  end
+  return list
+end
+
+local function check_env(v)
+  if type(v) ~= "table" then
+    return "must be a table of NAME = value"
+  end
+  for k, x in pairs(v) do
+    if type(k) ~= "string" or k == "" or find(k, "=", 1, true) then
+      return "must be a table of NAME = value", "env", "key " .. check.describe(k)
+    end
+    local t = type(x)
+    if t ~= "string" and t ~= "number" and x ~= false then
+      return "must map names to strings, numbers or false", "env." .. k,
+             check.describe(x)
+    end
+  end
+end
+
+local function check_stdin(v)
+  if type(v) == "string" or type(v) == "boolean" then
+    return nil
+  end
+  return "must be a string (written then closed) or a boolean (a pipe)"
+end
+
+local function opt_spec(with_timeout)
+  local spec = {
+    stdin = { check = check_stdin },
+    env = { check = check_env },
+    cwd = { "string" },
+  }
+  if with_timeout then
+    spec.timeout_ms = { "number", min = 0, limit = check.MS_MAX }
+  end
+  return spec
+end
+
+-- Two parsers, each called straight from the API function so that misuse
+-- is reported at the user's line: the first splits the command from the
+-- named options, the second checks those.
+local function make_parser(fname, with_timeout)
+  local parse = options.parser(fname, opt_spec(with_timeout))
+  return function(opts)
+    if type(opts) ~= "table" then
+      error(fname .. ": options must be a table, got " .. check.describe(opts), 3)
+    end
+    local cmd = opts[1]
+    if type(cmd) ~= "string" or cmd == "" then
+      error(fname .. ": the command (element 1) must be a non-empty string, got "
+            .. check.describe(cmd), 3)
+    end
+    local args, named = { cmd }, {}
+    for k, v in pairs(opts) do
+      if type(k) == "number" then
+        if k % 1 ~= 0 or k < 1 or k > #opts then
+          error(format("%s: arguments must be a list, got key %s", fname,
+                       check.describe(k)), 3)
+        end
+        if type(v) ~= "string" and type(v) ~= "number" then
+          error(format("%s: argument %d must be a string or a number, got %s",
+                       fname, k - 1, check.describe(v)), 3)
+        end
+        args[k] = tostring(v)
+      else
+        named[k] = v
+      end
+    end
+    return args, named
+  end, parse
+end
+
+local parse_run, parse_run_opts = make_parser("process.run", true)
+local parse_spawn, parse_spawn_opts = make_parser("process.spawn", false)
+
+-- libuv gives ENOENT both for a missing program and a missing cwd, so
+-- the message names the directory when there is one.
+local function spawn_error(cmd, cwd, name, msg)
+  local kind = name == "ENOENT" and "not_found" or "spawn_failed"
+  local where = cwd and " in " .. cwd or ""
+  return errors.error(kind, format("cannot run %s%s: %s", cmd, where, msg),
+                      { code = name, command = cmd, cwd = cwd })
+end
+
+local current = kernel.need_task
+
+local function start(task, args, o)
+  local self = setmetatable({
+    buf = {}, err = {}, eof = false, err_eof = false,
+    exited = false, closed = false, writers = {}, owner = task,
+    stdin_pipe = o.stdin == true, stdin_closed = type(o.stdin) == "string",
+  }, Proc)
+  self.token = kernel.new_token(self)
+  local handle, pid, ename, emsg = kernel.loop():spawn({
+    file = args[1], args = args, cwd = o.cwd,
+    env = o.env and environment(o.env) or nil,
+    stdin = o.stdin ~= nil and o.stdin ~= false,
+  }, self.token)
+  if handle == nil then
+    kernel.free_token(self.token)
+    return nil, spawn_error(args[1], o.cwd, pid, ename or emsg)
+  end
+  self.handle, self._pid = handle, pid
+  kernel.own(task, self)
+  if type(o.stdin) == "string" then
+    stream.write_detached(self, o.stdin)
+    handle:close_stdin()
+  end
+  return self
+end
+
+function Proc:_event(kind, a, b, data)
+  if kind == EV_PROC_STDOUT then
+    if data == nil or #data == 0 then
+      self.eof = true
+    else
+      stream.push(self, data)
+    end
+    kernel.wake(self)
+  elseif kind == EV_PROC_STDERR then
+    if data == nil or #data == 0 then
+      self.err_eof = true
+    else
+      self.err[#self.err + 1] = data
+    end
+  elseif kind == EV_PROC_EXIT then
+    -- Exactly one of code and signal is set: a child killed by a signal
+    -- has no exit code.
+    self.exited = true
+    if b ~= 0 then
+      self.signal = core.signal_name(b) or tostring(b)
+    else
+      self.code = a
+    end
+    stream.close(self)
+  else
+    stream.event(self, kind, a)
+  end
+end
+
+-- Called when the owning task is cancelled: kill the group and reap it.
+function Proc:_abort()
+  self.killed = true
+  stream.close(self)
+end
+
+-- For stream.read_line: a reader waits for the child's next output.
+function Proc:_fill(task)
+  kernel.block(self, task)
+end
+
+function Proc:_end_error()
+  return errors.error("eof", "the process's output has ended")
+end
+
+local function status(self)
+  return { code = self.code, signal = self.signal, pid = self._pid }
+end
+
+-- Methods check self with check.self straight from their own body (a
+-- helper in between would add a frame, and the error would point at this
+-- file instead of the caller's line).
+local PROC = "a process"
+
+-- Waits for the child to exit: { code, signal, pid } (signal: "SIGSEGV" or
+-- nil), or nil, err if it was killed because its task was cancelled.
+function Proc:wait()
+  check.self(self, Proc, "process.wait", PROC)
+  local task = current("process.wait")
+  while not self.exited do
+    if self.killed then
+      return nil, errors.error(errors.CANCELLED, "process was killed")
+    end
+    kernel.block(self, task)
+  end
+  return status(self)
+end
+
+-- The next line of the child's stdout without its newline; nil, err
+-- (kind "eof") once the output has ended.
+function Proc:read_line()
+  check.self(self, Proc, "process.read_line", PROC)
+  local task = current("process.read_line")
+  return stream.read_line(self, task)
+end
+
+-- Everything the child wrote to stdout so far and not read yet.
+function Proc:read()
+  check.self(self, Proc, "process.read", PROC)
+  return stream.take_all(self)
+end
+
+-- Writes to the child's stdin (spawned with stdin = true); true once
+-- written, or nil, err.
+function Proc:write(data)
+  check.self(self, Proc, "process.write", PROC)
+  if type(data) ~= "string" then
+    check.arg_error("process.write", "data", "must be a string", data)
+  end
+  local task = current("process.write")
+  if self.closed then
+    return nil, errors.error("closed", "the process has exited")
+  end
+  if not self.stdin_pipe then
+    -- Without this, libuv answers an unhelpful "invalid argument".
+    return nil, errors.error("closed", self.stdin_closed
+      and "the process's stdin is closed"
+      or "the process has no stdin pipe (spawn it with stdin = true)")
+  end
+  local ok, ename, emsg = stream.write(self, task, data)
+  if not ok then
+    return nil, errors.error("write_failed", emsg, { code = ename })
+  end
+  return true
+end
+
+function Proc:close_stdin()
+  check.self(self, Proc, "process.close_stdin", PROC)
+  if not self.closed then
+    self.handle:close_stdin()
+  end
+  if self.stdin_pipe then
+    self.stdin_pipe, self.stdin_closed = false, true
+  end
+  return true
+end
+
+-- Sends a signal ("SIGTERM" by default, or a name or number) to the
+-- child's process group.
+function Proc:kill(sig)
+  check.self(self, Proc, "process.kill", PROC)
+  local signum = sig or "SIGTERM"
+  if type(signum) == "string" then
+    signum = core.signals[signum]
+  end
+  if type(signum) ~= "number" or core.signal_name(signum) == nil then
+    check.arg_error("process.kill", "signal",
+                    "must be a signal name such as \"SIGTERM\" or its number",
+                    sig)
+  end
+  if self.closed then
+    return nil, errors.error("closed", "the process has exited")
+  end
+  local ok, ename, emsg = self.handle:kill(signum)
+  if not ok then
+    return nil, errors.error("kill_failed", emsg, { code = ename })
+  end
+  return true
+end
+
+-- The child's process id (a method: the field is `_pid`).
+function Proc:pid()
+  return self._pid
+end
+
+--- API -----------------------------------------------------------------
+
+local function run_in_task(args, o)
+  local task = kernel.current()
+  local self, err = start(task, args, o)
+  if self == nil then
+    return nil, err
+  end
+  if o.timeout_ms then
+    kernel.arm(task, o.timeout_ms)
+  end
+  while not self.exited do
+    local why = kernel.block(self, task)
+    if why == WAKE_TIMER and not self.exited then
+      self:_abort()
+      return nil, errors.error(errors.TIMEOUT, format(
+        "%s did not finish within %d ms (killed)", args[1], o.timeout_ms), {
+          timeout_ms = o.timeout_ms, pid = self._pid,
+          stdout = stream.take_all(self), stderr = concat(self.err),
+        })
+    end
+  end
+  kernel.disarm(task)
+  local r = status(self)
+  r.stdout = stream.take_all(self)
+  r.stderr = concat(self.err)
+  return r
+end
+
+-- Runs a command to completion: { code, signal, stdout, stderr, pid }, or
+-- nil, err (kind "not_found" or "spawn_failed" if it cannot start,
+-- "timeout" if it ran past timeout_ms and was killed).
+function _M.run(opts)
+  local args, named = parse_run(opts)
+  local o = parse_run_opts(named)
+  kernel.check_caller("process.run")
+  return sched.in_task(run_in_task, args, o)
+end
+
+-- Starts a long-lived child; returns a process object or nil, err.
+function _M.spawn(opts)
+  local args, named = parse_spawn(opts)
+  local o = parse_spawn_opts(named)
+  local task = current("process.spawn")
+  return start(task, args, o)
+end
+
+_M.Process = Proc
+
+return _M

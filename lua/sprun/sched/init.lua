@@ -1,0 +1,416 @@
+-- The scheduler: tasks are coroutines run on one libuv loop.
+--
+--   sprun.run(fn, ...)        runs fn as the main task until every task is
+--                             done, and returns its values
+--   sprun.spawn(fn, ...)      a new task: task:await([ms]), :cancel(),
+--                             :status()
+--   sprun.sleep(ms)           loop time passes; other tasks run meanwhile
+--
+-- This file is the scheduler's public face and its run loop. The rest of
+-- sched/ does the work: kernel.lua (tokens, the ready queue, timers,
+-- waits, dispatch, and the API the I/O modules use), coro.lua (the pooled
+-- coroutines), task.lua (a task's end, cancellation and await),
+-- inline.lua (children that run inline until they wait) and group.lua
+-- (execute_batch's children, awaited at once).
+--
+-- Everything a task costs is counted: a task is one table of 200 bytes
+-- (its fields in the array part) and a coroutine of 472; its token indexes
+-- a dense array; its children are linked through them; the C side gathers
+-- the timer events of a step into one call. Bulk work (thousands of spawns
+-- without a yield, a large batch) raises the collector's pause while it
+-- lasts.
+--
+-- The trap: the run loop resumes ready tasks and polls the loop in one
+-- loop (a loop nested in another would keep the JIT from compiling
+-- either), and a loop with tasks waiting but nothing armed that could
+-- wake them is a deadlock, reported, never a hang.
+
+local core = require "sprun.core"
+local errors = require "sprun.errors"
+local ffi = require "ffi"
+local kernel = require "sprun.sched.kernel"
+local task_m = require "sprun.sched.task"
+local coro = require "sprun.sched.coro"
+local check = require "sprun.check"
+local options = require "sprun.options"
+local tables = require "sprun.tables"
+local clock = require "sprun.clock"
+
+local select = select
+local type = type
+local error = error
+local unpack = unpack
+local pairs = pairs
+local ipairs = ipairs
+local pcall = pcall
+local format = string.format
+local getmetatable = getmetatable
+local xpcall = xpcall
+local traceback = debug.traceback
+local io_stderr = io.stderr
+
+local state = kernel.state
+local current = kernel.current
+local spawn_in = kernel.spawn_in
+local resume = task_m.resume
+local cancel = task_m.cancel
+local results = task_m.results
+local MS_MAX = check.MS_MAX
+local Task = kernel.Task
+local FINISHED = kernel.FINISHED
+local STATE, VALUES, TIMER = kernel.STATE, kernel.VALUES, kernel.TIMER
+local WAKE_TIMER = kernel.WAKE_TIMER
+local enqueue = kernel.enqueue
+local EV_TIMER = core.EV_TIMER
+local EV_TIMERS = core.EV_TIMERS
+
+local _M = {
+  Task = Task,
+  now = clock.now,
+  current = current,
+  running = kernel.running,
+  -- After each sprun.run: { handles = the handles its tasks left open }
+  -- (the signal watchers of the executable aside), for leak checks.
+  last_run = nil,
+}
+
+--- Task methods ----------------------------------------------------------
+
+-- "pending" (not started yet), "running", "waiting", "done", "failed" or
+-- "cancelled".
+function Task:status()
+  check.self(self, Task, "task.status", "a task")
+  return self[STATE]
+end
+
+-- Milliseconds of loop time: a number from 0 to 2^53 (nil when optional).
+local function valid_ms(ms)
+  return type(ms) == "number" and ms >= 0 and ms <= MS_MAX
+end
+
+-- What is expected of an invalid ms: the range is stated to a value past
+-- its top, as an option's limit is.
+local function expect_ms(ms)
+  return check.expect_number(ms, 0, nil, MS_MAX)
+end
+
+-- Waits for the task to finish and returns its values; `nil, err` if it
+-- raised (kind "task_crashed", with the error and traceback in details),
+-- was cancelled (kind "cancelled") or did not finish within timeout_ms
+-- (kind "timeout"; the task is then cancelled).
+function Task:await(timeout_ms)
+  check.self(self, Task, "task.await", "a task")
+  if timeout_ms ~= nil and not valid_ms(timeout_ms) then
+    check.arg_error("task.await", "timeout_ms", expect_ms(timeout_ms),
+                    timeout_ms)
+  end
+  if FINISHED[self[STATE]] then
+    return results(self)
+  end
+  local me = current()
+  if me == nil then
+    local s = state()
+    if s ~= nil and s.running then
+      error("task.await: called from a coroutine that is not a sprun task", 2)
+    end
+    error("task.await: the task's loop is not running", 2)
+  end
+  if me == self then
+    error("task.await: a task cannot await itself", 2)
+  end
+  return task_m.await(me, self, timeout_ms)
+end
+
+-- Cancels the task: its wait ends at once, its timers stop, the processes
+-- and sockets it owns are killed or closed, its child tasks are cancelled,
+-- and the task sees a "cancelled" error at the point where it waits.
+-- Returns true if the task was still unfinished.
+function Task:cancel()
+  check.self(self, Task, "task.cancel", "a task")
+  return cancel(self)
+end
+
+--- Dispatch --------------------------------------------------------------
+
+-- A timer of a task (a sleep, an await's timeout, an I/O timeout) wakes
+-- it if it is still the one armed: `id` is the id of the timer that
+-- fired. Other objects get the event themselves.
+local function timer_fired(obj, id)
+  if getmetatable(obj) == Task then
+    if obj[TIMER] == id then
+      obj[TIMER] = false
+      enqueue(obj, WAKE_TIMER)
+    end
+    return true
+  end
+  return false
+end
+
+local function dispatch_traceback(err)
+  return traceback(errors.message(err), 2)
+end
+
+-- The timer events of one step, in the order they fired (see
+-- runtime/lua): list[2i - 1] is the token, list[2i] the id. A handler
+-- that raises is reported as the dispatcher's errors are, and the other
+-- timers still fire.
+local function fire_timers(list, n)
+  local tokens = state().tokens
+  for i = 1, 2 * n, 2 do
+    local obj = tokens[list[i]]
+    if obj and not timer_fired(obj, list[i + 1]) then
+      local ok, err = xpcall(obj._event, dispatch_traceback, obj, EV_TIMER,
+                             nil, list[i + 1])
+      if not ok then
+        io_stderr:write("sprun: error in event dispatch: ", err, "\n")
+        io_stderr:flush()
+      end
+    end
+  end
+end
+
+-- Called from C (runtime/lua) for every completion.
+local function dispatch(token, kind, a, b, data, handle)
+  if kind == EV_TIMERS then
+    return fire_timers(handle, a)
+  end
+  local obj = state().tokens[token]
+  if not obj then
+    return
+  end
+  if kind == EV_TIMER and timer_fired(obj, b) then
+    return
+  end
+  obj:_event(kind, a, b, data, handle)
+end
+
+-- Opens a loop and makes it the running one: its state, with the fields
+-- sched/ works on. opts: { clock = "real" | "virtual" }.
+local function open(opts)
+  local virtual = opts ~= nil and opts.clock == "virtual" or false
+  local s = {
+    virtual = virtual,
+    tokens = {},
+    ntokens = 0,     -- task tokens handed out so far
+    free = {},       -- task tokens free again (a stack)
+    nfree = 0,
+    next_token = kernel.IO_TOKEN0,
+    q_task = {}, q_why = {}, q_head = 1, q_tail = 0,
+    live = 0,        -- unfinished tasks
+    spawns = 0,      -- spawned since the last resume returned (bulk_begin)
+    bursts = 0,      -- bursts of spawns over, to end when the queue is empty
+    stop_signal = nil,
+    cur = false,     -- the task whose coroutine runs now (see current)
+    -- The inline runs in progress (inline.lua), innermost last: each
+    -- one's coroutine, its task once it has one (else false; entries
+    -- above idepth are stale) with the timer seq reserved for its
+    -- caller's timeout, whether it is a group's child, and the task that
+    -- started the outermost one.
+    idepth = 0,
+    ico = {}, itask = {}, iseq = {}, igroup = {}, ibase = false,
+    loop = false,
+    h = false,       -- the loop for the sp_lua_timer_* functions
+    running = true,
+  }
+  s.loop = core.loop_new(virtual, dispatch, true)
+  s.h = ffi.cast("void *", s.loop:handle())
+  kernel.enter(s)
+  return s
+end
+
+--- The loop -------------------------------------------------------------
+
+local function drain(s)
+  local q_task, q_why = s.q_task, s.q_why
+  while s.q_head <= s.q_tail do
+    local h = s.q_head
+    local task, why = q_task[h], q_why[h]
+    q_task[h], q_why[h] = nil, nil
+    s.q_head = h + 1
+    resume(task, why)
+  end
+  s.q_head, s.q_tail = 1, 0
+end
+
+local function cancel_all(s)
+  for t in pairs(kernel.live_tasks(s)) do
+    cancel(t)
+  end
+end
+
+-- One loop for both the ready tasks and the poll (see the trap above).
+local function run_loop(s)
+  local loop = s.loop
+  local q_task, q_why = s.q_task, s.q_why
+  while true do
+    local h = s.q_head
+    if h <= s.q_tail then
+      local task, why = q_task[h], q_why[h]
+      q_task[h], q_why[h] = nil, nil
+      s.q_head = h + 1
+      resume(task, why)
+    else
+      s.q_head, s.q_tail = 1, 0
+      while s.bursts > 0 do
+        s.bursts = s.bursts - 1
+        coro.bulk_end()
+      end
+      if s.live == 0 then
+        return
+      end
+      if not loop:step(false) and s.q_head > s.q_tail then
+        -- Tasks wait, but nothing is armed that could wake them.
+        local n = s.live
+        cancel_all(s)
+        drain(s)
+        error(format("sprun: deadlock: %d task%s waiting with no timer "
+                     .. "or I/O that could wake them", n,
+                     n == 1 and " was" or "s were"), 0)
+      end
+    end
+  end
+end
+
+-- Lets the handles the tasks closed finish closing (a killed child is
+-- reaped, a socket's close callback runs), so that last_run counts only
+-- what they left open. A closing handle always completes.
+local function settle(s)
+  local loop = s.loop
+  while loop:closing_count() > 0 and loop:step(false) do
+    drain(s)
+  end
+end
+
+-- Runs `fn(...)` as the main task on a new loop until every task is done;
+-- returns the main task and the signal that stopped the run, or raises
+-- the error that broke the loop. opts: { clock = "virtual" }.
+local function run_main(opts, fn, args, on_signal)
+  if state() ~= nil then
+    error("sprun.run: a loop is already running; use sprun.spawn inside it",
+          3)
+  end
+  local s = open(opts)
+  local main = spawn_in(s, nil, fn, args.n, args[1], args[2], args[3], args)
+  kernel.quiet(main)
+  if on_signal then
+    for _, name in ipairs { "SIGINT", "SIGTERM" } do
+      local signum = core.signals[name]
+      kernel.on_signal(signum, function()
+        if s.stop_signal == nil then
+          s.stop_signal = signum
+          cancel_all(s)
+        end
+      end)
+    end
+  end
+  local ok, err = pcall(run_loop, s)
+  s.running = false
+  if not ok then
+    cancel_all(s)
+    pcall(drain, s)
+  end
+  pcall(settle, s)
+  _M.last_run = {
+    handles = s.loop:handle_count() - (on_signal and 2 or 0),
+  }
+  s.loop:close()
+  kernel.leave()
+  coro.trim()
+  -- Bulk work cut short by an error ends with the loop.
+  coro.bulk_end_all()
+  if not ok then
+    error(err, 0)
+  end
+  return main, s.stop_signal
+end
+
+local parse_run_options = options.parser("sprun.run", {
+  clock = { "choice", values = { "real", "virtual" }, default = "real" },
+})
+
+function _M.run(fn, ...)
+  local opts = nil
+  local args
+  if type(fn) == "table" then
+    opts = fn
+    fn = ...
+    args = tables.pack(select(2, ...))
+    opts = parse_run_options(opts)
+  else
+    args = tables.pack(...)
+  end
+  check.func("sprun.run", "fn", fn)
+  local main = run_main(opts, fn, args, false)
+  if main[STATE] == "done" then
+    local v = main[VALUES]
+    return unpack(v, 1, v.n)
+  end
+  error(main.error, 0)
+end
+
+-- Runs a script's chunk as the sprun executable does (sprun.cli): as the
+-- main task, SIGINT and SIGTERM cancelling every task. Returns the exit
+-- status and, on failure, the message with its traceback.
+function _M.main(opts, chunk, ...)
+  local main, signum = run_main(opts, chunk, tables.pack(...), true)
+  if signum then
+    return 128 + signum
+  end
+  if main[STATE] == "done" then
+    local v = main[VALUES][1]
+    if type(v) == "number" then
+      return v
+    end
+    return 0
+  end
+  if main[STATE] == "cancelled" then
+    return 1, "sprun: the main task was cancelled"
+  end
+  return 1, "sprun: " .. main.traceback
+end
+
+-- Runs fn(...) as a task: inside a running loop it calls it (the caller
+-- is a task already); outside, it runs a loop until fn is done. What
+-- every function that must work from plain Lua code too is built on.
+function _M.in_task(fn, ...)
+  if kernel.in_context() then
+    return fn(...)
+  end
+  return _M.run(fn, ...)
+end
+
+-- The body of sprun.spawn once its arguments are taken apart (a tail call
+-- from it: the JIT cannot return into a vararg function from the trace
+-- that follows the coroutine calls made here).
+local function spawn_args(fn, n, a1, a2, a3, args)
+  local s = state()
+  if s == nil then
+    error("sprun.spawn: no loop is running (start one with sprun.run)", 2)
+  end
+  return spawn_in(s, current(), fn, n, a1, a2, a3, args)
+end
+
+function _M.spawn(fn, ...)
+  check.func("sprun.spawn", "fn", fn)
+  local n = select("#", ...)
+  local a1, a2, a3 = ...
+  return spawn_args(fn, n, a1, a2, a3, n > 3 and { ... })
+end
+
+-- Sleeps `ms` milliseconds of loop time; other tasks run meanwhile.
+function _M.sleep(ms)
+  if not valid_ms(ms) then
+    check.arg_error("sprun.sleep", "ms", expect_ms(ms), ms)
+  end
+  local task = current()
+  if task == nil then
+    if state() ~= nil then
+      error("sprun.sleep: called from a coroutine that is not a sprun task",
+            2)
+    end
+    return _M.run(_M.sleep, ms)
+  end
+  return kernel.sleep_task(task, ms)
+end
+
+return _M

@@ -1,0 +1,371 @@
+-- Prometheus metrics of breakers, retries and health monitors: a
+-- collector attached to sprun's events, the text exposition format
+-- (0.0.4) rendered from it and from the live breakers and monitors, and
+-- an endpoint that serves it over HTTP (io/http_server.lua).
+--
+--   local ep = sprun.telemetry.prometheus { host = "127.0.0.1", port = 0 }
+--   -- http://127.0.0.1:<ep.port>/metrics; ep:metrics(); ep:close()
+--
+-- Counters count events from the moment the endpoint started; gauges are
+-- read from the objects at each scrape. The trap: a counter of a breaker
+-- that is alive but never moved must still be there (at 0) from the
+-- first scrape, or rate() has no start to count from.
+
+local telemetry = require "sprun.telemetry"
+local registry = require "sprun.telemetry.registry"
+local json = require "sprun.telemetry.json"
+local check = require "sprun.check"
+local options = require "sprun.options"
+local tables = require "sprun.tables"
+local kernel = require "sprun.sched.kernel"
+local http_server = require "sprun.io.http_server"
+
+local type = type
+local pairs = pairs
+local ipairs = ipairs
+local pcall = pcall
+local error = error
+local tostring = tostring
+local tonumber = tonumber
+local setmetatable = setmetatable
+local huge = math.huge
+local gsub = string.gsub
+local sub = string.sub
+local concat = table.concat
+
+local event_name = telemetry.event_name
+local number_text = json.number
+local sorted_keys = tables.keys_in_order
+
+local _M = {}
+
+-- Bucket bounds of the call duration histogram, in seconds.
+local BUCKETS = { 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                  0.25, 0.5, 1, 2.5, 5, 10 }
+local BUCKET_TEXT = {}
+for i, b in ipairs(BUCKETS) do
+  BUCKET_TEXT[i] = number_text(b)
+end
+
+local STATES = { "closed", "open", "half_open", "forced_open", "disabled",
+                 "isolated" }
+local TRANSITION_STATE = {
+  ["snakepit.circuit_breaker.opened"] = "open",
+  ["snakepit.circuit_breaker.closed"] = "closed",
+  ["snakepit.circuit_breaker.half_open"] = "half_open",
+  ["snakepit.circuit_breaker.forced_open"] = "forced_open",
+  ["snakepit.circuit_breaker.disabled"] = "disabled",
+  ["snakepit.circuit_breaker.isolated"] = "isolated",
+}
+
+local PROMETHEUS_EVENTS = {
+  "snakepit.circuit_breaker.opened", "snakepit.circuit_breaker.closed",
+  "snakepit.circuit_breaker.half_open",
+  "snakepit.circuit_breaker.forced_open", "snakepit.circuit_breaker.disabled",
+  "snakepit.circuit_breaker.isolated",
+  "snakepit.circuit_breaker.call.rejected",
+  "snakepit.circuit_breaker.call.success",
+  "snakepit.circuit_breaker.call.failure",
+  "snakepit.retry.attempt", "snakepit.retry.success",
+  "snakepit.retry.exhausted", "snakepit.worker.crash",
+}
+
+local function new_collector()
+  return {
+    transitions = {},  -- pool -> state -> count
+    rejected = {},     -- pool -> count
+    attempts = {},
+    successes = {},
+    exhausted = {},
+    crashes = {},
+    durations = {},    -- pool -> { counts = { per bucket }, sum, count }
+  }
+end
+
+local function pool_label(md)
+  local pool = md and md.pool
+  if pool == nil then
+    return "default"
+  end
+  return tostring(pool)
+end
+
+local function bump(t, key)
+  t[key] = (t[key] or 0) + 1
+end
+
+local function observe(c, pool, seconds)
+  local h = c.durations[pool]
+  if h == nil then
+    h = { counts = {}, sum = 0, count = 0 }
+    for i = 1, #BUCKETS do
+      h.counts[i] = 0
+    end
+    c.durations[pool] = h
+  end
+  local counts = h.counts
+  for i = #BUCKETS, 1, -1 do
+    if seconds > BUCKETS[i] then
+      break
+    end
+    counts[i] = counts[i] + 1
+  end
+  h.sum = h.sum + seconds
+  h.count = h.count + 1
+end
+
+local COLLECT = {
+  ["snakepit.circuit_breaker.call.rejected"] = function(c, m, md)
+    bump(c.rejected, pool_label(md))
+  end,
+  ["snakepit.circuit_breaker.call.success"] = function(c, m, md)
+    observe(c, pool_label(md), (tonumber(m.duration_ms) or 0) / 1000)
+  end,
+  ["snakepit.retry.attempt"] = function(c, m, md)
+    bump(c.attempts, pool_label(md))
+  end,
+  ["snakepit.retry.success"] = function(c, m, md)
+    bump(c.successes, pool_label(md))
+  end,
+  ["snakepit.retry.exhausted"] = function(c, m, md)
+    bump(c.exhausted, pool_label(md))
+  end,
+  ["snakepit.worker.crash"] = function(c, m, md)
+    bump(c.crashes, pool_label(md))
+  end,
+}
+COLLECT["snakepit.circuit_breaker.call.failure"] =
+  COLLECT["snakepit.circuit_breaker.call.success"]
+for name, state in pairs(TRANSITION_STATE) do
+  COLLECT[name] = function(c, m, md)
+    local pool = pool_label(md)
+    local by_state = c.transitions[pool]
+    if by_state == nil then
+      by_state = {}
+      c.transitions[pool] = by_state
+    end
+    bump(by_state, state)
+  end
+end
+
+local function collect_handler(event, measurements, metadata, c)
+  local f = COLLECT[event_name(event)]
+  if f then
+    f(c, measurements, metadata)
+  end
+end
+
+local function label_value(v)
+  return (gsub(gsub(gsub(v, "\\", "\\\\"), "\n", "\\n"), '"', '\\"'))
+end
+
+local function sample_value(v)
+  if v == huge then
+    return "+Inf"
+  elseif v == -huge then
+    return "-Inf"
+  elseif v ~= v then
+    return "NaN"
+  end
+  return number_text(v)
+end
+
+-- The gauges' view of the live breakers and monitors: pool -> value, the
+-- most recently made object winning when two share a pool name.
+local function breaker_states()
+  local states = {}
+  for _, cb in ipairs(registry.breakers()) do
+    local ok, state = pcall(cb.state, cb)
+    if ok then
+      states[cb._name] = state
+    end
+  end
+  return states
+end
+
+local function monitor_stats()
+  local stats = {}
+  for _, hm in ipairs(registry.monitors()) do
+    local ok, s = pcall(hm.stats, hm)
+    if ok then
+      stats[s.pool] = s
+    end
+  end
+  return stats
+end
+
+-- The metrics as Prometheus text exposition format 0.0.4.
+local function render(c)
+  local out = {}
+  local function family(name, kind, help)
+    out[#out + 1] = "# HELP " .. name .. " " .. help .. "\n"
+    out[#out + 1] = "# TYPE " .. name .. " " .. kind .. "\n"
+  end
+  local function sample(name, labels, v)
+    out[#out + 1] = name .. "{" .. labels .. "} " .. sample_value(v) .. "\n"
+  end
+  local function pool_only(pool)
+    return 'pool="' .. label_value(pool) .. '"'
+  end
+  local function per_pool(name, counts)
+    for _, pool in ipairs(sorted_keys(counts)) do
+      sample(name, pool_only(pool), counts[pool])
+    end
+  end
+
+  local states = breaker_states()
+  local stats = monitor_stats()
+  -- Counters of the breakers alive start at 0, so rates work from the
+  -- first scrape.
+  for pool in pairs(states) do
+    c.transitions[pool] = c.transitions[pool] or {}
+    c.rejected[pool] = c.rejected[pool] or 0
+  end
+  for pool in pairs(stats) do
+    c.crashes[pool] = c.crashes[pool] or 0
+  end
+
+  family("sprun_circuit_breaker_state", "gauge",
+         "Circuit breaker state: 1 for the current state, 0 for the others.")
+  for _, pool in ipairs(sorted_keys(states)) do
+    for _, state in ipairs(STATES) do
+      sample("sprun_circuit_breaker_state", pool_only(pool) .. ',state="'
+             .. state .. '"', states[pool] == state and 1 or 0)
+    end
+  end
+
+  family("sprun_circuit_breaker_transitions_total", "counter",
+         "Circuit breaker transitions, by the state entered.")
+  for _, pool in ipairs(sorted_keys(c.transitions)) do
+    local by_state = c.transitions[pool]
+    for _, state in ipairs(STATES) do
+      sample("sprun_circuit_breaker_transitions_total", pool_only(pool)
+             .. ',state="' .. state .. '"', by_state[state] or 0)
+    end
+  end
+
+  family("sprun_circuit_breaker_rejected_calls_total", "counter",
+         "Calls rejected by a circuit breaker without running.")
+  per_pool("sprun_circuit_breaker_rejected_calls_total", c.rejected)
+
+  local hist = "sprun_circuit_breaker_call_duration_seconds"
+  family(hist, "histogram",
+         "Duration of the calls a circuit breaker admitted, in seconds.")
+  for _, pool in ipairs(sorted_keys(c.durations)) do
+    local h, labels = c.durations[pool], pool_only(pool)
+    for i = 1, #BUCKETS do
+      sample(hist .. "_bucket", labels .. ',le="' .. BUCKET_TEXT[i] .. '"',
+             h.counts[i])
+    end
+    sample(hist .. "_bucket", labels .. ',le="+Inf"', h.count)
+    sample(hist .. "_sum", labels, h.sum)
+    sample(hist .. "_count", labels, h.count)
+  end
+
+  family("sprun_retry_attempts_total", "counter",
+         "Failed attempts that the executor retried.")
+  per_pool("sprun_retry_attempts_total", c.attempts)
+  family("sprun_retry_successes_total", "counter",
+         "Operations run with retry that succeeded.")
+  per_pool("sprun_retry_successes_total", c.successes)
+  family("sprun_retry_exhausted_total", "counter",
+         "Operations run with retry that failed on their last attempt.")
+  per_pool("sprun_retry_exhausted_total", c.exhausted)
+
+  family("sprun_worker_crashes_total", "counter",
+         "Worker crashes recorded by health monitors.")
+  per_pool("sprun_worker_crashes_total", c.crashes)
+
+  family("sprun_health_crashes_in_window", "gauge",
+         "Crashes within each health monitor's crash window.")
+  for _, pool in ipairs(sorted_keys(stats)) do
+    sample("sprun_health_crashes_in_window", pool_only(pool),
+           stats[pool].crashes_in_window)
+  end
+  family("sprun_health_healthy", "gauge",
+         "1 while a health monitor's pool is healthy, else 0.")
+  for _, pool in ipairs(sorted_keys(stats)) do
+    sample("sprun_health_healthy", pool_only(pool),
+           stats[pool].is_healthy and 1 or 0)
+  end
+  return concat(out)
+end
+
+local CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+local Endpoint = {}
+Endpoint.__index = Endpoint
+
+-- The metrics text the endpoint serves.
+function Endpoint:metrics()
+  check.self(self, Endpoint, "telemetry.prometheus.metrics",
+             "a Prometheus endpoint")
+  return render(self.collector)
+end
+
+-- Stops serving and collecting. Idempotent.
+function Endpoint:close()
+  check.self(self, Endpoint, "telemetry.prometheus.close",
+             "a Prometheus endpoint")
+  if not self.closed then
+    self.closed = true
+    telemetry.detach(self.id)
+    self.server:close()
+  end
+  return true
+end
+
+local parse_prometheus = options.parser("telemetry.prometheus", {
+  host = { "string", default = "127.0.0.1" },
+  port = { "integer", min = 0, limit = 65535, default = 9464 },
+  request_timeout_ms = { "integer", min = 1, limit = check.MS_MAX,
+                         default = 5000 },
+  path = { check = function(v)
+    if type(v) ~= "string" or sub(v, 1, 1) ~= "/" then
+      return "must be a path starting with '/'"
+    end
+  end },
+})
+
+local event_lists = {}
+for i, name in ipairs(PROMETHEUS_EVENTS) do
+  event_lists[i] = telemetry.event_list(name)
+end
+
+-- Serves the metrics on http://host:port/metrics (port 0 picks a free
+-- port: see endpoint.port) from the running loop, for as long as the task
+-- that started it runs or until endpoint:close(). Returns the endpoint, or
+-- nil, err if the address cannot be listened on.
+function _M.serve(opts)
+  local o = parse_prometheus(opts)
+  if kernel.current() == nil then
+    error("telemetry.prometheus: must be called from a task (inside "
+          .. "sprun.run or a script run by sprun)", 2)
+  end
+  local host = o.host == "localhost" and "127.0.0.1" or o.host
+  local path = o.path or "/metrics"
+  local endpoint = setmetatable({
+    host = host, path = path, collector = new_collector(), closed = false,
+  }, Endpoint)
+  local server, err = http_server.listen(host, o.port, {
+    request_timeout_ms = o.request_timeout_ms,
+    handler = function(p)
+      if p == path then
+        return render(endpoint.collector), CONTENT_TYPE
+      end
+    end,
+    -- Cancelling the task that owns the server closes it: stop collecting
+    -- then too.
+    on_abort = function() endpoint:close() end,
+  })
+  if server == nil then
+    return nil, err
+  end
+  endpoint.server, endpoint.port = server, server.port
+  endpoint.id = telemetry.sink_id("prometheus")
+  telemetry.attach_many(endpoint.id, event_lists, collect_handler,
+                        endpoint.collector)
+  return endpoint
+end
+
+return _M

@@ -1,0 +1,45 @@
+-- The breakers and health monitors alive now, for what reports on all of
+-- them (the Prometheus gauges). Registering keeps nothing alive: the sets
+-- are weak, and an object that is collected leaves them.
+
+local pairs = pairs
+local setmetatable = setmetatable
+local sort = table.sort
+
+local _M = {}
+
+-- object -> the order it was registered in.
+local breakers = setmetatable({}, { __mode = "k" })
+local monitors = setmetatable({}, { __mode = "k" })
+local next_registered = 0
+
+function _M.add_breaker(cb)
+  next_registered = next_registered + 1
+  breakers[cb] = next_registered
+end
+
+function _M.add_monitor(hm)
+  next_registered = next_registered + 1
+  monitors[hm] = next_registered
+end
+
+local function in_order(set)
+  local list = {}
+  for obj in pairs(set) do
+    list[#list + 1] = obj
+  end
+  sort(list, function(a, b) return set[a] < set[b] end)
+  return list
+end
+
+-- The live breakers, oldest first.
+function _M.breakers()
+  return in_order(breakers)
+end
+
+-- The live health monitors, oldest first.
+function _M.monitors()
+  return in_order(monitors)
+end
+
+return _M
