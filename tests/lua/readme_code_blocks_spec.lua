@@ -98,6 +98,65 @@ function runners.sh(b, dir)
   end
 end
 
+-- A tree block draws folders and files: a line that starts before the
+-- description column (17) starts with a path (a folder ends in "/"),
+-- indented two spaces under its folder; the words of the description
+-- that are file names (x.lua, x.c, x.h), on that line or on the lines
+-- that carry it on (indented to the column), name files of the folder.
+-- Every path and every file named must exist, and a folder that names
+-- files must name every .lua, .c and .h file it has.
+local function exists(path)
+  local f = io.open(h.root .. "/" .. path, "r")
+  if f then f:close() end
+  return f ~= nil
+end
+
+function runners.tree(b)
+  local parents, folder, named = {}, nil, {}
+  for _, line in ipairs(b.lines) do
+    local indent, first, rest = line:match("^( *)(%S+)(.*)$")
+    if #indent >= 17 then
+      rest = line
+    else
+      local depth = #indent / 2
+      assert(depth % 1 == 0 and depth <= #parents,
+             "README.md: a layout line is not indented under a folder: "
+             .. line)
+      for i = #parents, depth + 1, -1 do parents[i] = nil end
+      local path = table.concat(parents) .. first
+      assert(exists(path), "README.md: the layout names " .. path
+             .. ", which is missing")
+      folder = nil
+      if first:sub(-1) == "/" then
+        parents[depth + 1] = first
+        folder = path
+        named[folder] = named[folder] or {}
+      end
+    end
+    for _, pat in ipairs { "%f[%w_]([%w_]+%.lua)%f[^%w_.]",
+                           "%f[%w_]([%w_]+%.[ch])%f[^%w_.]" } do
+      for name in rest:gmatch(pat) do
+        assert(folder, "README.md: " .. name .. " is named outside a folder")
+        named[folder][name] = true
+        assert(exists(folder .. name), "README.md: the layout names "
+               .. folder .. name .. ", which is missing")
+      end
+    end
+  end
+  for dir, files in pairs(named) do
+    if next(files) then
+      local p = io.popen("ls " .. h.shell_quote(h.root .. "/" .. dir))
+      for f in p:lines() do
+        if f:match("%.lua$") or f:match("%.[ch]$") then
+          assert(files[f], "README.md: the layout of " .. dir
+                 .. " does not name " .. f)
+        end
+      end
+      p:close()
+    end
+  end
+end
+
 function runners.text(b)
   local usage = h.sprun_run({ "-h" }).stdout
   for _, l in ipairs(b.lines) do

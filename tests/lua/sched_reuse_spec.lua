@@ -158,7 +158,7 @@ describe("reused coroutines", function()
       end)
       local tb = err.details.traceback
       assert.truthy(tb:find("sched_reuse_spec.lua", 1, true))
-      assert.is_nil(tb:find("sched.lua", 1, true))
+      assert.is_nil(tb:find("sprun/sched/", 1, true))
     end)
 end)
 
