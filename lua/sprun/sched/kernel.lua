@@ -28,9 +28,13 @@ local co_resume = coroutine.resume
 local co_yield = coroutine.yield
 local co_running = coroutine.running
 local setmetatable = setmetatable
+local select = select
 local error = error
 
 local take_co = coro.take
+local t_after = timer.after
+local t_cancel = timer.cancel
+local t_reserve = timer.reserve
 local BULK_SPAWNS = coro.BULK_SPAWNS
 
 local _M = {}
@@ -145,10 +149,6 @@ local function enqueue(task, reason)
 end
 _M.enqueue = enqueue
 
-local t_after = timer.after
-local t_cancel = timer.cancel
-local t_reserve = timer.reserve
-
 local function new_token(s, obj)
   local t = s.next_token + 1
   s.next_token = t
@@ -156,9 +156,8 @@ local function new_token(s, obj)
   return t
 end
 
--- `sched.all`, the set of unfinished tasks, is made when asked for (a
--- spec's cleanup walks it); the scheduler reads its fields only where
--- they are set, never through this.
+-- The unfinished tasks, as a set, made when asked for (cancelling them
+-- all, tasks()): the scheduler itself finds a task through its token.
 local function live_tasks(s)
   local set = {}
   local tokens = s.tokens
@@ -426,14 +425,15 @@ function _M.wake_task(task)
   enqueue(task, WAKE_IO)
 end
 
--- A failure of `task` nobody awaits is not printed (its owner reports it
--- another way), or is printed as soon as it happens, even while its
--- parent could still await it (a connection handler, whose server never
--- awaits it).
+-- A failure of a quiet task that nobody awaits is never printed: its
+-- owner reports it another way (the main task of a run, a helper task).
 function _M.quiet(task)
   task.quiet = true
 end
 
+-- A failure of a detached task that nobody awaits is printed as soon as
+-- it happens, not when its parent ends (a connection handler: its server
+-- never awaits it).
 function _M.detach(task)
   task.detached = true
 end

@@ -21,6 +21,7 @@ local errors = require "sprun.errors"
 
 local co_resume = coroutine.resume
 local getmetatable = getmetatable
+local error = error
 local pairs = pairs
 local unpack = unpack
 local tostring = tostring
