@@ -28,6 +28,19 @@ local _M = {
   MS_MAX = 2 ^ 53,
 }
 
+-- The shortest "%.<n>g" text of v, n from `digits` up, that reads back
+-- as the same number (a finite v): 1.5, 5e+12, 0.1.
+local function shortest(v, digits)
+  for n = digits, 17 do
+    local s = format("%." .. n .. "g", v)
+    if tonumber(s) == v then
+      return s
+    end
+  end
+  return format("%.17g", v)
+end
+_M.shortest = shortest
+
 -- How a value given by the user is shown after "got".
 local function describe(v)
   local t = type(v)
@@ -43,14 +56,7 @@ local function describe(v)
     elseif v % 1 == 0 and v > -1e9 and v < 1e9 then
       return format("%d", v)
     end
-    -- The shortest form that reads back as the same number: 1.5, 5e+12.
-    for digits = 1, 17 do
-      local s = format("%." .. digits .. "g", v)
-      if tonumber(s) == v then
-        return s
-      end
-    end
-    return format("%.17g", v)
+    return shortest(v, 1)
   elseif t == "nil" or t == "boolean" then
     return tostring(v)
   end

@@ -70,8 +70,13 @@ end
 local parse_retry = retry_parser("executor.execute_with_retry")
 local parse_protection = retry_parser("executor.execute_with_protection")
 
-local function policy_from(o)
-  return o.policy or retry_policy._from_options(o)
+-- The policy, pool and operation of retry options `o` as a parser
+-- checked them, or (o false) of a policy given as the options themselves.
+local function retry_setup(opts, o)
+  if not o then
+    return opts
+  end
+  return o.policy or retry_policy._from_options(o), o.pool, o.operation
 end
 
 -- The outcome of one attempt: ok (a success), or false and the error.
@@ -142,12 +147,8 @@ end
 -- opts: a retry policy, retry_policy options, or { policy = p }.
 function _M.execute_with_retry(fn, opts, ...)
   check.func("executor.execute_with_retry", "fn", fn)
-  local policy, pool, operation = opts, nil, nil
-  if not retry_policy.is_policy(opts) then
-    local o = parse_retry(opts)
-    policy = policy_from(o)
-    pool, operation = o.pool, o.operation
-  end
+  local policy, pool, operation = retry_setup(opts,
+    not retry_policy.is_policy(opts) and parse_retry(opts))
   return retry(policy, fn, nil, pool, operation, ...)
 end
 
@@ -285,12 +286,8 @@ function _M.execute_with_protection(cb, fn, opts, ...)
                     "must be a circuit breaker", cb)
   end
   check.func("executor.execute_with_protection", "fn", fn)
-  local policy, pool, operation = opts, nil, nil
-  if not retry_policy.is_policy(opts) then
-    local o = parse_protection(opts)
-    policy = policy_from(o)
-    pool, operation = o.pool, o.operation
-  end
+  local policy, pool, operation = retry_setup(opts,
+    not retry_policy.is_policy(opts) and parse_protection(opts))
   return retry(policy, fn, cb, pool or cb:name(), operation, ...)
 end
 

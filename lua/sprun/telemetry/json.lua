@@ -19,12 +19,12 @@
 -- into user code (a __tostring) is protected.
 
 local cjson = require("cjson").new()
+local shortest = require("sprun.check").shortest
 
 local type = type
 local pairs = pairs
 local pcall = pcall
 local tostring = tostring
-local tonumber = tonumber
 local getmetatable = getmetatable
 local rawget = rawget
 local huge = math.huge
@@ -121,13 +121,9 @@ local function number_text(v)
   if v % 1 == 0 and v > -2 ^ 53 and v < 2 ^ 53 then
     return format("%.0f", v)
   end
-  for digits = 15, 17 do
-    local s = format("%." .. digits .. "g", v)
-    if tonumber(s) == v then
-      return s
-    end
-  end
-  return format("%.17g", v)
+  -- From 15 digits: %g drops trailing zeros, so a number that fewer
+  -- digits hold comes out just as short.
+  return shortest(v, 15)
 end
 _M.number = number_text
 
