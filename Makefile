@@ -38,6 +38,9 @@ HEADERS := runtime/include/sprun.h $(wildcard runtime/core/*.h) \
 LUA_MOD_DIR := $(BUILD)/lib/lua/5.1/sprun
 BIN := $(BUILD)/sprun
 MODULE := $(LUA_MOD_DIR)/core.so
+# The program every child is started through (runtime/exec): next to the
+# module, where sprun.core looks for it.
+SHIM := $(LUA_MOD_DIR)/sprun-exec
 LIB := $(BUILD)/libsprun.a
 CTEST := $(BUILD)/test-core
 
@@ -78,7 +81,7 @@ deps:
 	    exit 1; }; \
 	fi
 
-build: $(BIN) $(MODULE) $(LIB) $(CTEST)
+build: $(BIN) $(MODULE) $(SHIM) $(LIB) $(CTEST)
 
 $(BUILD)/obj/core/%.o: runtime/core/%.c $(HEADERS)
 	@mkdir -p $(@D)
@@ -102,6 +105,10 @@ $(BUILD)/obj/tests/%.o: tests/c/%.c $(HEADERS) $(wildcard tests/c/*.h)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS_ALL) $(UV_CFLAGS) $(WARN) $(CFLAGS) $(SAN) -c $< -o $@
 
+$(SHIM): runtime/exec/sprun-exec.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS_ALL) $(WARN) $(CFLAGS) $(SAN) -o $@ $<
+
 $(LIB): $(CORE_OBJ)
 	@mkdir -p $(@D)
 	rm -f $@ && ar rcs $@ $^
@@ -110,7 +117,7 @@ $(LIB): $(CORE_OBJ)
 # plain luajit can ffi.load it.
 $(MODULE): $(MOD_OBJ) $(CORE_OBJ)
 	@mkdir -p $(@D)
-	$(CC) -shared $(CFLAGS) $(SAN) -o $@ $^ $(UV_LIBS) -lm
+	$(CC) -shared $(CFLAGS) $(SAN) -o $@ $^ $(UV_LIBS) -lm -ldl
 
 # -Wl,-E exports the sp_* symbols so ffi.C finds them in the executable.
 $(BIN): $(BUILD)/obj/main.o $(MOD_OBJ) $(LIB)
@@ -164,6 +171,7 @@ install: build
 	  install -m 644 lua/sprun/$$d/*.lua $(LUADIR)/sprun/$$d/ || exit 1; \
 	done
 	install -m 755 $(MODULE) $(CMODDIR)/sprun/core.so
+	install -m 755 $(SHIM) $(CMODDIR)/sprun/sprun-exec
 	install -m 644 $(LIB) $(DESTDIR)$(PREFIX)/lib/libsprun.a
 	install -m 644 runtime/include/sprun.h $(DESTDIR)$(PREFIX)/include/sprun.h
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' \

@@ -37,11 +37,13 @@ typedef struct {
   const char *script;    /* the script path, or NULL */
   int virtual_time;      /* --virtual-time */
   int first_arg;         /* index in argv of the script (or what follows -e) */
-  const char *telemetry; /* --telemetry=DEST, or NULL */
+  const char *telemetry; /* --telemetry DEST, or NULL */
   int log_events;        /* --log-events */
-  char metrics_host[64]; /* --metrics=HOST:PORT, or "" */
+  char metrics_host[64]; /* --metrics HOST:PORT, or "" */
   int metrics_port;
   const char *policy;    /* --policy PATH, or NULL */
+  const char *telemetry_level; /* --telemetry-level LEVEL, or NULL */
+  double shutdown_grace_ms;    /* --shutdown-grace-ms MS, or -1 */
 } options_t;
 
 static const char usage_text[] =
@@ -51,28 +53,37 @@ static const char usage_text[] =
     "Runs a Lua script on LuaJIT with the sprun fault-tolerance library\n"
     "(require \"sprun\"). The script's returned number is the exit status.\n"
     "\n"
-    "options:\n"
+    "options (each VALUE also as --option=VALUE):\n"
     "  -e CODE          run CODE instead of a script file\n"
-    "  --virtual-time   run on a virtual clock: when every task waits on a\n"
-    "                   timer, time jumps to the next deadline\n"
-    "  --telemetry=DEST write each telemetry event as a JSON line to DEST:\n"
+    "  --virtual-time   run on a virtual clock: when no task can run and\n"
+    "                   none awaits I/O, time jumps to the next deadline\n"
+    "  --telemetry DEST write each telemetry event as a JSON line to DEST:\n"
     "                   stderr, stdout or a file (appended to)\n"
+    "  --telemetry-level LEVEL\n"
+    "                   the events --telemetry and --log-events write:\n"
+    "                   debug, info (the default) or warning and above\n"
     "  --log-events     log each telemetry event to stderr, one line each\n"
-    "  --metrics=HOST:PORT\n"
+    "  --metrics HOST:PORT\n"
     "                   serve Prometheus metrics on http://HOST:PORT/metrics\n"
     "                   while the script runs\n"
     "  --policy PATH    load the policy file PATH before the script (see\n"
     "                   sprun.policy.default()); SIGHUP reloads it\n"
+    "  --shutdown-grace-ms MS\n"
+    "                   after SIGINT, SIGTERM or SIGHUP, how long the\n"
+    "                   cancelled tasks may take to end (default 5000)\n"
     "  -v               print the version of sprun, LuaJIT and exit\n"
     "  -h               print this help and exit\n"
     "  --               stop handling options\n"
     "\n"
     "The script runs as the main task: it may sleep and await, and sprun\n"
-    "exits when every task is done. SIGINT and SIGTERM cancel every task.\n"
+    "exits when every task is done. SIGINT, SIGTERM and SIGHUP cancel every\n"
+    "task; a second one, or the end of the grace period, kills what is left\n"
+    "and exits at once. No child process outlives sprun.\n"
     "\n"
-    "exit status: the script's returned number, else 0; 1 on an uncaught\n"
-    "error; 2 on a bad command line or an unreadable script; 130/143 after\n"
-    "SIGINT/SIGTERM.\n";
+    "exit status: the script's returned number (0 to 255), 0 for true or\n"
+    "nothing, 1 for false or nil, err; 1 on an uncaught error; 2 on a bad\n"
+    "command line, an unreadable script or another returned value;\n"
+    "130/143/129 after SIGINT/SIGTERM/SIGHUP.\n";
 
 static int usage_error(const char *fmt, const char *what) {
   fprintf(stderr, "sprun: ");
@@ -112,11 +123,52 @@ static int parse_metrics(const char *v, options_t *o) {
   return 0;
 }
 
+/* The value of option `name` at argv[*i]: "--name=VALUE", or "--name" and
+ * the next argument (then *i moves on to it). NULL if argv[*i] is not this
+ * option; *missing is set when it is, with no value after it. */
+static const char *option_value(int argc, char **argv, int *i,
+                                const char *name, int *missing) {
+  const char *a = argv[*i];
+  size_t len = strlen(name);
+
+  *missing = 0;
+  if (strncmp(a, name, len) != 0)
+    return NULL;
+  if (a[len] == '=')
+    return a + len + 1;
+  if (a[len] != '\0')
+    return NULL;
+  if (*i + 1 >= argc) {
+    *missing = 1;
+    return NULL;
+  }
+  return argv[++*i];
+}
+
+/* A whole number of ms from 0 to 2^53 (the largest a Lua number holds
+ * exactly); -1 if `v` is not one. */
+static double parse_ms(const char *v) {
+  char *end;
+  double ms;
+
+  if (v[0] < '0' || v[0] > '9')
+    return -1;
+  errno = 0;
+  ms = strtod(v, &end);
+  if (*end != '\0' || errno != 0 || ms != (double) (long long) ms ||
+      ms > 9007199254740992.0)
+    return -1;
+  return ms;
+}
+
 /* Returns -1 when the command line is complete, or an exit status. */
 static int parse_options(int argc, char **argv, options_t *o) {
+  const char *v;
+  int missing;
   int i;
 
   memset(o, 0, sizeof(*o));
+  o->shutdown_grace_ms = -1;
   for (i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (a[0] != '-' || a[1] == '\0')
@@ -137,49 +189,71 @@ static int parse_options(int argc, char **argv, options_t *o) {
       o->virtual_time = 1;
       continue;
     }
-    if (strncmp(a, "--telemetry=", 12) == 0) {
-      if (a[12] == '\0')
-        return usage_error("option '%s' needs a destination: stderr, stdout "
-                           "or a file", "--telemetry");
-      o->telemetry = a + 12;
-      continue;
-    }
     if (strcmp(a, "--log-events") == 0) {
       o->log_events = 1;
       continue;
     }
-    if (strncmp(a, "--metrics=", 10) == 0) {
-      if (parse_metrics(a + 10, o) != 0) {
+    if ((v = option_value(argc, argv, &i, "--telemetry", &missing)) != NULL
+        || missing) {
+      if (v == NULL || v[0] == '\0')
+        return usage_error("option '%s' needs a destination: stderr, stdout "
+                           "or a file", "--telemetry");
+      o->telemetry = v;
+      continue;
+    }
+    if ((v = option_value(argc, argv, &i, "--telemetry-level", &missing)) !=
+            NULL || missing) {
+      if (v == NULL || (strcmp(v, "debug") != 0 && strcmp(v, "info") != 0 &&
+                        strcmp(v, "warning") != 0)) {
+        fprintf(stderr, "sprun: option '--telemetry-level' must be debug, "
+                "info or warning, got '%s' (see sprun -h)\n",
+                v != NULL ? v : "");
+        return EXIT_USAGE;
+      }
+      o->telemetry_level = v;
+      continue;
+    }
+    if ((v = option_value(argc, argv, &i, "--metrics", &missing)) != NULL ||
+        missing) {
+      if (v == NULL || parse_metrics(v, o) != 0) {
         fprintf(stderr, "sprun: option '--metrics' must be HOST:PORT with a "
-                "port from 1 to 65535, got '%s' (see sprun -h)\n", a + 10);
+                "port from 1 to 65535, got '%s' (see sprun -h)\n",
+                v != NULL ? v : "");
         return EXIT_USAGE;
       }
       continue;
     }
-    if (strcmp(a, "--policy") == 0 || strncmp(a, "--policy=", 9) == 0) {
-      if (a[8] == '=') {
-        o->policy = a + 9;
-      } else {
-        if (i + 1 >= argc)
-          return usage_error("option '%s' needs a file", a);
-        o->policy = argv[++i];
-      }
-      if (o->policy[0] == '\0')
+    if ((v = option_value(argc, argv, &i, "--policy", &missing)) != NULL ||
+        missing) {
+      if (v == NULL || v[0] == '\0')
         return usage_error("option '%s' needs a file", "--policy");
+      o->policy = v;
       continue;
     }
-    if (strcmp(a, "--telemetry") == 0 || strcmp(a, "--metrics") == 0)
-      return usage_error("option '%s' needs a value after '='", a);
-    if (strcmp(a, "-e") == 0) {
-      if (i + 1 >= argc)
-        return usage_error("option '%s' needs an argument", a);
-      o->code = argv[++i];
+    if ((v = option_value(argc, argv, &i, "--shutdown-grace-ms", &missing))
+            != NULL || missing) {
+      o->shutdown_grace_ms = v != NULL ? parse_ms(v) : -1;
+      if (o->shutdown_grace_ms < 0) {
+        fprintf(stderr, "sprun: option '--shutdown-grace-ms' must be a whole "
+                "number of ms >= 0, got '%s' (see sprun -h)\n",
+                v != NULL ? v : "");
+        return EXIT_USAGE;
+      }
+      continue;
+    }
+    if ((v = option_value(argc, argv, &i, "-e", &missing)) != NULL ||
+        missing) {
+      if (v == NULL)
+        return usage_error("option '%s' needs an argument", "-e");
+      o->code = v;
       o->first_arg = i;
       return -1;
     }
     return usage_error("unknown option '%s'", a);
   }
   if (i >= argc) {
+    fputs("sprun: no script given (give the path of a Lua file, or -e "
+          "CODE)\n\n", stderr);
     fputs(usage_text, stderr);
     return EXIT_USAGE;
   }
@@ -337,7 +411,7 @@ static int run(lua_State *L, int argc, char **argv, const options_t *o) {
   lua_getfield(L, -1, "main");
   lua_remove(L, -2);
 
-  lua_createtable(L, 0, 6);
+  lua_createtable(L, 0, 8);
   if (o->policy != NULL) {
     lua_pushstring(L, o->policy);
     lua_setfield(L, -2, "policy");
@@ -351,6 +425,14 @@ static int run(lua_State *L, int argc, char **argv, const options_t *o) {
   if (o->log_events) {
     lua_pushboolean(L, 1);
     lua_setfield(L, -2, "log_events");
+  }
+  if (o->telemetry_level != NULL) {
+    lua_pushstring(L, o->telemetry_level);
+    lua_setfield(L, -2, "telemetry_level");
+  }
+  if (o->shutdown_grace_ms >= 0) {
+    lua_pushnumber(L, o->shutdown_grace_ms);
+    lua_setfield(L, -2, "shutdown_grace_ms");
   }
   if (o->metrics_host[0] != '\0') {
     lua_pushstring(L, o->metrics_host);

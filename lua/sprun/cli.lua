@@ -5,13 +5,16 @@
 --
 -- opts (from main.c): clock ("real" | "virtual"); policy (--policy PATH);
 -- telemetry (--telemetry=DEST: "stderr", "stdout" or a path); log_events
--- (--log-events); metrics_host and metrics_port (--metrics=HOST:PORT).
+-- (--log-events); metrics_host and metrics_port (--metrics=HOST:PORT);
+-- telemetry_level (--telemetry-level: what both sinks write);
+-- shutdown_grace_ms (--shutdown-grace-ms).
 --
 -- In this order: the policy file is loaded (a broken one exits 2 before
 -- the script runs), the telemetry sinks are attached (a JSON-lines path
 -- that cannot be opened exits 2), then the script runs as the main task
--- (sched.main), inside which the metrics endpoint starts and SIGHUP
--- starts reloading the policy file before the script's first line.
+-- (sched.main, which answers SIGINT, SIGTERM and SIGHUP: with --policy,
+-- SIGHUP reloads the file instead), inside which the metrics endpoint
+-- starts before the script's first line.
 --
 -- The trap: a sink or an endpoint the chain made must outlive nothing:
 -- the endpoint belongs to the main task (cancelling it closes the port),
@@ -28,14 +31,6 @@ local io_stderr = io.stderr
 local io_stdout = io.stdout
 
 local _M = {}
-
--- chunk, run after the policy file starts reloading on SIGHUP.
-local function with_policy(reg, chunk)
-  return function(...)
-    require("sprun.policy").reload_on_sighup(reg)
-    return chunk(...)
-  end
-end
 
 -- chunk, run once the metrics endpoint listens (else the run ends, 2).
 local function with_metrics(host, port, chunk)
@@ -56,20 +51,22 @@ end
 -- the exit status and, on failure, the message to print.
 function _M.main(opts, chunk, ...)
   if opts.policy ~= nil then
-    local reg, err = require("sprun.policy").load_default(opts.policy)
+    local policy = require "sprun.policy"
+    local reg, err = policy.load_default(opts.policy)
     if reg == nil then
       return 2, "sprun: --policy: " .. err.message
     end
-    chunk = with_policy(reg, chunk)
+    opts.on_sighup = policy.reload_default
   end
+  local level = opts.telemetry_level
   if opts.log_events then
-    telemetry.logger()
+    telemetry.logger { level = level }
   end
   local dest = opts.telemetry
   if dest ~= nil then
     local target = dest == "stderr" and io_stderr
                    or dest == "stdout" and io_stdout or dest
-    local id, err = telemetry.json_lines(target)
+    local id, err = telemetry.json_lines(target, { level = level })
     if id == nil then
       return 2, "sprun: --telemetry: " .. err.message
     end

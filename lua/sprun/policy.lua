@@ -27,7 +27,6 @@ local check = require "sprun.check"
 local options = require "sprun.options"
 local tables = require "sprun.tables"
 local errors = require "sprun.errors"
-local core = require "sprun.core"
 local kernel = require "sprun.sched.kernel"
 local pipeline = require "sprun.pipeline"
 local bulkhead = require "sprun.bulkhead"
@@ -362,19 +361,17 @@ function _M.load_default(path)
   return reg, err
 end
 
--- From a task of the running loop: SIGHUP reloads `reg` for as long as
--- the loop runs; a broken file is reported on stderr and the old policies
--- stay.
-function _M.reload_on_sighup(reg)
-  kernel.on_signal(core.signals.SIGHUP, function()
-    local ok, err = reg:reload()
-    if ok then
-      io.stderr:write("sprun: --policy: reloaded " .. reg._path .. "\n")
-    else
-      io.stderr:write("sprun: --policy: reload failed, the old policies "
-                      .. "stay: " .. err.message .. "\n")
-    end
-  end)
+-- What SIGHUP does under `sprun --policy`: reloads the default registry;
+-- a broken file is reported on stderr and the old policies stay.
+function _M.reload_default()
+  local reg = default
+  local ok, err = reg:reload()
+  if ok then
+    io.stderr:write("sprun: --policy: reloaded " .. reg._path .. "\n")
+  else
+    io.stderr:write("sprun: --policy: reload failed, the old policies "
+                    .. "stay: " .. err.message .. "\n")
+  end
 end
 
 return _M

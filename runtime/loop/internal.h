@@ -109,6 +109,9 @@ struct sp_loop_s {
   /* The one libuv timer: armed for the earliest deadline before each
    * poll, it only wakes the poll; the timers fire in sp__loop_step. */
   uv_timer_t timer;
+  /* Keeps the loop alive for a step that must poll without waiting (see
+   * poll_io in loop.c). */
+  uv_idle_t poll_idle;
   uint64_t armed_deadline;
   int armed;
   int virtual_time;
@@ -128,10 +131,17 @@ struct sp_loop_s {
   void *ctx;
   sp__handle_t handles; /* sentinel of a circular list */
   unsigned handle_count;
-  /* Running children, pending connects and writes, reading sockets. */
+  /* I/O a task awaits: children it waits on, pending connects and
+   * writes, reading sockets. */
   unsigned inflight;
   int stepping;
   int freeing;
+  /* The watchdog (watchdog.c): the write end of its pipe, or -1, and its
+   * pid. */
+  int watch_fd;
+  int watch_pid;
+  /* The loops alive in this process, for the exit handler (loop.c). */
+  struct sp_loop_s *next_alive;
   char readbuf[65536];
 };
 
@@ -145,6 +155,25 @@ void sp__handle_unlink(sp__handle_t *h);
 /* Closes every linked handle not closing yet, each with its own close
  * function (for sp__loop_free; the memory goes in the close callbacks). */
 void sp__handle_close_all(sp_loop_t *loop);
+
+/* watchdog.c. Tells the loop's watchdog (started at the first call) of a
+ * child's group that started, and of one that is gone; stop ends the
+ * watchdog and reaps it (sp__loop_free, once every child is reaped). */
+void sp__watchdog_add(sp_loop_t *loop, int pid);
+void sp__watchdog_remove(sp_loop_t *loop, int pid);
+void sp__watchdog_stop(sp_loop_t *loop);
+
+/* exec.c. The file and argv uv_spawn gets to start `o` through the shim
+ * (set with sp__proc_set_shim), or o->file and no argv (NULL) without
+ * one; UV_ENOENT or UV_EACCES when the program cannot be found or run.
+ * sp__exec_free frees the argv. */
+int sp__exec_args(const sp_proc_options_t *o, const char **file,
+                  char ***argv);
+void sp__exec_free(char **argv);
+
+/* process.c. Kills the group of every child of the loop still running,
+ * at once and without waiting (the process is exiting). */
+void sp__proc_kill_all(sp_loop_t *loop);
 
 /* loop.c. Reports an event through the loop's callback (nothing while the
  * loop is being freed). */

@@ -107,8 +107,25 @@ static void fire_due(sp_loop_t *loop, uint64_t now) {
     disarm(loop);
 }
 
+/* The loops alive in this process. On exit (exit(3), os.exit), the
+ * children of every one of them are killed: the process is going, and so
+ * are they, whoever called exit. */
+static sp_loop_t *alive;
+
+static void kill_children_at_exit(void) {
+  sp_loop_t *loop;
+
+  for (loop = alive; loop != NULL; loop = loop->next_alive)
+    sp__proc_kill_all(loop);
+}
+
+void sp__loop_kill_children(sp_loop_t *loop) {
+  sp__proc_kill_all(loop);
+}
+
 int sp__loop_new(sp_loop_t **out, int virtual_time, sp_event_cb cb,
                  void *ctx) {
+  static int at_exit;
   sp_loop_t *loop;
   int err;
 
@@ -121,6 +138,7 @@ int sp__loop_new(sp_loop_t **out, int virtual_time, sp_event_cb cb,
     return err;
   }
   uv_timer_init(&loop->uv, &loop->timer);
+  uv_idle_init(&loop->uv, &loop->poll_idle);
   loop->timer.data = loop;
   sp__heap_init(&loop->heap);
   loop->handles.next = &loop->handles;
@@ -134,11 +152,17 @@ int sp__loop_new(sp_loop_t **out, int virtual_time, sp_event_cb cb,
    * EPIPE, not kill the whole process. Children get the default back
    * (libuv resets signal dispositions in the child). */
   signal(SIGPIPE, SIG_IGN);
+  loop->watch_fd = -1;
+  if (!at_exit && atexit(kill_children_at_exit) == 0)
+    at_exit = 1;
+  loop->next_alive = alive;
+  alive = loop;
   *out = loop;
   return 0;
 }
 
 void sp__loop_free(sp_loop_t *loop) {
+  sp_loop_t **link;
   int err;
 
   assert(!loop->stepping);
@@ -146,10 +170,18 @@ void sp__loop_free(sp_loop_t *loop) {
   loop->cb = NULL;
   sp__handle_close_all(loop);
   uv_close((uv_handle_t *) &loop->timer, NULL);
+  uv_close((uv_handle_t *) &loop->poll_idle, NULL);
   /* Runs until every child is reaped and every close callback ran. */
   while (uv_run(&loop->uv, UV_RUN_DEFAULT) != 0)
     ;
   assert(loop->handles.next == &loop->handles);
+  sp__watchdog_stop(loop);
+  for (link = &alive; *link != NULL; link = &(*link)->next_alive) {
+    if (*link == loop) {
+      *link = loop->next_alive;
+      break;
+    }
+  }
   err = uv_loop_close(&loop->uv);
   assert(err == 0);
   (void) err;
@@ -173,6 +205,25 @@ void sp__loop_update_time(sp_loop_t *loop) {
     uv_update_time(&loop->uv);
 }
 
+static void idle_cb(uv_idle_t *idle) {
+  (void) idle;
+}
+
+/* One uv_run. libuv polls only a loop it thinks alive, and the signal
+ * watchers are not counted (they must not keep a loop alive): a step that
+ * does not wait (a timer is due) must still pick up the signals and I/O
+ * that are ready, so an idle handle keeps the loop alive for the one
+ * iteration. */
+static void poll_io(sp_loop_t *loop, uv_run_mode mode) {
+  if (mode == UV_RUN_NOWAIT) {
+    uv_idle_start(&loop->poll_idle, idle_cb);
+    uv_run(&loop->uv, mode);
+    uv_idle_stop(&loop->poll_idle);
+    return;
+  }
+  uv_run(&loop->uv, mode);
+}
+
 static void step_real(sp_loop_t *loop, uv_run_mode mode) {
   const sp__heap_node_t *top = sp__heap_peek(&loop->heap);
   uint64_t now = uv_now(&loop->uv);
@@ -183,7 +234,7 @@ static void step_real(sp_loop_t *loop, uv_run_mode mode) {
     mode = UV_RUN_NOWAIT;
   else
     arm(loop, top->deadline, top->deadline - now);
-  uv_run(&loop->uv, mode);
+  poll_io(loop, mode);
   fire_due(loop, uv_now(&loop->uv));
 }
 
@@ -215,7 +266,7 @@ static void step_virtual(sp_loop_t *loop, uv_run_mode mode) {
   } else {
     loop->io_anchored = 0;
   }
-  uv_run(&loop->uv, mode);
+  poll_io(loop, mode);
   if (io) {
     uv_update_time(&loop->uv);
     follow_real_time(loop);

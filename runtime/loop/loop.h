@@ -79,6 +79,11 @@ int sp__loop_new(sp_loop_t **out, int virtual_time, sp_event_cb cb,
  * Not from inside the event callback. */
 void sp__loop_free(sp_loop_t *loop);
 
+/* Kills the process group of every child of the loop that still runs,
+ * with SIGKILL, at once: for a process about to exit (it reaps nothing;
+ * the children go with the process). */
+void sp__loop_kill_children(sp_loop_t *loop);
+
 /* The loop's time in ms: libuv's cached time, or the virtual clock. */
 uint64_t sp__loop_now(const sp_loop_t *loop);
 
@@ -150,6 +155,14 @@ int sp__proc_kill(sp_proc_t *proc, int signum);
  * the pipes and frees the handle once the child is reaped (SP_EV_CLOSED; no
  * SP_EV_PROC_EXIT is reported after this call). */
 void sp__proc_close(sp_proc_t *proc);
+/* A task awaits the child (its exit or its output), or no longer does:
+ * while one does, it is I/O in flight, which holds virtual time to the
+ * real clock. A child nobody awaits never holds it. */
+void sp__proc_await(sp_proc_t *proc, int awaited);
+/* The sprun-exec program every child is started through (see exec.c), or
+ * NULL (the default) to start them directly. */
+int sp__proc_set_shim(const char *path);
+const char *sp__proc_shim(void);
 
 /* ---- TCP ------------------------------------------------------------------ */
 

@@ -48,7 +48,7 @@ struct sp_proc_s {
   int err_eof;
   int exited;
   int reported;  /* SP_EV_PROC_EXIT was reported */
-  int inflight;  /* counted in loop->inflight */
+  int inflight;  /* counted in loop->inflight: a task awaits it */
   int lingering; /* something else held the output pipes open */
   int64_t status;
   int term_signal;
@@ -59,6 +59,10 @@ static void close_cb(uv_handle_t *handle) {
 
   if (--p->open > 0)
     return;
+  /* Reaped, and its group killed if it outlived it: nothing left to
+   * watch. */
+  if (p->pid > 0)
+    sp__watchdog_remove(p->h.loop, p->pid);
   sp__handle_unlink(&p->h);
   free(p);
 }
@@ -210,12 +214,20 @@ int sp__proc_spawn(sp_loop_t *loop, const sp_proc_options_t *options,
                    uint64_t token, sp_proc_t **out, int *pid) {
   uv_process_options_t opts;
   uv_stdio_container_t stdio[3];
+  char **shim_argv;
+  const char *file;
   sp_proc_t *p;
   int err;
 
+  /* The program is looked for first: a missing one spawns nothing. */
+  err = sp__exec_args(options, &file, &shim_argv);
+  if (err)
+    return err;
   p = calloc(1, sizeof(*p));
-  if (p == NULL)
+  if (p == NULL) {
+    sp__exec_free(shim_argv);
     return UV_ENOMEM;
+  }
   p->h.loop = loop;
   p->h.token = token;
   uv_pipe_init(&loop->uv, &p->out, 0);
@@ -243,8 +255,8 @@ int sp__proc_spawn(sp_loop_t *loop, const sp_proc_options_t *options,
 
   memset(&opts, 0, sizeof(opts));
   opts.exit_cb = exit_cb;
-  opts.file = options->file;
-  opts.args = options->args;
+  opts.file = file;
+  opts.args = shim_argv != NULL ? shim_argv : options->args;
   opts.env = options->env;
   opts.cwd = options->cwd;
   opts.flags = UV_PROCESS_DETACHED;
@@ -254,6 +266,7 @@ int sp__proc_spawn(sp_loop_t *loop, const sp_proc_options_t *options,
   /* uv_spawn initialises the handle even when it fails, so from here on
    * it must be closed whatever happens. */
   err = uv_spawn(&loop->uv, &p->process, &opts);
+  sp__exec_free(shim_argv);
   p->process.data = p;
   p->open++;
   if (err) {
@@ -273,11 +286,19 @@ int sp__proc_spawn(sp_loop_t *loop, const sp_proc_options_t *options,
     close_handle((uv_handle_t *) &p->err);
   }
   sp__handle_link(loop, &p->h, proc_close, token);
-  p->inflight = 1;
-  loop->inflight++;
+  sp__watchdog_add(loop, p->pid);
   *out = p;
   *pid = p->pid;
   return 0;
+}
+
+void sp__proc_await(sp_proc_t *p, int awaited) {
+  if (awaited && !p->inflight && !p->reported && !p->h.closing) {
+    p->inflight = 1;
+    p->h.loop->inflight++;
+  } else if (!awaited) {
+    done_inflight(p);
+  }
 }
 
 int sp__proc_write(sp_proc_t *p, const char *data, size_t len,
@@ -346,4 +367,16 @@ void sp__proc_close(sp_proc_t *p) {
     kill(-p->pid, SIGKILL);
   }
   close_all(p);
+}
+
+void sp__proc_kill_all(sp_loop_t *loop) {
+  sp__handle_t *h;
+
+  for (h = loop->handles.next; h != &loop->handles; h = h->next) {
+    if (h->close == proc_close) {
+      sp_proc_t *p = (sp_proc_t *) h;
+      if (!p->exited || p->lingering)
+        kill(-p->pid, SIGKILL);
+    }
+  }
 }

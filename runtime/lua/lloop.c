@@ -316,6 +316,14 @@ static int l_loop_handle(lua_State *L) {
   return 1;
 }
 
+/* loop:kill_children(): SIGKILL to the group of every child still
+ * running, at once (the process is about to exit: see os.exit in
+ * sprun.cli and the shutdown of sched.main). */
+static int l_loop_kill_children(lua_State *L) {
+  sp__loop_kill_children(l_check_loop(L, 1)->loop);
+  return 0;
+}
+
 static int l_loop_handle_count(lua_State *L) {
   lua_pushnumber(L, sp__loop_handle_count(l_check_loop(L, 1)->loop));
   return 1;

@@ -11,8 +11,13 @@
  * memory: a check that raises halfway leaks nothing, and nothing they
  * point at is collected before uv_spawn has used it.
  */
+#include <dlfcn.h>
+#include <limits.h>
 #include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "private.h"
 
@@ -129,6 +134,17 @@ static int l_proc_kill(lua_State *L) {
   return l_push_result(L, sp__proc_kill(h->ptr, signum));
 }
 
+/* proc:await(bool): a task waits on the child, or no longer does (see
+ * sp__proc_await: what holds virtual time back). */
+static int l_proc_await(lua_State *L) {
+  l_handle_t *h = luaL_checkudata(L, 1, PROC_MT);
+
+  luaL_checktype(L, 2, LUA_TBOOLEAN);
+  if (h->ptr != NULL)
+    sp__proc_await(h->ptr, lua_toboolean(L, 2));
+  return 0;
+}
+
 static int l_proc_close(lua_State *L) {
   return l_handle_close(L, PROC_MT);
 }
@@ -154,5 +170,41 @@ static const luaL_Reg l_proc_methods[] = {
   { "kill", l_proc_kill },
   { "close", l_proc_close },
   { "pid", l_proc_pid },
+  { "await", l_proc_await },
   { NULL, NULL }
 };
+
+/* Where sprun-exec is for the object this module is linked into: next to
+ * core.so, or, for the sprun executable (which has the module built in),
+ * in the module folder of its build tree or of its install. The first
+ * one that can be run is used; with none, children start without it (see
+ * runtime/loop/exec.c). */
+static void l_find_shim(void) {
+  static const char *const candidates[] = {
+    "/sprun-exec", "/lib/lua/5.1/sprun/sprun-exec",
+    "/../lib/lua/5.1/sprun/sprun-exec"
+  };
+  char self[PATH_MAX];
+  char path[PATH_MAX + 64];
+  char found[PATH_MAX];
+  Dl_info info;
+  char *slash;
+  size_t i;
+
+  if (sp__proc_shim() != NULL)
+    return;
+  if (dladdr((void *) luaopen_sprun_core, &info) == 0 ||
+      info.dli_fname == NULL || realpath(info.dli_fname, self) == NULL)
+    return;
+  slash = strrchr(self, '/');
+  if (slash == NULL)
+    return;
+  *slash = '\0';
+  for (i = 0; i < sizeof(candidates) / sizeof(candidates[0]); i++) {
+    snprintf(path, sizeof(path), "%s%s", self, candidates[i]);
+    if (access(path, X_OK) == 0 && realpath(path, found) != NULL) {
+      sp__proc_set_shim(found);
+      return;
+    }
+  }
+}

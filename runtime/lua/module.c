@@ -60,6 +60,7 @@ static const luaL_Reg l_loop_methods[] = {
   { "tcp_connect", l_loop_tcp_connect },
   { "tcp_listen", l_loop_tcp_listen },
   { "signal_watch", l_loop_signal_watch },
+  { "kill_children", l_loop_kill_children },
   { "close", l_loop_close },
   { NULL, NULL }
 };
@@ -76,6 +77,7 @@ static const luaL_Reg l_functions[] = {
 int luaopen_sprun_core(lua_State *L) {
   int i;
 
+  l_find_shim();
   l_new_metatable(L, LOOP_MT, l_loop_methods, l_loop_tostring, l_loop_close);
   l_new_metatable(L, PROC_MT, l_proc_methods, l_proc_tostring, NULL);
   l_new_metatable(L, TCP_MT, l_tcp_methods, l_tcp_tostring, NULL);

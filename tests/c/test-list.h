@@ -94,6 +94,7 @@
   XX(loop_virtual_time_waits_for_io)                                         \
   XX(loop_virtual_timer_fires_during_io)                                     \
   XX(loop_virtual_time_counts_time_between_steps)                           \
+  XX(loop_virtual_time_jumps_past_idle_child)                               \
   XX(loop_tcp_echo_ipv4)                                                     \
   XX(loop_tcp_echo_localhost)                                                \
   XX(loop_tcp_connection_refused)                                            \

@@ -701,7 +701,8 @@ TEST_IMPL(loop_spawn_not_found) {
 
 /* ---- virtual time and I/O ------------------------------------------------ */
 
-/* Virtual time does not jump while a child runs: the exit comes first. */
+/* Virtual time does not jump while a task awaits a child (sp__proc_await):
+ * the exit comes first. */
 TEST_IMPL(loop_virtual_time_waits_for_io) {
   rec_t *r = rec_new(1);
   sp_proc_t *proc;
@@ -712,6 +713,7 @@ TEST_IMPL(loop_virtual_time_waits_for_io) {
   t0 = sp__loop_now(r->loop);
   ASSERT_EQ(sp__timer_add(r->loop, t0 + 10000, 9, &id), 0);
   ASSERT_PASS(spawn_sh(r, "sleep 0.2; echo done", 1, &proc, &pid));
+  sp__proc_await(proc, 1);
   ASSERT_PASS(run_until(r, SP_EV_TIMER, 9, 5000));
   ex = find(r, SP_EV_PROC_EXIT, 1);
   tm = find(r, SP_EV_TIMER, 9);
@@ -743,6 +745,7 @@ TEST_IMPL(loop_virtual_timer_fires_during_io) {
   start = wall_ms();
   ASSERT_EQ(sp__timer_add(r->loop, t0 + 50, 9, &id), 0);
   ASSERT_PASS(spawn_sh(r, "exec sleep 30", 1, &proc, &pid));
+  sp__proc_await(proc, 1);
   ASSERT_PASS(run_until(r, SP_EV_TIMER, 9, 5000));
   ASSERT_LT(wall_ms() - start, 2000);
   tm = find(r, SP_EV_TIMER, 9);
@@ -769,6 +772,7 @@ TEST_IMPL(loop_virtual_time_counts_time_between_steps) {
   t0 = sp__loop_now(r->loop);
   start = wall_ms();
   ASSERT_PASS(spawn_sh(r, "sleep 0.3", 1, &proc, &pid));
+  sp__proc_await(proc, 1);
   r->step++;
   (void) sp__loop_step(r->loop, 1);
   usleep(200 * 1000);
@@ -779,6 +783,40 @@ TEST_IMPL(loop_virtual_time_counts_time_between_steps) {
   sp__proc_close(proc);
   ASSERT_PASS(run_all(r, 1000));
   ASSERT_EQ(sp__loop_handle_count(r->loop), 0);
+  rec_free(r);
+  return 0;
+}
+
+/* A child nobody awaits does not hold virtual time: an idle worker lives
+ * while an hour passes at once. Awaited again, it holds it again. */
+TEST_IMPL(loop_virtual_time_jumps_past_idle_child) {
+  rec_t *r = rec_new(1);
+  sp_proc_t *proc;
+  uint64_t t0, start, id;
+  int pid, tm;
+
+  ASSERT_NOT_NULL(r);
+  t0 = sp__loop_now(r->loop);
+  start = wall_ms();
+  ASSERT_EQ(sp__timer_add(r->loop, t0 + 3600000, 9, &id), 0);
+  ASSERT_PASS(spawn_sh(r, "exec sleep 30", 1, &proc, &pid));
+  ASSERT_PASS(run_until(r, SP_EV_TIMER, 9, 5000));
+  ASSERT_LT(wall_ms() - start, 2000);
+  tm = find(r, SP_EV_TIMER, 9);
+  ASSERT_UINT64_EQ(r->ev[tm].now, t0 + 3600000);
+  ASSERT_EQ(find(r, SP_EV_PROC_EXIT, 1), -1);
+  ASSERT_EQ(kill(pid, 0), 0);
+  /* Awaited: the next hour waits for it. */
+  sp__proc_await(proc, 1);
+  ASSERT_EQ(sp__timer_add(r->loop, t0 + 7200000, 10, &id), 0);
+  r->step++;
+  (void) sp__loop_step(r->loop, 1);
+  ASSERT_UINT64_LE(sp__loop_now(r->loop), t0 + 3600000 + 1000);
+  sp__proc_await(proc, 0);
+  ASSERT_PASS(run_until(r, SP_EV_TIMER, 10, 5000));
+  sp__proc_close(proc);
+  ASSERT_PASS(run_all(r, 2000));
+  ASSERT_EQ(kill(pid, 0), -1);
   rec_free(r);
   return 0;
 }

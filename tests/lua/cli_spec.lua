@@ -30,11 +30,13 @@ describe("sprun executable", function()
     assert.are.equal("", r.stderr)
   end)
 
-  it("with no script prints the usage on stderr and exits 2", function()
-    local r = h.sprun_run {}
-    assert.are.equal(2, r.code)
-    assert.matches("^usage: sprun", r.stderr)
-  end)
+  it("with no script says so, prints the usage on stderr and exits 2",
+    function()
+      local r = h.sprun_run {}
+      assert.are.equal(2, r.code)
+      assert.matches("^sprun: no script given %(give the path of a Lua "
+                     .. "file, or %-e CODE%)\n\nusage: sprun", r.stderr)
+    end)
 
   it("rejects an unknown option with one line, exit 2", function()
     local r = h.sprun_run { "--frobnicate", "x.lua" }
@@ -96,11 +98,76 @@ describe("sprun executable", function()
       .. ":3: unexpected symbol near '<eof>'\n$", r.stderr)
   end)
 
-  it("a numeric return value is the exit status", function()
+  it("a returned whole number from 0 to 255 is the exit status", function()
     local p = script(dir, "ret.lua", "return 7")
     assert.are.equal(7, h.sprun_run({ p }).code)
-    assert.are.equal(3, h.sprun_run({ "-e", "return 3" }).code)
-    assert.are.equal(0, h.sprun_run({ "-e", "return 'x'" }).code)
+    assert.are.same({ code = 3, stdout = "", stderr = "" },
+                    h.sprun_run({ "-e", "return 3" }))
+    assert.are.same({ code = 255, stdout = "", stderr = "" },
+                    h.sprun_run({ "-e", "return 255" }))
+  end)
+
+  it("true or nothing exits 0; false, or nil and an error, exits 1 and "
+     .. "prints the error", function()
+    assert.are.same({ code = 0, stdout = "", stderr = "" },
+                    h.sprun_run({ "-e", "return true" }))
+    assert.are.same({ code = 0, stdout = "", stderr = "" },
+                    h.sprun_run({ "-e", "return nil" }))
+    assert.are.same({ code = 1, stdout = "", stderr = "" },
+                    h.sprun_run({ "-e", "return false" }))
+    assert.are.same({ code = 1, stdout = "", stderr = "sprun: timeout: too "
+                      .. "slow\n" }, h.sprun_run({ "-e", "return nil, "
+                      .. "require('sprun').error('timeout', 'too slow')" }))
+    assert.are.same({ code = 1, stdout = "", stderr = "sprun: no\n" },
+                    h.sprun_run({ "-e", "return false, 'no'" }))
+  end)
+
+  it("any other returned value is misuse: exit 2 with one line", function()
+    assert.are.same({ code = 2, stdout = "", stderr = "sprun: the script "
+      .. "returned \"x\": return a number from 0 to 255, true, false or "
+      .. "nil, err\n" }, h.sprun_run({ "-e", "return 'x'" }))
+    assert.are.same({ code = 2, stdout = "", stderr = "sprun: the script "
+      .. "returned 300: an exit status must be a whole number from 0 to "
+      .. "255\n" }, h.sprun_run({ "-e", "return 300" }))
+  end)
+
+  it("takes every option with a value both as --opt VALUE and --opt=VALUE",
+    function()
+      for _, argv in ipairs {
+        { "--telemetry", "stderr", "--telemetry-level", "warning",
+          "--shutdown-grace-ms", "100", "-e", "print(1)" },
+        { "--telemetry=stderr", "--telemetry-level=warning",
+          "--shutdown-grace-ms=100", "-e", "print(1)" },
+      } do
+        assert.are.same({ code = 0, stdout = "1\n", stderr = "" },
+                        h.sprun_run(argv))
+      end
+      local pol = script(dir, "p.lua", "return { breakers = { db = {} } }")
+      for _, argv in ipairs { { "--policy", pol }, { "--policy=" .. pol } } do
+        argv[#argv + 1] = "-e"
+        argv[#argv + 1] = "print(require('sprun').policy.default():path())"
+        assert.are.same({ code = 0, stdout = pol .. "\n", stderr = "" },
+                        h.sprun_run(argv))
+      end
+    end)
+
+  it("--telemetry-level sets what the sinks write", function()
+    local code = "local cb = require('sprun').circuit_breaker.start_link "
+      .. "{ name = 'x', failure_threshold = 1 }; cb:call(function() return "
+      .. "nil, 'e' end); cb:reset()"
+    local r = h.sprun_run { "--telemetry-level", "warning", "--log-events",
+                            "-e", code }
+    assert.are.same({ code = 0, stdout = "", stderr = "[warning] circuit "
+      .. "breaker OPENED pool=x failures=1\n" }, r)
+    r = h.sprun_run { "--log-events", "-e", code }
+    assert.are.equal("[warning] circuit breaker OPENED pool=x failures=1\n"
+      .. "[info] circuit breaker CLOSED pool=x\n", r.stderr)
+    assert.are.same({ code = 2, stdout = "", stderr = "sprun: option "
+      .. "'--telemetry-level' must be debug, info or warning, got 'loud' "
+      .. "(see sprun -h)\n" }, h.sprun_run { "--telemetry-level", "loud",
+                                            "-e", "" })
+    assert.are.equal(2, h.sprun_run({ "--shutdown-grace-ms", "-5", "-e",
+                                      "" }).code)
   end)
 
   it("sets arg and ... as luajit does", function()

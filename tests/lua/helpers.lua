@@ -125,6 +125,30 @@ function _M.live_children(running_only)
   return list
 end
 
+-- The processes of process group `pgid` that are not zombies, as a sorted
+-- list of "pid comm state" strings ({} once the group is gone). By group
+-- id, read from /proc: never by name.
+function _M.group_members(pgid)
+  local p = io.popen("ls /proc")
+  local names = p:read("*a")
+  p:close()
+  local list = {}
+  for pid in names:gmatch("%d+") do
+    local f = io.open("/proc/" .. pid .. "/stat", "rb")
+    if f then
+      local s = f:read("*a") or ""
+      f:close()
+      -- pid (comm) state ppid pgrp ...
+      local comm, state, pgrp = s:match("^%d+ %((.*)%) (%S) %-?%d+ (%-?%d+)")
+      if tonumber(pgrp) == pgid and state ~= "Z" then
+        list[#list + 1] = pid .. " " .. comm .. " " .. state
+      end
+    end
+  end
+  table.sort(list)
+  return list
+end
+
 -- Calls fn() until it returns a true value or `limit_ms` passed (polling
 -- every 10 ms with a shell sleep); returns its last value.
 function _M.wait_until(fn, limit_ms)

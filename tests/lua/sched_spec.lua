@@ -612,14 +612,126 @@ describe("sprun scheduler", function()
       assert.is_nil(t:await())
     end)
 
-    it("a nested sprun.run is refused", function()
-      local ok, err = pcall(sp.run, function()
-        return sp.run(function() end)
-      end)
-      assert.is_false(ok)
-      assert.matches("sprun.run: a loop is already running", err, 1, true)
-    end)
   end)
+end)
+
+describe("sprun.run inside a running loop", function()
+  it("runs fn as a child task and returns its values, nils and all",
+    function()
+      local r = h.pack(sp.run({ clock = "virtual" }, function()
+        local t0 = sp.now()
+        local a, b, c, d = sp.run(function(x)
+          sp.sleep(1000)
+          return x, nil, "c", sched.current() ~= nil
+        end, "a")
+        return a, b, c, d, sp.now() - t0
+      end))
+      assert.are.same({ n = 5, "a", nil, "c", true, 1000 }, r)
+      h.assert_no_handles()
+    end)
+
+  it("raises fn's error as it is, as a run of its own does", function()
+    local e = sp.error("boom", "bad")
+    local ok, got = pcall(sp.run, function()
+      local ok2, err = pcall(sp.run, function() error(e) end)
+      return ok2, err
+    end)
+    assert.is_true(ok)
+    assert.are.equal(e, select(2, sp.run(function()
+      return pcall(sp.run, function() error(e) end)
+    end)))
+    assert.is_false(got)
+  end)
+
+  it("takes the options that apply: the loop's own clock", function()
+    assert.are.equal(42, sp.run({ clock = "virtual" }, function()
+      return sp.run({ clock = "virtual" }, function()
+        sp.sleep(3600000)
+        return 42
+      end)
+    end))
+  end)
+
+  it("is cancelled with its caller", function()
+    local inner
+    local r = sp.run({ clock = "virtual" }, function()
+      local outer = sp.spawn(function()
+        return sp.run(function()
+          inner = sched.current()
+          sp.sleep(60000)
+          return "woke"
+        end)
+      end)
+      sp.sleep(10)
+      outer:cancel()
+      local _, err = outer:await()
+      return { sp.error_kind(err), inner:status() }
+    end)
+    assert.are.same({ "cancelled", "cancelled" }, r)
+    h.assert_no_handles()
+  end)
+
+  it("from a coroutine of a task's own is misuse", function()
+    local ok, msg = sp.run(function()
+      local co = coroutine.create(function() return sp.run(function() end) end)
+      return coroutine.resume(co)
+    end)
+    assert.is_false(ok)
+    assert.matches("sprun.run: called from a coroutine that is not a sprun "
+                   .. "task", msg, 1, true)
+  end)
+end)
+
+describe("a script written for plain luajit", function()
+  local dir
+  before_each(function() dir = h.tmpdir() end)
+  after_each(function() h.rmrf(dir) end)
+
+  local env = "LUA_PATH=" .. h.shell_quote(h.root .. "/lua/?.lua;"
+    .. h.root .. "/lua/?/init.lua;;") .. " LUA_CPATH="
+    .. h.shell_quote(h.build .. "/lib/lua/5.1/?.so;;")
+
+  it("prints the same under sprun as under luajit", function()
+    local script = h.write_file(dir .. "/plain.lua", [[
+local sprun = require "sprun"
+print(sprun.run(function()
+  local results = sprun.executor.execute_batch({
+    function() sprun.sleep(30) return "a" end,
+    function() sprun.sleep(10) return "b" end,
+  }, { max_concurrency = 2 })
+  return results[1].value .. results[2].value
+end))
+print(sprun.run(function(x) return "second run", x end, 2))
+local n = 0
+sprun.executor.execute_with_retry(function()
+  n = n + 1
+  if n < 3 then return nil, "timeout" end
+  return true
+end, { backoff_ms = { 1 } })
+print("attempts", n)
+print(pcall(sprun.run, function() error("its error", 0) end))
+]])
+    local plain = h.run(env .. " luajit " .. h.shell_quote(script))
+    local under = h.sprun_run { script }
+    assert.are.same({ code = 0, stdout = "ab\nsecond run\t2\nattempts\t3\n"
+                      .. "false\tits error\n", stderr = "" }, plain)
+    assert.are.same(plain, under)
+  end)
+
+  it("with a virtual clock, prints the same under sprun --virtual-time",
+    function()
+      local script = h.write_file(dir .. "/virtual.lua", [[
+local sprun = require "sprun"
+print(sprun.run({ clock = "virtual" }, function()
+  local t0 = sprun.now()
+  sprun.sleep(3600000)
+  return sprun.now() - t0
+end))
+]])
+      local plain = h.run(env .. " luajit " .. h.shell_quote(script))
+      assert.are.same({ code = 0, stdout = "3600000\n", stderr = "" }, plain)
+      assert.are.same(plain, h.sprun_run { "--virtual-time", script })
+    end)
 end)
 
 describe("sprun executable, scripts as the main task", function()

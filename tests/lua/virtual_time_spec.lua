@@ -223,3 +223,78 @@ describe("virtual time", function()
     assert.is_true(wall_ms(t0) < 3000)
   end)
 end)
+
+describe("virtual time with live workers", function()
+  local dir
+  before_each(function() dir = h.tmpdir() end)
+  after_each(function() h.rmrf(dir) end)
+
+  -- The demo's pattern: a worker process that stays alive between
+  -- requests, a supervisor that sends it work with pauses of minutes (in
+  -- units of arg[1] ms), restarts it with a backoff when it crashes, and
+  -- guards it with a breaker and a health monitor. Nothing printed
+  -- depends on time.
+  local SUPERVISOR = [[
+local sprun = require "sprun"
+local unit = tonumber(arg[1])
+local MINUTE = 60 * unit
+local WORKER = { "sh", "-c", [=[
+while read -r line; do
+  case "$line" in
+    crash) exit 3 ;;
+    *) echo "done $line" ;;
+  esac
+done]=], stdin = true }
+local hm = sprun.health_monitor.start_link { pool = "workers",
+  crash_window_ms = 60 * MINUTE, max_crashes = 3 }
+local cb = sprun.circuit_breaker.start_link { name = "worker",
+  failure_threshold = 2, reset_timeout_ms = 5 * MINUTE }
+local worker = assert(sprun.process.spawn(WORKER))
+local restarts = 0
+local function ask(job)
+  worker:write(job .. "\n")
+  local line = worker:read_line()
+  if line == nil then
+    local st = worker:wait()
+    hm:record_crash("worker", { reason = "exit " .. tostring(st.code) })
+    restarts = restarts + 1
+    sprun.sleep(restarts * MINUTE)
+    worker = assert(sprun.process.spawn(WORKER))
+    return nil, sprun.error("worker_crash", "exit " .. tostring(st.code))
+  end
+  return line
+end
+for i, job in ipairs { "a", "b", "crash", "c", "crash", "crash", "d" } do
+  local v, err = cb:call(ask, job)
+  print(i, job, v or sprun.error_kind(err), cb:state(), hm:is_healthy())
+  sprun.sleep(2 * MINUTE)
+end
+sprun.sleep(10 * MINUTE)
+print("end", cb:state(), restarts, hm:stats().crashes_in_window)
+worker:close_stdin()
+print("worker exit", worker:wait().code)
+]]
+
+  it("runs minutes of backoff at once while the worker lives, with the "
+     .. "output of a real run", function()
+    local script = h.write_file(dir .. "/supervise.lua", SUPERVISOR)
+    local real = h.sprun_run { script, "5" }
+    local t0 = sp.hrtime()
+    local virtual = h.sprun_run { "--virtual-time", script, "60000" }
+    local ms = wall_ms(t0)
+    assert.are.same({ code = 0, stderr = "" },
+                    { code = real.code, stderr = real.stderr })
+    assert.are.equal(table.concat({
+      "1\ta\tdone a\tclosed\ttrue",
+      "2\tb\tdone b\tclosed\ttrue",
+      "3\tcrash\tworker_crash\tclosed\ttrue",
+      "4\tc\tdone c\tclosed\ttrue",
+      "5\tcrash\tworker_crash\tclosed\ttrue",
+      "6\tcrash\tworker_crash\topen\tfalse",
+      "7\td\tcircuit_open\topen\tfalse",
+      "end\thalf_open\t3\t3",
+      "worker exit\t0", "" }, "\n"), real.stdout)
+    assert.are.same(real, virtual)
+    assert.is_true(ms < 1000, ms .. " ms of wall time")
+  end)
+end)

@@ -24,6 +24,7 @@ local options = require "sprun.options"
 local ffi = require "ffi"
 
 local type = type
+local pcall = pcall
 local pairs = pairs
 local tostring = tostring
 local error = error
@@ -211,6 +212,27 @@ function Proc:_event(kind, a, b, data)
   end
 end
 
+-- Waits, as `task`, for the child to change (output, exit), counting as
+-- I/O in flight meanwhile: virtual time does not jump while a task waits
+-- on a child, and does while the child only lives (an idle worker).
+local function await_child(self, task)
+  local n = (self.awaiting or 0) + 1
+  self.awaiting = n
+  if n == 1 and not self.closed then
+    self.handle:await(true)
+  end
+  local ok, why = pcall(kernel.block, self, task)
+  n = self.awaiting - 1
+  self.awaiting = n
+  if n == 0 and not self.closed then
+    self.handle:await(false)
+  end
+  if not ok then
+    error(why, 0)
+  end
+  return why
+end
+
 -- Called when the owning task is cancelled: kill the group and reap it.
 function Proc:_abort()
   self.killed = true
@@ -219,7 +241,7 @@ end
 
 -- For stream.read_line: a reader waits for the child's next output.
 function Proc:_fill(task)
-  kernel.block(self, task)
+  await_child(self, task)
 end
 
 function Proc:_end_error()
@@ -244,7 +266,7 @@ function Proc:wait()
     if self.killed then
       return nil, errors.error(errors.CANCELLED, "process was killed")
     end
-    kernel.block(self, task)
+    await_child(self, task)
   end
   return status(self)
 end
@@ -338,7 +360,7 @@ local function run_in_task(args, o)
     kernel.arm(task, o.timeout_ms)
   end
   while not self.exited do
-    local why = kernel.block(self, task)
+    local why = await_child(self, task)
     if why == WAKE_TIMER and not self.exited then
       self:_abort()
       return nil, errors.error(errors.TIMEOUT, format(

@@ -258,7 +258,12 @@ local function run_loop(s)
       if s.live == 0 then
         return
       end
-      if not loop:step(false) and s.q_head > s.q_tail then
+      -- The main task raised: the run's outcome is known, and the tasks it
+      -- left are cancelled rather than waited for.
+      if s.main[STATE] == "failed" and not s.main_failed then
+        s.main_failed = true
+        cancel_all(s)
+      elseif not loop:step(false) and s.q_head > s.q_tail then
         -- Tasks wait, but nothing is armed that could wake them.
         local n = s.live
         cancel_all(s)
@@ -281,27 +286,59 @@ local function settle(s)
   end
 end
 
+-- The signals a run that asks for them (sprun.main, sprun.run{ signals =
+-- true }) answers. The first cancels every task and gives them the grace
+-- period to end; a second one, or the end of the grace period, kills what
+-- the tasks left (every child's group) and exits at once. SIGHUP reloads
+-- instead, where the run was given a way to (`on_sighup`: sprun --policy).
+local STOP_SIGNALS = { "SIGINT", "SIGTERM", "SIGHUP" }
+
+-- Exits the process now, from inside the loop, with 128 + the signal that
+-- began the shutdown: the children's groups are killed, stdout flushed.
+local exit = os.exit
+
+local function hard_exit(s, why)
+  io_stderr:write("sprun: ", why, "; killing what is left and exiting\n")
+  io_stderr:flush()
+  s.loop:kill_children()
+  io.stdout:flush()
+  exit(128 + s.stop_signal)
+end
+
+local function watch_signals(s, grace_ms, on_sighup)
+  for _, name in ipairs(STOP_SIGNALS) do
+    local signum = core.signals[name]
+    kernel.on_signal(signum, function()
+      if signum == core.signals.SIGHUP and on_sighup then
+        return on_sighup()
+      end
+      if s.stop_signal == nil then
+        s.stop_signal = signum
+        s.stop_name = name
+        cancel_all(s)
+        kernel.after(grace_ms, function()
+          hard_exit(s, format("tasks still running %d ms after %s", grace_ms,
+                              name))
+        end)
+      else
+        hard_exit(s, format("%s after %s", name, s.stop_name))
+      end
+    end)
+  end
+end
+
 -- Runs `fn(...)` as the main task on a new loop until every task is done;
 -- returns the main task and the signal that stopped the run, or raises
--- the error that broke the loop. opts: { clock = "virtual" }.
-local function run_main(opts, fn, args, on_signal)
-  if state() ~= nil then
-    error("sprun.run: a loop is already running; use sprun.spawn inside it",
-          3)
-  end
+-- the error that broke the loop. opts: { clock, signals, shutdown_grace_ms,
+-- on_sighup }.
+local function run_main(opts, fn, args)
   local s = open(opts)
   local main = spawn_in(s, nil, fn, args.n, args[1], args[2], args[3], args)
   kernel.quiet(main)
-  if on_signal then
-    for _, name in ipairs { "SIGINT", "SIGTERM" } do
-      local signum = core.signals[name]
-      kernel.on_signal(signum, function()
-        if s.stop_signal == nil then
-          s.stop_signal = signum
-          cancel_all(s)
-        end
-      end)
-    end
+  s.main = main
+  local signals = opts ~= nil and opts.signals
+  if signals then
+    watch_signals(s, opts.shutdown_grace_ms or 5000, opts.on_sighup)
   end
   local ok, err = pcall(run_loop, s)
   s.running = false
@@ -311,7 +348,7 @@ local function run_main(opts, fn, args, on_signal)
   end
   pcall(settle, s)
   _M.last_run = {
-    handles = s.loop:handle_count() - (on_signal and 2 or 0),
+    handles = s.loop:handle_count() - (signals and #STOP_SIGNALS or 0),
   }
   s.loop:close()
   kernel.leave()
@@ -325,22 +362,72 @@ local function run_main(opts, fn, args, on_signal)
 end
 
 local parse_run_options = options.parser("sprun.run", {
-  clock = { "choice", values = { "real", "virtual" }, default = "real" },
+  clock = { "choice", values = { "real", "virtual" } },
+  signals = { "choice", values = { true, false }, default = false },
+  shutdown_grace_ms = { "integer", min = 0, limit = MS_MAX },
 })
 
+-- The option of sprun.run that cannot apply inside a running loop, if
+-- one was given: its key and the rule it breaks.
+local function nested_misuse(s, raw, o)
+  local clock = s.virtual and "virtual" or "real"
+  if o.clock ~= nil and o.clock ~= clock then
+    return "clock", "cannot be " .. check.describe(o.clock)
+                    .. " inside a running loop whose clock is " .. clock
+  end
+  for _, k in ipairs { "signals", "shutdown_grace_ms" } do
+    if raw[k] ~= nil then
+      return k, "applies only to a run of its own, not inside a running "
+                .. "loop (set it on the outer run)"
+    end
+  end
+end
+
+-- sprun.run inside a running loop: fn runs as a child task of the caller,
+-- which waits for it; its values are returned and its error raised, as a
+-- run of its own would.
+local function run_nested(s, fn, args)
+  local me = current()
+  local task = spawn_in(s, me, fn, args.n, args[1], args[2], args[3], args)
+  kernel.quiet(task)
+  task_m.await(me, task)
+  if task[STATE] == "done" then
+    local v = task[VALUES]
+    return unpack(v, 1, v.n)
+  elseif task[STATE] == "failed" then
+    error(task.error, 0)
+  end
+  error(kernel.new_cancel_error(task), 0)
+end
+
+-- Runs fn(...) as the main task of a new loop until every task is done,
+-- and returns its values (or raises its error). Inside a running loop,
+-- fn runs as a child task of the caller instead. opts: { clock = "real" |
+-- "virtual", signals = false, shutdown_grace_ms = 5000 }.
 function _M.run(fn, ...)
-  local opts = nil
+  local opts, raw = nil, nil
   local args
   if type(fn) == "table" then
-    opts = fn
+    raw = fn
     fn = ...
     args = tables.pack(select(2, ...))
-    opts = parse_run_options(opts)
+    opts = parse_run_options(raw)
   else
     args = tables.pack(...)
   end
   check.func("sprun.run", "fn", fn)
-  local main = run_main(opts, fn, args, false)
+  local s = state()
+  if s ~= nil then
+    kernel.check_caller("sprun.run")
+    if opts then
+      local key, rule = nested_misuse(s, raw, opts)
+      if key then
+        options.fail("sprun.run", key, rule)
+      end
+    end
+    return run_nested(s, fn, args)
+  end
+  local main = run_main(opts, fn, args)
   if main[STATE] == "done" then
     local v = main[VALUES]
     return unpack(v, 1, v.n)
@@ -348,20 +435,46 @@ function _M.run(fn, ...)
   error(main.error, 0)
 end
 
+-- The exit status of a script that returned `v` (and `err`): a whole
+-- number from 0 to 255 as it is, true or nothing 0, false or nil with an
+-- error 1 (the error printed). Anything else is misuse: 2.
+local function exit_status(v, err)
+  local t = type(v)
+  if t == "number" then
+    if v % 1 == 0 and v >= 0 and v <= 255 then
+      return v
+    end
+    return 2, format("sprun: the script returned %s: an exit status must be "
+                     .. "a whole number from 0 to 255", check.describe(v))
+  elseif v == nil and err == nil or v == true then
+    return 0
+  elseif (v == nil or v == false) then
+    if err ~= nil then
+      return 1, "sprun: " .. errors.message(err)
+    end
+    return 1
+  end
+  return 2, format("sprun: the script returned %s: return a number from 0 "
+                   .. "to 255, true, false or nil, err", check.describe(v))
+end
+
 -- Runs a script's chunk as the sprun executable does (sprun.cli): as the
--- main task, SIGINT and SIGTERM cancelling every task. Returns the exit
--- status and, on failure, the message with its traceback.
+-- main task, with signals answered (see STOP_SIGNALS). Returns the exit
+-- status and, on failure, the message with its traceback. opts: those of
+-- sprun.run, and on_sighup.
 function _M.main(opts, chunk, ...)
-  local main, signum = run_main(opts, chunk, tables.pack(...), true)
+  local o = {}
+  for k, v in pairs(opts) do
+    o[k] = v
+  end
+  o.signals = true
+  local main, signum = run_main(o, chunk, tables.pack(...))
   if signum then
     return 128 + signum
   end
   if main[STATE] == "done" then
-    local v = main[VALUES][1]
-    if type(v) == "number" then
-      return v
-    end
-    return 0
+    local v = main[VALUES]
+    return exit_status(v[1], v[2])
   end
   if main[STATE] == "cancelled" then
     return 1, "sprun: the main task was cancelled"

@@ -299,9 +299,43 @@ local function raise_cancelled(task)
   error(task[CANCELLED], 0)
 end
 
+-- A cancelled task that starts a wait again has caught the cancellation
+-- (a pcall around a wait): it is raised again, but from the second time
+-- on only after a turn of the loop (a timer of 0 ms), so that a task that
+-- keeps catching it can neither spin the CPU without the loop turning nor
+-- hold off the signals and timers that end a shutdown; and once it has
+-- done so SPIN_WARN times, a line on stderr names it.
+local SPIN_WARN = 1000
+
+local function cancelled_again(task)
+  local n = (task.cancel_waits or 0) + 1
+  task.cancel_waits = n
+  if n < 2 then
+    return
+  end
+  if n == SPIN_WARN then
+    io.stderr:write("sprun: task ", task[ID], " was cancelled but keeps "
+                    .. "waiting (", SPIN_WARN, " waits since): something "
+                    .. "catches the cancellation (a pcall around a wait?)\n")
+    io.stderr:flush()
+  end
+  if task[TIMER] then
+    t_cancel(S, task[TIMER])
+  end
+  task[TIMER] = t_after(S, 0, task[TOKEN])
+  task[STATE] = "waiting"
+  co_yield()
+  task[STATE] = "running"
+  if task[TIMER] then
+    t_cancel(S, task[TIMER])
+    task[TIMER] = false
+  end
+end
+
 -- Suspends the running task until something enqueues it. Returns why.
 local function wait(task)
   if task[CANCELLED] then
+    cancelled_again(task)
     raise_cancelled(task)
   end
   task[STATE] = "waiting"
@@ -320,6 +354,7 @@ _M.wait = wait
 local function wait_or_cancel(task)
   local c = task[CANCELLED]
   if c then
+    cancelled_again(task)
     return false, c
   end
   task[STATE] = "waiting"
@@ -337,6 +372,7 @@ _M.wait_or_cancel = wait_or_cancel
 -- sprun.sleep, so that a sleeping task holds one small frame here.
 function _M.sleep_task(task, ms)
   if task[CANCELLED] then
+    cancelled_again(task)
     raise_cancelled(task)
   end
   task[TIMER] = t_after(S, ms, task[TOKEN])

@@ -3,6 +3,8 @@
 -- bad --telemetry and --metrics destinations.
 local METRICS = "sprun: option '--metrics' must be HOST:PORT with a port "
   .. "from 1 to 65535, got '%s' (see sprun -h)\n"
+local STATUS = "sprun: the script returned %s: an exit status must be a "
+  .. "whole number from 0 to 255\n"
 
 return {
   { id = "cli: missing script", also = "cli_spec",
@@ -32,8 +34,8 @@ return {
     argv = { "--", "-e" }, code = 2,
     stderr = "sprun: cannot open -e: No such file or directory\n" },
   { id = "cli: an option but no script",
-    argv = { "--virtual-time" }, code = 2, stderr1 = "usage: sprun [options] "
-      .. "script.lua [args...]" },
+    argv = { "--virtual-time" }, code = 2, stderr1 = "sprun: no script "
+      .. "given (give the path of a Lua file, or -e CODE)" },
   { id = "cli: -e without code", also = "cli_spec",
     argv = { "-e" }, code = 2,
     stderr = "sprun: option '-e' needs an argument (see sprun -h)\n" },
@@ -60,25 +62,26 @@ return {
     argv = { "$DIR/sleepneg.lua" }, code = 1,
     stderr1 = "sprun: $DIR/sleepneg.lua:2: sprun.sleep: ms must be a number "
       .. ">= 0, got -1" },
-  { id = "cli: sprun.run inside the script",
+  { id = "cli: sprun.run with a virtual clock inside the script",
     argv = { "$DIR/nested.lua" }, code = 1,
-    stderr1 = "sprun: $DIR/nested.lua:1: sprun.run: a loop is already "
-      .. "running; use sprun.spawn inside it" },
+    stderr1 = "sprun: $DIR/nested.lua:1: sprun.run: option 'clock' cannot "
+      .. "be \"virtual\" inside a running loop whose clock is real" },
   { id = "cli: empty script", argv = { "$DIR/empty.lua" }, code = 0,
     stderr = "" },
-  { id = "cli: return 256 exits 0 (low 8 bits)",
-    argv = { "$DIR/ret256.lua" }, code = 0, stderr = "" },
-  { id = "cli: return -1 exits 255", argv = { "$DIR/retneg.lua" },
-    code = 255, stderr = "" },
-  { id = "cli: return nan exits 1", argv = { "$DIR/retnan.lua" },
-    code = 1, stderr = "" },
-  { id = "cli: return 1e300 exits 1", argv = { "$DIR/rethuge.lua" },
-    code = 1, stderr = "" },
-  { id = "cli: return 3.7 exits 3", argv = { "$DIR/retfrac.lua" },
-    code = 3, stderr = "" },
+  { id = "cli: return 256 is misuse, exit 2",
+    argv = { "$DIR/ret256.lua" }, code = 2, stderr = STATUS:format("256") },
+  { id = "cli: return -1 is misuse, exit 2", argv = { "$DIR/retneg.lua" },
+    code = 2, stderr = STATUS:format("-1") },
+  { id = "cli: return nan is misuse, exit 2", argv = { "$DIR/retnan.lua" },
+    code = 2, stderr = STATUS:format("nan") },
+  { id = "cli: return 1e300 is misuse, exit 2",
+    argv = { "$DIR/rethuge.lua" }, code = 2, stderr = STATUS:format("1e+300") },
+  { id = "cli: return 3.7 is misuse, exit 2", argv = { "$DIR/retfrac.lua" },
+    code = 2, stderr = STATUS:format("3.7") },
   { id = "cli: --telemetry without a value",
     argv = { "--telemetry" }, code = 2, stderr = "sprun: option "
-      .. "'--telemetry' needs a value after '=' (see sprun -h)\n" },
+      .. "'--telemetry' needs a destination: stderr, stdout or a file "
+      .. "(see sprun -h)\n" },
   { id = "cli: --telemetry= empty",
     argv = { "--telemetry=", "x.lua" }, code = 2, stderr = "sprun: option "
       .. "'--telemetry' needs a destination: stderr, stdout or a file "
@@ -88,8 +91,7 @@ return {
     code = 2, stderr = "sprun: --telemetry: $DIR/no/such/dir/t.jsonl: No "
       .. "such file or directory\n" },
   { id = "cli: --metrics without a value",
-    argv = { "--metrics" }, code = 2, stderr = "sprun: option '--metrics' "
-      .. "needs a value after '=' (see sprun -h)\n" },
+    argv = { "--metrics" }, code = 2, stderr = METRICS:format("") },
   { id = "cli: --metrics= empty", argv = { "--metrics=", "x.lua" },
     code = 2, stderr = METRICS:format("") },
   { id = "cli: --metrics without a port", argv = { "--metrics=localhost",

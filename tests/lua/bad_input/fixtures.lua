@@ -81,7 +81,8 @@ local FILES = {
   ["errnil.lua"] = "error(nil)",
   ["yield.lua"] = "coroutine.yield()\nprint('after')\n",
   ["sleepneg.lua"] = 'local s = require("sprun")\ns.sleep(-1)\n',
-  ["nested.lua"] = 'require("sprun").run(function() end)\n',
+  ["nested.lua"] = 'require("sprun").run({ clock = "virtual" }, '
+    .. 'function() end)\n',
   ["pol_syntax.lua"] = "return {\n",
   ["pol_notable.lua"] = "return 42\n",
   ["pol_badkey.lua"] =

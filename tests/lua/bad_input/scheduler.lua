@@ -53,10 +53,14 @@ return {
   { id = "run: options but no function",
     call = function() return sprun.run, { clock = "virtual" } end,
     raises = "sprun.run: fn must be a function, got nil" },
-  { id = "run: inside a running loop", task = true,
-    call = function() return sprun.run, noop end,
-    raises = "sprun.run: a loop is already running; use sprun.spawn inside "
-      .. "it" },
+  { id = "run: a virtual clock inside a running real loop", task = true,
+    call = function() return sprun.run, { clock = "virtual" }, noop end,
+    raises = "sprun.run: option 'clock' cannot be \"virtual\" inside a "
+      .. "running loop whose clock is real" },
+  { id = "run: signals inside a running loop", task = true,
+    call = function() return sprun.run, { signals = true }, noop end,
+    raises = "sprun.run: option 'signals' applies only to a run of its own, "
+      .. "not inside a running loop (set it on the outer run)" },
   { id = "task.await: nil as self",
     call = function() return sched.Task.await, nil end,
     raises = "task.await: self must be a task, got nil" },
