@@ -116,8 +116,8 @@ for i = 1, PROBES do
   else
     counts.failed = counts.failed + 1
     say("probe %2d: failed: %s (%d consecutive failure%s)", i,
-        sprun.error_kind(err), cb:stats().failure_count,
-        cb:stats().failure_count == 1 and "" or "s")
+        sprun.error_kind(err), cb:stats().consecutive_failures,
+        cb:stats().consecutive_failures == 1 and "" or "s")
   end
   note_state()
   -- On a fixed schedule (probe i+1 at i * 100 ms), so that the time the

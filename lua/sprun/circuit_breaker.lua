@@ -119,6 +119,8 @@ function _M.start_link(opts)
     -- Calls are timed only when slow calls are counted.
     _timed = o.slow_call_ms ~= nil and w ~= nil,
     _user_clock = o.clock ~= nil,
+    -- Successes counted before the last reset() (see stats).
+    _successes_reset = 0,
     _open_error = errors.error(errors.CIRCUIT_OPEN,
                                "circuit breaker '" .. o.name .. "' is open",
                                { name = o.name }),
@@ -135,7 +137,8 @@ local function transitions(self, mask)
     kernel.after(self._reset_timeout_ms, _M.state, self)
   end
   local hook = _M._on_transition
-  local failures = self._b.failure_count
+  -- Snakepit's failure_count: every failure since it last closed.
+  local failures = tonumber(self._b.failures_since_close)
   if band(mask, HALF_OPENED) ~= 0 then
     if hook then
       hook(self, "half_open", failures)
@@ -490,11 +493,14 @@ function _M.stats(self)
   if mask > 0 then
     transitions(self, mask)
   end
-  return struct.stats(b, self._name, self._window)
+  return struct.stats(b, self._name, self._window, self._successes_reset)
 end
 
 function _M.reset(self)
   check_self(self, mt, "circuit_breaker.reset", WHAT)
+  -- success_count is never reset (as in Snakepit); the C totals are.
+  self._successes_reset = self._successes_reset
+                          + tonumber(self._b.total_successes)
   local mask = C.sp_breaker_reset(self._b)
   if mask > 0 then
     transitions(self, mask)

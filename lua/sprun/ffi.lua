@@ -116,6 +116,8 @@ typedef struct sp_breaker_s {
   uint64_t window_failures;
   uint64_t window_slow;
   int open_reason;
+  uint32_t half_open_admitted;
+  uint64_t failures_since_close;
   uint32_t head_;
   uint64_t epoch_;
   unsigned char *ring_;

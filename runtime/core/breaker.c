@@ -160,6 +160,7 @@ static int breaker_open(sp_breaker_t *b, uint64_t now_ms, int reason) {
   b->opened_at_ms = now_ms;
   b->success_count = 0;
   b->half_open_calls = 0;
+  b->half_open_admitted = 0;
   b->open_reason = reason;
   window_clear(b);
   return SP_BREAKER_OPENED;
@@ -171,6 +172,8 @@ static int breaker_close(sp_breaker_t *b) {
   b->failure_count = 0;
   b->success_count = 0;
   b->half_open_calls = 0;
+  b->half_open_admitted = 0;
+  b->failures_since_close = 0;
   window_clear(b);
   return SP_BREAKER_CLOSED;
 }
@@ -184,6 +187,7 @@ static int breaker_manual(sp_breaker_t *b, int state, int bit) {
   b->failure_count = 0;
   b->success_count = 0;
   b->half_open_calls = 0;
+  b->half_open_admitted = 0;
   window_clear(b);
   return bit;
 }
@@ -194,6 +198,7 @@ static int breaker_half_open(sp_breaker_t *b) {
   b->failure_count = 0;
   b->success_count = 0;
   b->half_open_calls = 0;
+  b->half_open_admitted = 0;
   /* With no probe allowed there is nothing to wait for: the breaker closes
    * as soon as the timeout ends. */
   if (b->config.half_open_max_calls == 0)
@@ -244,6 +249,7 @@ static int breaker_count(sp_breaker_t *b, int outcome, uint64_t now_ms,
     }
   } else {
     b->total_failures = inc64(b->total_failures);
+    b->failures_since_close = inc64(b->failures_since_close);
     switch (b->state) {
     case SP_BREAKER_STATE_CLOSED:
     case SP_BREAKER_STATE_DISABLED:
@@ -330,6 +336,8 @@ int sp_breaker_init(sp_breaker_t *b, const sp_breaker_config_t *config) {
   b->total_successes = 0;
   b->total_failures = 0;
   b->ignored_count = 0;
+  b->half_open_admitted = 0;
+  b->failures_since_close = 0;
   b->window_calls = 0;
   b->window_failures = 0;
   b->window_slow = 0;
@@ -376,6 +384,7 @@ int sp_breaker_acquire(sp_breaker_t *b, uint64_t now_ms) {
   case SP_BREAKER_STATE_HALF_OPEN:
     if (b->half_open_calls < b->config.half_open_max_calls) {
       b->half_open_calls++;
+      b->half_open_admitted = inc32(b->half_open_admitted);
       return events;
     }
     break;
@@ -457,6 +466,8 @@ int sp_breaker_reset(sp_breaker_t *b) {
   b->total_successes = 0;
   b->total_failures = 0;
   b->ignored_count = 0;
+  b->half_open_admitted = 0;
+  b->failures_since_close = 0;
   b->open_reason = SP_OPEN_REASON_NONE;
   window_clear(b);
   return was_closed ? 0 : SP_BREAKER_CLOSED;

@@ -196,6 +196,12 @@ typedef struct sp_breaker_s {
   uint64_t window_slow;
   /* read-only: sp_open_reason_t, why it last opened. */
   int open_reason;
+  /* read-only: the probes admitted since the breaker went half-open
+   * (Snakepit's half_open_calls: in flight or done); 0 in other states. */
+  uint32_t half_open_admitted;
+  /* read-only: every failure counted since the breaker last closed or was
+   * reset, in every state (Snakepit's failure_count). */
+  uint64_t failures_since_close;
   /* private */
   uint32_t head_;                  /* COUNT: the slot of the next call */
   uint64_t epoch_;                 /* TIME: epoch of the newest bucket */

@@ -26,18 +26,20 @@
 
 #include "internal.h"
 
-static char *shim_path;
+/* Static, not malloc'd: the module may be unloaded (dlclose) at exit,
+ * and what only a static of its own points at would then be a leak. */
+static char shim_buf[PATH_MAX];
+static const char *shim_path;
 
 int sp__proc_set_shim(const char *path) {
-  char *copy = NULL;
-
-  if (path != NULL) {
-    copy = strdup(path);
-    if (copy == NULL)
-      return UV_ENOMEM;
+  if (path == NULL) {
+    shim_path = NULL;
+    return 0;
   }
-  free(shim_path);
-  shim_path = copy;
+  if (strlen(path) >= sizeof(shim_buf))
+    return UV_ENAMETOOLONG;
+  strcpy(shim_buf, path);
+  shim_path = shim_buf;
   return 0;
 }
 

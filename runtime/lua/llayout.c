@@ -65,6 +65,8 @@ static const l_field_t l_breaker_fields[] = {
   L_FIELD(sp_breaker_t, window_failures),
   L_FIELD(sp_breaker_t, window_slow),
   L_FIELD(sp_breaker_t, open_reason),
+  L_FIELD(sp_breaker_t, half_open_admitted),
+  L_FIELD(sp_breaker_t, failures_since_close),
   L_FIELD(sp_breaker_t, head_),
   L_FIELD(sp_breaker_t, epoch_),
   L_FIELD(sp_breaker_t, ring_),

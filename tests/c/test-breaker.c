@@ -352,6 +352,57 @@ TEST_IMPL(breaker_failed_probe_reopens) {
   return 0;
 }
 
+/* Snakepit's counts: failures_since_close counts every failure from the
+ * last close on, in every state, and half_open_admitted every probe
+ * admitted in the half-open period, in flight or done. */
+TEST_IMPL(breaker_snakepit_counts) {
+  sp_breaker_t b;
+  uint32_t gen;
+  int events;
+
+  ASSERT_PASS(breaker_start(&b, 3, 2, 1000));
+  ASSERT_PASS(breaker_call(&b, 0, SP_OUTCOME_FAILURE, &events));
+  ASSERT_PASS(breaker_call(&b, 0, SP_OUTCOME_SUCCESS, &events));
+  ASSERT_PASS(breaker_call(&b, 0, SP_OUTCOME_FAILURE, &events));
+  ASSERT_PASS(breaker_call(&b, 0, SP_OUTCOME_FAILURE, &events));
+  ASSERT_EQ(b.failure_count, 2); /* consecutive */
+  ASSERT_UINT64_EQ(b.failures_since_close, 3);
+  ASSERT_PASS(breaker_call(&b, 0, SP_OUTCOME_FAILURE, &events));
+  ASSERT_EQ(events, SP_BREAKER_OPENED);
+  ASSERT_UINT64_EQ(b.failures_since_close, 4);
+  /* A manual failure while open counts too. */
+  ASSERT_EQ(sp_breaker_record_failure(&b, 10), 0);
+  ASSERT_UINT64_EQ(b.failures_since_close, 5);
+  ASSERT_EQ(b.half_open_admitted, 0);
+  ASSERT_EQ(sp_breaker_acquire(&b, 1000), SP_BREAKER_HALF_OPENED);
+  gen = b.generation;
+  ASSERT_EQ(b.half_open_admitted, 1);
+  ASSERT_EQ(sp_breaker_acquire(&b, 1000), 0);
+  ASSERT_EQ(b.half_open_admitted, 2);
+  ASSERT_EQ(sp_breaker_record(&b, gen, SP_OUTCOME_SUCCESS, 1000, 0), 0);
+  /* A probe that ended is still one admitted; in flight there is one. */
+  ASSERT_EQ(b.half_open_admitted, 2);
+  ASSERT_EQ(b.half_open_calls, 1);
+  ASSERT_EQ(sp_breaker_record(&b, gen, SP_OUTCOME_FAILURE, 1000, 0),
+            SP_BREAKER_OPENED);
+  ASSERT_UINT64_EQ(b.failures_since_close, 6);
+  ASSERT_EQ(b.half_open_admitted, 0);
+  ASSERT_EQ(sp_breaker_acquire(&b, 2000), SP_BREAKER_HALF_OPENED);
+  gen = b.generation;
+  ASSERT_EQ(sp_breaker_acquire(&b, 2000), 0);
+  ASSERT_EQ(sp_breaker_record(&b, gen, SP_OUTCOME_SUCCESS, 2000, 0), 0);
+  ASSERT_EQ(sp_breaker_record(&b, gen, SP_OUTCOME_SUCCESS, 2000, 0),
+            SP_BREAKER_CLOSED);
+  /* Closed: both start again. */
+  ASSERT_UINT64_EQ(b.failures_since_close, 0);
+  ASSERT_EQ(b.half_open_admitted, 0);
+  ASSERT_PASS(breaker_call(&b, 2000, SP_OUTCOME_FAILURE, &events));
+  ASSERT_UINT64_EQ(b.failures_since_close, 1);
+  ASSERT_EQ(sp_breaker_reset(&b), 0);
+  ASSERT_UINT64_EQ(b.failures_since_close, 0);
+  return 0;
+}
+
 TEST_IMPL(breaker_late_success_after_open_ignored) {
   sp_breaker_t b;
   uint32_t slow;

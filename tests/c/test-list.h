@@ -21,6 +21,7 @@
   XX(breaker_half_open_one_probe)                                            \
   XX(breaker_half_open_three_probes)                                         \
   XX(breaker_failed_probe_reopens)                                           \
+  XX(breaker_snakepit_counts)                                                \
   XX(breaker_late_success_after_open_ignored)                                \
   XX(breaker_late_failure_after_close_ignored)                               \
   XX(breaker_neutral_returns_permit_without_counting)                        \

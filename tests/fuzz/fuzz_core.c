@@ -167,6 +167,8 @@ typedef struct {
   int state;
   uint32_t gen;
   uint32_t fail, succ, hoc;
+  uint32_t admitted;      /* probes admitted in this half-open period */
+  uint64_t since_close;   /* failures since it last closed or was reset */
   uint64_t opened_at;
   uint64_t rejected, tsucc, tfail, ignored;
   int open_reason;
@@ -232,14 +234,17 @@ static int mb_enter(mbreaker_t *m, int state, uint64_t now) {
   m->gen++;
   m->succ = 0;
   m->hoc = 0;
+  m->admitted = 0;
   mb_empty(m); /* the window starts empty in every state */
   if (state == SP_BREAKER_STATE_OPEN) {
     m->opened_at = now;
     return SP_BREAKER_OPENED;
   }
   m->fail = 0;
-  if (state == SP_BREAKER_STATE_CLOSED)
+  if (state == SP_BREAKER_STATE_CLOSED) {
+    m->since_close = 0;
     return SP_BREAKER_CLOSED;
+  }
   if (m->c.half_open_max_calls == 0)
     return SP_BREAKER_HALF_OPENED | mb_enter(m, SP_BREAKER_STATE_CLOSED, now);
   return SP_BREAKER_HALF_OPENED;
@@ -250,7 +255,7 @@ static int mb_manual(mbreaker_t *m, int state, int bit) {
     return 0;
   m->state = state;
   m->gen++;
-  m->fail = m->succ = m->hoc = 0;
+  m->fail = m->succ = m->hoc = m->admitted = 0;
   mb_empty(m);
   return bit;
 }
@@ -299,6 +304,7 @@ static int mb_count(mbreaker_t *m, int outcome, uint64_t now,
     }
   } else {
     m->tfail = sat64(m->tfail);
+    m->since_close = sat64(m->since_close);
     if (counting) {
       m->fail = sat32(m->fail);
       m->succ = 0;
@@ -355,6 +361,13 @@ static void breaker_compare(const sp_breaker_t *b, mbreaker_t *m) {
   CHECK(b->failure_count == m->fail);
   CHECK(b->success_count == m->succ);
   CHECK(b->half_open_calls == m->hoc);
+  CHECK(b->half_open_admitted == m->admitted);
+  CHECK(b->failures_since_close == m->since_close);
+  CHECK(b->half_open_admitted >= b->half_open_calls);
+  CHECK(b->failures_since_close >= b->failure_count ||
+        b->state == SP_BREAKER_STATE_FORCED_OPEN ||
+        b->state == SP_BREAKER_STATE_DISABLED ||
+        b->state == SP_BREAKER_STATE_ISOLATED || mb_rate(m));
   CHECK(b->half_open_calls <= b->config.half_open_max_calls);
   CHECK(b->state == SP_BREAKER_STATE_HALF_OPEN || b->half_open_calls == 0);
   CHECK(b->state != SP_BREAKER_STATE_CLOSED || mb_rate(m) ||
@@ -505,6 +518,7 @@ static void breaker_step(breaker_run_t *r, input_t *in) {
     } else if (m->state == SP_BREAKER_STATE_HALF_OPEN &&
                m->hoc < m->c.half_open_max_calls) {
       m->hoc++;
+      m->admitted = sat32(m->admitted);
       CHECK(rc == want);
     } else {
       /* A rejection never comes with a transition; an isolated breaker
@@ -607,7 +621,8 @@ static void breaker_step(breaker_run_t *r, input_t *in) {
     CHECK(rc == (was_closed ? 0 : SP_BREAKER_CLOSED));
     m->state = SP_BREAKER_STATE_CLOSED;
     m->gen = gen_before + 1;
-    m->fail = m->succ = m->hoc = 0;
+    m->fail = m->succ = m->hoc = m->admitted = 0;
+    m->since_close = 0;
     m->opened_at = 0;
     m->rejected = m->tsucc = m->tfail = m->ignored = 0;
     m->open_reason = SP_OPEN_REASON_NONE;

@@ -21,6 +21,8 @@ describe("circuit_breaker", function()
       assert.are.same({
         name = "python_pool", state = "closed", failure_count = 0,
         success_count = 0, failure_threshold = 5, half_open_calls = 0,
+        consecutive_failures = 0, consecutive_successes = 0,
+        half_open_in_flight = 0,
         reset_timeout_ms = 30000, half_open_max_calls = 1, opened_at_ms = 0,
         rejected_count = 0, total_successes = 0, total_failures = 0,
         ignored_count = 0,
@@ -121,7 +123,9 @@ describe("circuit_breaker", function()
       cb:call(fail)
       cb:call(fail)
       cb:call(succeed)
-      assert.are.equal(0, cb:stats().failure_count)
+      assert.are.equal(0, cb:stats().consecutive_failures)
+      -- Snakepit's failure_count counts every failure since it closed.
+      assert.are.equal(2, cb:stats().failure_count)
       cb:call(fail)
       cb:call(fail)
       assert.are.equal("closed", cb:state())
@@ -197,12 +201,13 @@ describe("circuit_breaker", function()
       local cb = breaker { failure_threshold = 2 }
       assert.are.equal("ok", cb:call(succeed))
       cb:call(fail)
-      assert.are.same({ "closed", 1, 0 },
-        { cb:state(), cb:stats().failure_count, cb:stats().success_count })
+      assert.are.same({ "closed", 1, 0 }, { cb:state(),
+        cb:stats().consecutive_failures, cb:stats().consecutive_successes })
       assert.are.equal("ok", cb:call(succeed))
-      assert.are.same({ 0, 1, 2, 1 }, {
-        cb:stats().failure_count, cb:stats().success_count,
-        cb:stats().total_successes, cb:stats().total_failures })
+      local s = cb:stats()
+      assert.are.same({ 0, 1, 2, 1, 1, 2 }, {
+        s.consecutive_failures, s.consecutive_successes, s.total_successes,
+        s.total_failures, s.failure_count, s.success_count })
     end)
 
     it("saturate the counters as C does", function()
@@ -289,8 +294,10 @@ describe("circuit_breaker", function()
       t.now = 15
       assert.are.same({ nil, "boom" }, { cb:call(fail) })
       local s = cb:stats()
-      assert.are.same({ "open", 15, 1 },
-                      { s.state, s.opened_at_ms, s.failure_count })
+      -- What opened it again is this one probe; since it last closed,
+      -- three failures.
+      assert.are.same({ "open", 15, 1, 3 }, { s.state, s.opened_at_ms,
+                      s.consecutive_failures, s.failure_count })
       t.now = 24
       assert.are.equal("open", cb:state())
       t.now = 25
@@ -353,8 +360,8 @@ describe("circuit_breaker", function()
       cb:call(succeed)
       cb:call(succeed)
       local s = cb:stats()
-      assert.are.same({ "half_open", 2, 0 },
-                      { s.state, s.success_count, s.half_open_calls })
+      assert.are.same({ "half_open", 2, 0, 2 }, { s.state,
+        s.consecutive_successes, s.half_open_in_flight, s.half_open_calls })
       cb:call(succeed)
       assert.are.equal("closed", cb:state())
     end)
@@ -379,7 +386,8 @@ describe("circuit_breaker", function()
       assert.are.same({ nil, "not_found" },
                       { cb:call(function() return nil, "not_found" end) })
       local s = cb:stats()
-      assert.are.same({ "half_open", 0 }, { s.state, s.half_open_calls })
+      assert.are.same({ "half_open", 0, 1 },
+                      { s.state, s.half_open_in_flight, s.half_open_calls })
       assert.is_true(cb:allow())
     end)
   end)
@@ -495,19 +503,75 @@ describe("circuit_breaker", function()
   end)
 
   describe("reset", function()
-    it("closes and zeroes every count", function()
-      local cb = breaker { failure_threshold = 1 }
+    it("closes and zeroes every count but success_count, as Snakepit does",
+      function()
+        local cb, t = breaker { failure_threshold = 1, reset_timeout_ms = 10 }
+        cb:call(succeed)
+        cb:call(fail)
+        t.now = 10
+        cb:call(succeed)
+        cb:call(fail)
+        cb:reset()
+        assert.are.same({
+          name = "test", state = "closed", failure_count = 0,
+          success_count = 2, failure_threshold = 1, half_open_calls = 0,
+          consecutive_failures = 0, consecutive_successes = 0,
+          half_open_in_flight = 0,
+          reset_timeout_ms = 10, half_open_max_calls = 1,
+          opened_at_ms = 0, rejected_count = 0, total_successes = 0,
+          total_failures = 0, ignored_count = 0,
+        }, cb:stats())
+        assert.are.equal("ok", cb:call(succeed))
+        assert.are.equal(3, cb:stats().success_count)
+      end)
+  end)
+
+  describe("stats, field by field as Snakepit means them", function()
+    it("success_count counts every success and is never reset: "
+       .. "record_success then record_failure gives 1", function()
+      local cb = breaker {}
+      cb:record_success()
+      cb:record_failure()
+      local s = cb:stats()
+      assert.are.same({ 1, 1, 0, 1 }, { s.success_count, s.failure_count,
+        s.consecutive_successes, s.consecutive_failures })
+    end)
+
+    it("failure_count counts every failure since the breaker last closed, "
+       .. "in every state", function()
+      local cb, t = breaker { failure_threshold = 3, reset_timeout_ms = 10 }
+      for _, f in ipairs { fail, succeed, fail, fail, fail } do cb:call(f) end
+      local s = cb:stats()
+      assert.are.same({ "open", 4, 3 },
+                      { s.state, s.failure_count, s.consecutive_failures })
+      cb:record_failure() -- a late one, while open: it counts
+      assert.are.equal(5, cb:stats().failure_count)
+      t.now = 10
+      cb:call(succeed) -- the probe closes it: a new count
+      s = cb:stats()
+      assert.are.same({ "closed", 0, 0 },
+                      { s.state, s.failure_count, s.consecutive_failures })
+    end)
+
+    it("half_open_calls counts the probes admitted since it went half-open; "
+       .. "half_open_in_flight those still running", function()
+      local cb, t = breaker { failure_threshold = 1, reset_timeout_ms = 10,
+                              half_open_max_calls = 2 }
       cb:call(fail)
-      cb:call(succeed)
-      cb:reset()
-      assert.are.same({
-        name = "test", state = "closed", failure_count = 0,
-        success_count = 0, failure_threshold = 1, half_open_calls = 0,
-        reset_timeout_ms = 30000, half_open_max_calls = 1, opened_at_ms = 0,
-        rejected_count = 0, total_successes = 0, total_failures = 0,
-        ignored_count = 0,
-      }, cb:stats())
-      assert.are.equal("ok", cb:call(succeed))
+      t.now = 10
+      local during
+      cb:call(function()
+        cb:call(function()
+          during = cb:stats()
+          return "inner"
+        end)
+        return "outer"
+      end)
+      assert.are.same({ 2, 2 }, { during.half_open_calls,
+                                  during.half_open_in_flight })
+      assert.are.equal("closed", cb:state())
+      assert.are.same({ 0, 0 }, { cb:stats().half_open_calls,
+                                  cb:stats().half_open_in_flight })
     end)
   end)
 
@@ -536,8 +600,10 @@ describe("circuit_breaker", function()
       cb:record_failure()
       cb:record_failure()
       cb:reset()
-      assert.are.same({ "test opened 2", "test half_open 0", "test opened 1",
-        "test half_open 0", "test closed 0", "test opened 2",
+      -- Each with the failures since the breaker last closed (Snakepit's
+      -- failure_count): the failed probe makes 3.
+      assert.are.same({ "test opened 2", "test half_open 2", "test opened 3",
+        "test half_open 3", "test closed 0", "test opened 2",
         "test closed 0" }, events)
     end)
 

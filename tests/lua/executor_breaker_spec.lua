@@ -93,8 +93,8 @@ describe("executor", function()
         assert_no_handles()
         assert.are.same({ n = 2, "arg", nil }, res)
         local s = cb:stats()
-        assert.are.same({ 2, 1, 0 }, { s.total_failures, s.total_successes,
-                                       s.failure_count })
+        assert.are.same({ 2, 1, 0, 2 }, { s.total_failures,
+          s.total_successes, s.consecutive_failures, s.failure_count })
       end)
 
     it("does not retry a circuit_open error by default", function()

@@ -370,7 +370,9 @@ print(cb:state(), table.concat(seen, ","))
         cb:call(fail)        -- opens with 3 failures
         t.now = 100
         cb:state()           -- half-open
-        cb:call(fail)        -- the probe fails: opens again with 1 failure
+        cb:call(fail)        -- the probe fails: opens again, with the 4
+                             -- failures since it last closed (Snakepit's
+                             -- failure_count)
         t.now = 200
         cb:call(succeed)     -- half-open, then the probe closes it
         cb:record_failure()  -- below the threshold: no transition
@@ -379,7 +381,7 @@ print(cb:state(), table.concat(seen, ","))
             { pool = "python_pool", reason = "failures" } },
           { "snakepit.circuit_breaker.half_open", {},
             { pool = "python_pool" } },
-          { "snakepit.circuit_breaker.opened", { failure_count = 1 },
+          { "snakepit.circuit_breaker.opened", { failure_count = 4 },
             { pool = "python_pool", reason = "failures" } },
           { "snakepit.circuit_breaker.half_open", {},
             { pool = "python_pool" } },

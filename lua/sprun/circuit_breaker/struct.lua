@@ -178,15 +178,24 @@ local OPEN_REASONS = {
 _M.OPEN_REASONS = OPEN_REASONS
 
 -- What a breaker's stats() returns, read from its struct `b` (`window`:
--- "count", "time" or nil).
-function _M.stats(b, name, window)
+-- "count", "time" or nil; `successes_reset`: the successes counted before
+-- the last reset). The fields Snakepit has mean what they mean there:
+-- failure_count counts every failure since the breaker last closed or was
+-- reset, success_count every success ever, half_open_calls the probes
+-- admitted since it went half-open. sprun's own counts have names of
+-- their own: consecutive_failures (what failure_threshold is compared
+-- with), consecutive_successes, half_open_in_flight.
+function _M.stats(b, name, window, successes_reset)
   local s = {
     name = name,
     state = STATE_NAMES[b.state],
-    failure_count = b.failure_count,
-    success_count = b.success_count,
+    failure_count = tonumber(b.failures_since_close),
+    success_count = tonumber(b.total_successes) + (successes_reset or 0),
     failure_threshold = b.config.failure_threshold,
-    half_open_calls = b.half_open_calls,
+    half_open_calls = b.half_open_admitted,
+    consecutive_failures = b.failure_count,
+    consecutive_successes = b.success_count,
+    half_open_in_flight = b.half_open_calls,
     reset_timeout_ms = tonumber(b.config.reset_timeout_ms),
     half_open_max_calls = b.config.half_open_max_calls,
     opened_at_ms = tonumber(b.opened_at_ms),

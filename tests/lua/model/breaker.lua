@@ -18,6 +18,10 @@
 --  * closed (and disabled), failure_count and success_count count the
 --    consecutive failures and successes: a success zeroes failure_count
 --    and a failure zeroes success_count.
+--  * Snakepit's counts: since_close counts every failure counted since
+--    the breaker last closed (or was reset), in every state; admitted the
+--    probes admitted since it went half-open (zeroed at every
+--    transition); lifetime every success counted, never zeroed.
 --  * every transition and every reset starts a new epoch (the C
 --    generation); a result is counted only under the epoch its call was
 --    admitted in, else it is ignored (ignored_count).
@@ -106,6 +110,9 @@ function _M.new(cfg)
     failure_count = 0,
     success_count = 0,
     half_open_calls = 0,
+    since_close = 0,
+    admitted = 0,
+    lifetime = 0,
     opened_at = 0,
     open_reason = nil,
     rejected = 0,
@@ -139,7 +146,7 @@ function M:emit(name)
   local n = self.nevents + 1
   self.nevents = n
   self.ev_names[n] = name
-  self.ev_counts[n] = self.failure_count
+  self.ev_counts[n] = self.since_close
   self.ev_reasons[n] = self.open_reason
   self.ev_notes[n] = false
 end
@@ -259,6 +266,7 @@ function M:to_open(now, reason)
   self.open_reason = reason
   self.success_count = 0
   self.half_open_calls = 0
+  self.admitted = 0
   self:window_clear()
   self:emit("opened")
   local timers = self.timers
@@ -273,6 +281,8 @@ function M:to_closed()
   self.failure_count = 0
   self.success_count = 0
   self.half_open_calls = 0
+  self.admitted = 0
+  self.since_close = 0
   self:window_clear()
   self:emit("closed")
 end
@@ -283,6 +293,7 @@ function M:to_half_open()
   self.failure_count = 0
   self.success_count = 0
   self.half_open_calls = 0
+  self.admitted = 0
   self:emit("half_open")
   if self.max_calls == 0 then
     self:to_closed()
@@ -320,6 +331,7 @@ function M:count(outcome, now, ms)
   end
   if outcome == "success" then
     self.successes = self.successes + 1
+    self.lifetime = self.lifetime + 1
     if counting then
       self.failure_count = 0
       self.success_count = self.success_count + 1
@@ -334,6 +346,7 @@ function M:count(outcome, now, ms)
     end
   else
     self.failures = self.failures + 1
+    self.since_close = self.since_close + 1
     if counting then
       self.failure_count = self.failure_count + 1
       self.success_count = 0
@@ -369,6 +382,7 @@ function M:acquire(now)
   end
   if st == "half_open" and self.half_open_calls < self.max_calls then
     self.half_open_calls = self.half_open_calls + 1
+    self.admitted = self.admitted + 1
     return self.epoch
   end
   if st ~= "isolated" then
@@ -417,6 +431,8 @@ function M:reset()
   self.failure_count = 0
   self.success_count = 0
   self.half_open_calls = 0
+  self.admitted = 0
+  self.since_close = 0
   self.opened_at = 0
   self.open_reason = nil
   self.rejected = 0
@@ -440,6 +456,7 @@ function M:manual(state)
   self.failure_count = 0
   self.success_count = 0
   self.half_open_calls = 0
+  self.admitted = 0
   self:window_clear()
   self:emit(state)
 end

@@ -593,15 +593,27 @@ local function compare_stats(i, m, s)
   if s.state ~= m.state then
     mismatch(i, "stats().state", m.state, s.state)
   end
-  if s.failure_count ~= m.failure_count then
-    mismatch(i, "stats().failure_count", m.failure_count, s.failure_count)
+  if s.consecutive_failures ~= m.failure_count then
+    mismatch(i, "stats().consecutive_failures", m.failure_count,
+             s.consecutive_failures)
   end
-  if s.success_count ~= m.success_count then
-    mismatch(i, "stats().success_count", m.success_count, s.success_count)
+  if s.consecutive_successes ~= m.success_count then
+    mismatch(i, "stats().consecutive_successes", m.success_count,
+             s.consecutive_successes)
   end
-  if s.half_open_calls ~= m.half_open_calls then
-    mismatch(i, "stats().half_open_calls", m.half_open_calls,
-             s.half_open_calls)
+  if s.half_open_in_flight ~= m.half_open_calls then
+    mismatch(i, "stats().half_open_in_flight", m.half_open_calls,
+             s.half_open_in_flight)
+  end
+  -- Snakepit's names, with Snakepit's meanings.
+  if s.failure_count ~= m.since_close then
+    mismatch(i, "stats().failure_count", m.since_close, s.failure_count)
+  end
+  if s.success_count ~= m.lifetime then
+    mismatch(i, "stats().success_count", m.lifetime, s.success_count)
+  end
+  if s.half_open_calls ~= m.admitted then
+    mismatch(i, "stats().half_open_calls", m.admitted, s.half_open_calls)
   end
   if s.opened_at_ms ~= m.opened_at then
     mismatch(i, "stats().opened_at_ms", m.opened_at, s.opened_at_ms)
@@ -684,6 +696,14 @@ local function compare_peek(i, m, b)
   end
   if b.failure_count ~= m.failure_count then
     mismatch(i, "failure_count (peek)", m.failure_count, b.failure_count)
+  end
+  if b.failures_since_close ~= m.since_close then
+    mismatch(i, "failures_since_close (peek)", m.since_close,
+             tonumber(b.failures_since_close))
+  end
+  if b.half_open_admitted ~= m.admitted then
+    mismatch(i, "half_open_admitted (peek)", m.admitted,
+             b.half_open_admitted)
   end
   if b.success_count ~= m.success_count then
     mismatch(i, "success_count (peek)", m.success_count, b.success_count)
