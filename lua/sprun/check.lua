@@ -129,6 +129,62 @@ local function distance(a, b)
 end
 _M.distance = distance
 
+-- Near misses -------------------------------------------------------------
+
+-- A name that sprun matches against names of its own (an error kind in
+-- retriable_errors, an event in telemetry.attach) and that is one or two
+-- edits from one of them is most likely that one misspelt: it would
+-- never match, silently. near_miss warns about it with one line on
+-- stderr; a name of the user's own, further away, stays silent. Each
+-- name is looked at once per process (the answer is remembered, for at
+-- most NEAR_MAX names), so a check on a hot path costs a table lookup.
+local NEAR_MAX = 1024
+local near_seen, near_count = {}, 0
+
+-- The known name `name` is a near miss of, or nil. `known` is a set
+-- (name -> true) and `list` the same names as a list.
+local function near(name, known, list)
+  if known[name] then
+    return nil
+  end
+  local best, best_d
+  for i = 1, #list do
+    local k = list[i]
+    local d = distance(name, k)
+    if d <= 2 and d <= #k / 3 and (best_d == nil or d < best_d) then
+      best, best_d = k, d
+    end
+  end
+  return best
+end
+_M.near = near
+
+-- Warns once if `name` (a string) is a near miss of a name in `known`:
+--   sprun: warning: <where>: "timeot" is not <what> (did you mean
+--   "timeout"?)
+-- `where` says where the name was given, `what` what sprun has.
+function _M.near_miss(where, name, what, known, list)
+  local seen = near_seen[where]
+  if seen and seen[name] then
+    return
+  end
+  if near_count >= NEAR_MAX then
+    near_seen, near_count, seen = {}, 0, nil
+  end
+  if seen == nil then
+    seen = {}
+    near_seen[where] = seen
+  end
+  seen[name], near_count = true, near_count + 1
+  local mean = near(name, known, list)
+  if mean then
+    io.stderr:write(format("sprun: warning: %s: %s is not %s (did you "
+                           .. "mean %s?)\n", where, describe(name), what,
+                           describe(mean)))
+    io.stderr:flush()
+  end
+end
+
 -- Raises "<fname>: <name> <expectation>, got <v>" at the caller's level.
 function _M.arg_error(fname, name, expectation, v)
   error(format("%s: %s %s, got %s", fname, name, expectation, describe(v)), 3)
@@ -136,9 +192,28 @@ end
 
 -- The checks of the hot paths: they cost a compare when all is well.
 
+-- The name a method's object usually has, by module, for the hint that a
+-- method was called with "." for ":".
+local OBJECT_NAMES = {
+  circuit_breaker = "cb", health_monitor = "hm", retry_policy = "policy",
+  bulkhead = "bulkhead", pipeline = "pipeline", policy = "reg",
+  process = "proc", tcp = "conn", ["tcp.server"] = "server", task = "task",
+  ["telemetry.prometheus"] = "endpoint",
+}
+
+-- Misuse of a method: raises at the level of its caller. A function or
+-- nil given as self is most often obj.method(...) written for
+-- obj:method(...), and the message says so.
 function _M.self(self, mt, fname, what)
   if getmetatable(self) ~= mt then
-    error(fname .. ": self must be " .. what .. ", got " .. describe(self), 3)
+    local hint = ""
+    if self == nil or type(self) == "function" then
+      local module, method = fname:match("^(.*)%.([^.]+)$")
+      hint = format(" (did you mean %s:%s(...)?)",
+                    OBJECT_NAMES[module] or "obj", method)
+    end
+    error(fname .. ": self must be " .. what .. ", got " .. describe(self)
+          .. hint, 3)
   end
 end
 

@@ -5,6 +5,7 @@
 -- it was given.
 
 local check = require "sprun.check"
+local tables = require "sprun.tables"
 
 local type = type
 local pcall = pcall
@@ -12,6 +13,7 @@ local pairs = pairs
 local tostring = tostring
 local getmetatable = getmetatable
 local setmetatable = setmetatable
+local concat = table.concat
 
 local _M = {
   CIRCUIT_OPEN = "circuit_open",
@@ -21,6 +23,30 @@ local _M = {
   RETRIES_EXHAUSTED = "retries_exhausted",
   INVALID_ARGUMENT = "invalid_argument",
 }
+
+-- Every error kind sprun itself produces (and Snakepit's two that its
+-- default retriable_errors name). retriable_errors naming a kind one or
+-- two edits from one of these gets a warning (check.near_miss).
+_M.KINDS = {
+  "address_in_use", "address_not_available", "bulkhead_full",
+  "capacity_reached", "cancelled", "circuit_open", "closed",
+  "connection_closed", "connection_refused", "connection_reset", "eof",
+  "error", "invalid_address", "invalid_argument", "io_error", "kill_failed",
+  "not_found", "out_of_memory", "out_of_range", "policy_error",
+  "retries_exhausted", "spawn_failed", "task_crashed", "timeout",
+  "unavailable", "unreachable", "worker_crash", "write_failed",
+}
+local known_kinds = {}
+for i = 1, #_M.KINDS do
+  known_kinds[_M.KINDS[i]] = true
+end
+
+-- Warns once if `kind`, named by the user as an error kind to match
+-- (`where` says where), is a near miss of a kind sprun produces.
+function _M.check_kind_name(where, kind)
+  check.near_miss(where, kind, "an error kind sprun produces", known_kinds,
+                  _M.KINDS)
+end
 
 local mt = {}
 
@@ -58,10 +84,47 @@ function _M.kind(e)
   return "error"
 end
 
+-- A plain table raised as an error (error({ code = 42 })), shown by its
+-- fields, keys in order: { code = 42 }. Nested tables to `depth`, at most
+-- MAX_FIELDS fields each.
+local MAX_FIELDS = 10
+
+local function fields(t, depth)
+  if depth <= 0 then
+    return "{...}"
+  end
+  local keys = tables.keys_in_order(t)
+  local out = {}
+  for i = 1, #keys do
+    if i > MAX_FIELDS then
+      out[#out + 1] = "..."
+      break
+    end
+    local k, v = keys[i], t[keys[i]]
+    local key = type(k) == "string" and k:match("^[%a_][%w_]*$") and k
+                or "[" .. check.describe(k) .. "]"
+    local shown
+    if type(v) == "table" and getmetatable(v) == nil then
+      shown = fields(v, depth - 1)
+    else
+      shown = check.describe(v)
+    end
+    out[#out + 1] = key .. " = " .. shown
+  end
+  if #out == 0 then
+    return "{}"
+  end
+  return "{ " .. concat(out, ", ") .. " }"
+end
+
 -- tostring(v) for an error value of any kind, never raising: a
 -- __tostring that raises or returns something other than a string must
--- not turn one failure into a failure of whoever reports it.
+-- not turn one failure into a failure of whoever reports it. A plain
+-- table shows its fields, not its address.
 local function text(v)
+  if type(v) == "table" and getmetatable(v) == nil then
+    return fields(v, 2)
+  end
   local ok, s = pcall(tostring, v)
   if ok and type(s) == "string" then
     return s
@@ -76,14 +139,18 @@ function _M.one_line(v)
 end
 
 -- An error value as the sprun executable prints it: a string or a number
--- as it is, an object through its __tostring, any other value named by
--- its type (a table's address says nothing). Never raises.
+-- as it is, an object through its __tostring, a plain table by its
+-- fields, any other value named by its type (an address says nothing).
+-- Never raises.
 function _M.message(v)
   local t = type(v)
   if t == "string" or t == "number" then
     return tostring(v)
   end
   local m = getmetatable(v)
+  if t == "table" and m == nil then
+    return text(v)
+  end
   if type(m) == "table" and m.__tostring then
     return text(v)
   end

@@ -174,18 +174,21 @@ function _M.healthy(self)
   return C.sp_health_is_healthy(self._h, self._clock()) == 1
 end
 
--- What the monitor knows of one worker, or nil for a worker it does not
--- know (never crashed, or forgotten to make room).
+-- What the monitor knows of one worker: crash_count, its crashes since it
+-- was first seen (Snakepit's lifetime count, which goes only when the
+-- worker is forgotten), crashes_in_window, last_crash_ms, the last few
+-- reasons, and healthy (crashes_in_window < max_crashes). A worker it does
+-- not know (it never crashed, or was forgotten to make room) is healthy
+-- with no crash, as in Snakepit.
 function _M.worker_health(self, worker_id)
   check_self(self, mt, "health_monitor.worker_health", WHAT)
   check_id("health_monitor.worker_health", "worker_id", worker_id)
   local slot = self._slots[worker_id]
-  if slot == nil then
-    return nil
-  end
   local w = self._worker_out
-  if C.sp_health_worker(self._h, slot, self._clock(), w) < 0 then
-    return nil
+  if slot == nil or C.sp_health_worker(self._h, slot, self._clock(), w) < 0
+  then
+    return { healthy = true, crash_count = 0, crashes_in_window = 0,
+             reasons = {} }
   end
   local ring, reasons = self._reasons[slot], {}
   for i = 1, ring.n do
@@ -194,9 +197,9 @@ function _M.worker_health(self, worker_id)
   end
   return {
     healthy = w.crashes_in_window < self._h.config.max_crashes,
-    crash_count = w.crashes_in_window,
+    crash_count = tonumber(w.total_crashes),
+    crashes_in_window = w.crashes_in_window,
     last_crash_ms = tonumber(w.last_crash_ms),
-    total_crashes = tonumber(w.total_crashes),
     reasons = reasons,
   }
 end

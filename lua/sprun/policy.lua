@@ -36,6 +36,7 @@ local health_monitor = require "sprun.health_monitor"
 
 local type = type
 local pairs = pairs
+local ipairs = ipairs
 local pcall = pcall
 local error = error
 local tostring = tostring
@@ -89,27 +90,42 @@ local function file_message(file, e)
   return format("%s: %s %s%s", file, p, e.rule, got)
 end
 
--- The entries of one section, names checked: name -> options table.
-local function entries(section, t)
+-- Runs build(name, options) for every entry of a section, in name
+-- order, each on its own: an option error (a bad name, an entry that is
+-- not a table, a bad option) is added to `errs`, its name to `broken`, and
+-- the other entries go on, so that one reading of a file reports every
+-- error in it.
+local function each_entry(errs, broken, section, t, build)
   if t == nil then
-    return {}
+    return
   end
   if type(t) ~= "table" then
-    fail({ section }, "must be a table of named entries", check.describe(t))
+    errs[#errs + 1] = options.error({ section },
+                                    "must be a table of named entries",
+                                    check.describe(t))
+    return
   end
   local keys = sorted_keys(t)
   for i = 1, #keys do
     local k = keys[i]
+    local e
     if type(k) ~= "string" or k == "" then
-      fail({ section, "[" .. check.describe(k) .. "]" },
-           "is not a valid name (names are non-empty strings)")
+      e = options.error({ section, "[" .. check.describe(k) .. "]" },
+                        "is not a valid name (names are non-empty strings)")
+    elseif type(t[k]) ~= "table" then
+      e = options.error({ section, k }, "must be a table of options",
+                        check.describe(t[k]))
+    else
+      local ok, err = options.capture({}, build, k, t[k])
+      if not ok then
+        e = err
+      end
     end
-    if type(t[k]) ~= "table" then
-      fail({ section, k }, "must be a table of options",
-           check.describe(t[k]))
+    if e then
+      errs[#errs + 1] = e
+      broken[section][k] = true
     end
   end
-  return t
 end
 
 local function with_default(o, key, value)
@@ -121,28 +137,37 @@ local function with_default(o, key, value)
 end
 
 -- Checks and builds everything the file's table describes, touching no
--- live object. Raises an option error.
+-- live object. Returns the compiled set, or nil and the list of option
+-- errors (every one the file has); a file that is no table raises one.
 local function compile(t)
   if type(t) ~= "table" then
     fail({}, "must return a table", check.describe(t))
   end
-  at({}, parse_top, t)
+  local errs = {}
+  local ok, e = options.capture({}, parse_top, t)
+  if not ok then
+    errs[1] = e
+  end
   local new = { breakers = {}, retry_policies = {}, health_monitors = {},
                 bulkheads = {}, pipelines = {}, bulkhead_opts = {},
                 monitor_opts = {} }
-  for name, o in pairs(entries("breakers", t.breakers)) do
+  local broken = { breakers = {}, retry_policies = {}, health_monitors = {},
+                   bulkheads = {}, pipelines = {} }
+  each_entry(errs, broken, "breakers", t.breakers, function(name, o)
     local cb, err = at({ "breakers", name }, circuit_breaker.start_link,
                        with_default(o, "name", name))
     if cb == nil then
       fail({ "breakers", name }, "could not be made: " .. tostring(err))
     end
     new.breakers[name] = cb
-  end
-  for name, o in pairs(entries("retry_policies", t.retry_policies)) do
+  end)
+  each_entry(errs, broken, "retry_policies", t.retry_policies,
+             function(name, o)
     new.retry_policies[name] = at({ "retry_policies", name },
                                   retry_policy.new, o)
-  end
-  for name, o in pairs(entries("health_monitors", t.health_monitors)) do
+  end)
+  each_entry(errs, broken, "health_monitors", t.health_monitors,
+             function(name, o)
     local opts = with_default(with_default(o, "name", name), "pool", name)
     local hm, err = at({ "health_monitors", name },
                        health_monitor.start_link, opts)
@@ -151,20 +176,46 @@ local function compile(t)
     end
     new.health_monitors[name] = hm
     new.monitor_opts[name] = opts
-  end
-  for name, o in pairs(entries("bulkheads", t.bulkheads)) do
+  end)
+  each_entry(errs, broken, "bulkheads", t.bulkheads, function(name, o)
     local opts = with_default(o, "name", name)
     new.bulkheads[name] = at({ "bulkheads", name }, bulkhead.new, opts)
     new.bulkhead_opts[name] = opts
+  end)
+  -- A pipeline may name an entry that is broken: that entry's error is
+  -- the one to report, not a second one for the name.
+  local names = {}
+  for _, section in ipairs { "breakers", "retry_policies", "bulkheads" } do
+    names[section] = copy(broken[section])
+    for k, v in pairs(new[section]) do
+      names[section][k] = v
+    end
   end
-  local names = { breakers = new.breakers,
-                  retry_policies = new.retry_policies,
-                  bulkheads = new.bulkheads }
-  for name, o in pairs(entries("pipelines", t.pipelines)) do
+  each_entry(errs, broken, "pipelines", t.pipelines, function(name, o)
     new.pipelines[name] = pipeline._parse(with_default(o, "name", name),
                                           names, { "pipelines", name })
+  end)
+  if errs[1] then
+    return nil, errs
   end
   return new
+end
+
+-- Errors of one file reported at once, at most.
+local MAX_ERRORS = 20
+
+-- The message of a file's option errors: one line each, in the order the
+-- file was checked, the first MAX_ERRORS of them.
+local function errors_message(path, errs)
+  local lines = {}
+  for i = 1, math.min(#errs, MAX_ERRORS) do
+    lines[i] = file_message(path, errs[i])
+  end
+  if #errs > MAX_ERRORS then
+    lines[#lines + 1] = format("%s: and %d more errors", path,
+                               #errs - MAX_ERRORS)
+  end
+  return concat(lines, "\n")
 end
 
 -- Reads and compiles the file: the compiled set, or nil and the message.
@@ -180,13 +231,16 @@ local function read(path)
   end
   -- An option error comes back from capture as a value; anything else
   -- that went wrong is caught by the pcall.
-  local ok2, compiled, new = pcall(options.capture, {}, compile, t)
+  local ok2, compiled, new, errs = pcall(options.capture, {}, compile, t)
   if not ok2 then
     kernel.reraise_cancel(compiled)
     return nil, path .. ": " .. errors.text(compiled)
   end
   if not compiled then
     return nil, file_message(path, new)
+  end
+  if new == nil then
+    return nil, errors_message(path, errs)
   end
   return new
 end
@@ -346,8 +400,12 @@ end
 
 local default = nil
 
--- The registry loaded by `sprun --policy PATH`, or nil.
+-- The registry loaded by `sprun --policy PATH`. Without one, misuse.
 function _M.default()
+  if default == nil then
+    error("policy.default: no policy file loaded: run with --policy FILE or "
+          .. "call sprun.policy.load", 2)
+  end
   return default
 end
 

@@ -61,11 +61,23 @@ local function elapsed_ms(started_ns)
   return (hrtime() - started_ns) / 1e6
 end
 
--- Attempt number `attempt` failed; the next one starts in delay_ms.
-function _M.emit_attempt(pool, operation, attempt, delay_ms)
+-- The message of an attempt's error: an error object's own message, any
+-- other value's text on one line.
+local function error_message(err)
+  if errors.is_error(err) then
+    return err.message
+  end
+  return errors.one_line(err)
+end
+
+-- Attempt number `attempt` failed with `err`; the next one starts in
+-- delay_ms.
+function _M.emit_attempt(pool, operation, attempt, delay_ms, err)
   if enabled[RETRY_ATTEMPT] then
     emit(RETRY_ATTEMPT, { attempt = attempt, delay_ms = delay_ms },
-         { pool = pool or "default", operation = operation })
+         { pool = pool or "default", operation = operation, error = err,
+           error_kind = err ~= nil and errors.kind(err) or nil,
+           error_message = err ~= nil and error_message(err) or nil })
   end
   if enabled[RETRY_BACKOFF] then
     emit(RETRY_BACKOFF, { delay_ms = delay_ms },
@@ -221,7 +233,7 @@ attempt_done = function(p, pool, op, budget, fname, started, k, attempt,
     return nil, with_details(err, "budget_exhausted", true, "attempts", k)
   end
   local delay = p:backoff_for_attempt(k)
-  emit_attempt(pool, op, k, delay)
+  emit_attempt(pool, op, k, delay, err)
   -- A zero delay retries at once, without a trip through the loop.
   if delay > 0 then
     check_caller(fname)

@@ -109,6 +109,9 @@ local function check_retriable(v)
              describe(v[i])
     end
   end
+  for i = 1, #v do
+    errors.check_kind_name("retriable_errors", v[i])
+  end
 end
 
 -- The options of a policy; other functions that take retry options (the

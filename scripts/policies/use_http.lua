@@ -3,8 +3,8 @@
 -- fallback) and a payment service that answers.
 local sprun = require "sprun"
 
-local reg = sprun.policy.default()
-if reg == nil then
+local ok, reg = pcall(sprun.policy.default)
+if not ok then
   io.stderr:write("run with: sprun --policy scripts/policies/http.lua "
                   .. "scripts/policies/use_http.lua\n")
   return 2

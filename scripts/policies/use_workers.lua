@@ -2,8 +2,8 @@
 -- every third attempt of a job "crashes" its worker once.
 local sprun = require "sprun"
 
-local reg = sprun.policy.default()
-if reg == nil then
+local ok, reg = pcall(sprun.policy.default)
+if not ok then
   io.stderr:write("run with: sprun --policy scripts/policies/workers.lua "
                   .. "scripts/policies/use_workers.lua\n")
   return 2

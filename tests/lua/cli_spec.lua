@@ -75,6 +75,31 @@ describe("sprun executable", function()
     assert.matches(p .. ":5: in main chunk", r.stderr, 1, true)
   end)
 
+  it("a misuse error's traceback starts at the caller's line, without "
+     .. "sprun's own frames", function()
+    local p = script(dir, "misuse.lua", "local sprun = require 'sprun'\n"
+      .. "local cb = sprun.circuit_breaker.start_link { name = 'db' }\n"
+      .. "local function f()\n  cb.call(function() end)\nend\nf()\n")
+    local r = h.sprun_run { p }
+    assert.are.equal(1, r.code)
+    assert.are.equal("sprun: " .. p .. ":4: circuit_breaker.call: self must "
+      .. "be a circuit breaker, got function (did you mean cb:call(...)?)\n"
+      .. "stack traceback:\n"
+      .. "\t" .. p .. ":4: in function 'f'\n"
+      .. "\t" .. p .. ":6: in main chunk\n", r.stderr)
+  end)
+
+  it("a misuse inside a task: task_crashed's traceback starts at the "
+     .. "caller's line", function()
+    local p = script(dir, "task_misuse.lua", "local sprun = require 'sprun'\n"
+      .. "local t = sprun.spawn(function()\n  sprun.sleep(-1)\nend)\n"
+      .. "local _, err = t:await()\nio.write(err.details.traceback)\n")
+    local r = h.sprun_run { p }
+    assert.are.same({ code = 0, stderr = "", stdout = p .. ":3: sprun.sleep: "
+      .. "ms must be a number >= 0, got -1\nstack traceback:\n"
+      .. "\t" .. p .. ":3: in function <" .. p .. ":2>" }, r)
+  end)
+
   it("an error object is printed with its __tostring", function()
     local r = h.sprun_run { "-e",
       'error(require("sprun").error("timeout", "too slow"))' }
@@ -83,10 +108,19 @@ describe("sprun executable", function()
     assert.matches("stack traceback:", r.stderr, 1, true)
   end)
 
-  it("a non-string error names its type", function()
-    local r = h.sprun_run { "-e", "error({})" }
+  it("a plain table raised is shown by its fields, not its address",
+    function()
+    local r = h.sprun_run { "-e", "error({ code = 42, why = 'x' })" }
     assert.are.equal(1, r.code)
-    assert.are.equal("sprun: (error object is a table value)",
+    assert.are.equal('sprun: { code = 42, why = "x" }',
+      r.stderr:match("^[^\n]*"))
+    assert.matches("stack traceback:", r.stderr, 1, true)
+  end)
+
+  it("any other non-string error names its type", function()
+    local r = h.sprun_run { "-e", "error(print)" }
+    assert.are.equal(1, r.code)
+    assert.are.equal("sprun: (error object is a function value)",
       r.stderr:match("^[^\n]*"))
   end)
 

@@ -62,7 +62,7 @@ local A_TABLE = { code = 7 }
 local RAISED = {
   [0] = { "plain string", "plain string" },
   [1] = { 42, "42" },
-  [2] = { A_TABLE, tostring(A_TABLE) },
+  [2] = { A_TABLE, "{ code = 7 }" },  -- a plain table by its fields
   [3] = { UNAVAILABLE, nil },            -- an error object stays itself
   [4] = { nil, "nil" },
   [5] = { false, "false" },

@@ -90,9 +90,11 @@ describe("health_monitor", function()
   end)
 
   describe("worker_health", function()
-    it("is nil for a worker that never crashed", function()
+    it("is healthy with no crash for a worker that never crashed, as in "
+       .. "Snakepit", function()
       local hm = monitor {}
-      assert.are.equal(nil, hm:worker_health("nobody"))
+      assert.are.same({ healthy = true, crash_count = 0,
+        crashes_in_window = 0, reasons = {} }, hm:worker_health("nobody"))
     end)
 
     it("gives the crashes of one worker in the window and in total",
@@ -103,12 +105,14 @@ describe("health_monitor", function()
         hm:record_crash("w1", { reason = "segfault" })
         t.now = 50
         hm:record_crash("w1", { reason = "oom" })
-        assert.are.same({ healthy = false, crash_count = 2,
-          last_crash_ms = 50, total_crashes = 2,
+        assert.are.same({ healthy = false, crashes_in_window = 2,
+          last_crash_ms = 50, crash_count = 2,
           reasons = { "segfault", "oom" } }, hm:worker_health("w1"))
         t.now = 106
-        assert.are.same({ healthy = true, crash_count = 1,
-          last_crash_ms = 50, total_crashes = 2,
+        -- crash_count is Snakepit's: every crash since the worker was
+        -- first seen; the window is crashes_in_window.
+        assert.are.same({ healthy = true, crashes_in_window = 1,
+          last_crash_ms = 50, crash_count = 2,
           reasons = { "segfault", "oom" } }, hm:worker_health("w1"))
       end)
 
@@ -120,8 +124,9 @@ describe("health_monitor", function()
       t.now = 5
       hm:record_crash("w1")
       hm:record_crash("w1")
-      assert.are.same({ healthy = true, crash_count = 0, last_crash_ms = 0,
-        total_crashes = 1, reasons = {} }, hm:worker_health("w2"))
+      assert.are.same({ healthy = true, crashes_in_window = 0,
+        last_crash_ms = 0, crash_count = 1, reasons = {} },
+        hm:worker_health("w2"))
       local s = hm:stats()
       assert.are.same({ 3, 2, 1 }, { s.total_crashes, s.crashes_in_window,
                                      s.workers_with_crashes })
@@ -136,7 +141,7 @@ describe("health_monitor", function()
       hm:record_crash("w", {})
       local w = hm:worker_health("w")
       assert.are.same({ "r3", "r4", "r5", "r6" }, w.reasons)
-      assert.are.equal(8, w.total_crashes)
+      assert.are.equal(8, w.crash_count)
     end)
 
     it("keeps reasons of any type", function()
@@ -154,8 +159,8 @@ describe("health_monitor", function()
       hm:record_crash(1)
       hm:record_crash(1)
       hm:record_crash("1")
-      assert.are.equal(2, hm:worker_health(1).total_crashes)
-      assert.are.equal(1, hm:worker_health("1").total_crashes)
+      assert.are.equal(2, hm:worker_health(1).crash_count)
+      assert.are.equal(1, hm:worker_health("1").crash_count)
       assert.are.equal(2, hm:stats().workers_with_crashes)
     end)
   end)
@@ -170,17 +175,17 @@ describe("health_monitor", function()
         hm:record_crash("w2")
         t.now = 40
         hm:record_crash("w3")
-        assert.are.equal(nil, hm:worker_health("w1"))
-        assert.are.same({ 0, 1 }, { hm:worker_health("w2").crash_count,
-                                    hm:worker_health("w2").total_crashes })
-        assert.are.equal(1, hm:worker_health("w3").crash_count)
+        assert.are.equal(0, hm:worker_health("w1").crash_count)
+        assert.are.same({ 0, 1 }, { hm:worker_health("w2").crashes_in_window,
+                                    hm:worker_health("w2").crash_count })
+        assert.are.equal(1, hm:worker_health("w3").crashes_in_window)
         -- w1 comes back as a new worker, with no memory of its reasons.
         t.now = 60
         hm:record_crash("w1")
-        assert.are.same({ healthy = false, crash_count = 1,
-          last_crash_ms = 60, total_crashes = 1, reasons = {} },
+        assert.are.same({ healthy = false, crashes_in_window = 1,
+          last_crash_ms = 60, crash_count = 1, reasons = {} },
           hm:worker_health("w1"))
-        assert.are.equal(nil, hm:worker_health("w2"))
+        assert.are.equal(0, hm:worker_health("w2").crash_count)
         assert.are.equal(4, hm:stats().total_crashes)
       end)
 
@@ -191,7 +196,7 @@ describe("health_monitor", function()
       hm:record_crash("c")
       hm:record_crash("d")
       for _, id in ipairs { "b", "c", "d" } do
-        assert.are.equal(1, hm:worker_health(id).crash_count)
+        assert.are.equal(1, hm:worker_health(id).crashes_in_window)
       end
       assert.are.equal(3, hm:stats().crashes_in_window)
     end)

@@ -11,6 +11,12 @@ local function write(text, name)
   return h.write_file(dir .. "/" .. (name or "policies.lua"), text)
 end
 
+local function lines(text)
+  local out = {}
+  for l in text:gmatch("[^\n]+") do out[#out + 1] = l end
+  return out
+end
+
 local GOOD = [[
 local threshold = 2
 return {
@@ -167,6 +173,50 @@ describe("sprun.policy", function()
     end
   end
 
+  it("reports every error in a file, in the order it is checked", function()
+    local path = write([[
+return {
+  breakers = { db = { failure_threshold = 0 }, api = { reset_timeot_ms = 1 } },
+  retry_policies = { fast = { max_attempts = 0 } },
+  health_monitors = { w = 3 },
+  pipelines = { p = { breaker = "db", retry = "fast", timeout_ms = -1 },
+                q = { breaker = "nope" } },
+}
+]])
+    local reg, err = policy.load(path)
+    assert.is_nil(reg)
+    assert.are.equal("policy_error", err.kind)
+    -- A pipeline naming a broken entry gets no second error for the name.
+    assert.are.same({
+      path .. ": breakers.api: unknown key 'reset_timeot_ms' (did you mean "
+        .. "'reset_timeout_ms'?)",
+      path .. ": breakers.db.failure_threshold must be an integer >= 1, got 0",
+      path .. ": retry_policies.fast.max_attempts must be an integer >= 1, "
+        .. "got 0",
+      path .. ": health_monitors.w must be a table of options, got 3",
+      path .. ": pipelines.p.timeout_ms must be a number >= 0, got -1",
+      path .. ": pipelines.q.breaker names no breaker \"nope\" (breakers: "
+        .. "api, db)",
+    }, lines(err.message))
+  end)
+
+  it("reports the first 20 errors of a file and how many more", function()
+    local entries = {}
+    for i = 1, 25 do
+      entries[i] = ("b%02d = { failure_threshold = 0 }"):format(i)
+    end
+    local path = write("return { breakers = { " .. table.concat(entries, ", ")
+                       .. " } }")
+    local _, err = policy.load(path)
+    local got = lines(err.message)
+    assert.are.equal(21, #got)
+    assert.are.equal(path .. ": breakers.b01.failure_threshold must be an "
+                     .. "integer >= 1, got 0", got[1])
+    assert.are.equal(path .. ": breakers.b20.failure_threshold must be an "
+                     .. "integer >= 1, got 0", got[20])
+    assert.are.equal(path .. ": and 5 more errors", got[21])
+  end)
+
   it("gives file:line for a syntax error and a runtime error", function()
     local path = write("return {\n  breakers = {\n")
     local _, err = policy.load(path)
@@ -288,7 +338,15 @@ print(reg:pipeline("python_pool"):execute(function() return "ran" end))
                         "print(#require('sprun').policy.default():names()"
                         .. ".pipelines)" })
       assert.are.equal("2\n", r.stdout)
-      assert.is_nil(policy.default())
+      -- Without --policy there is no default: asking for it is misuse.
+      local ok, err = pcall(policy.default)
+      assert.is_false(ok)
+      assert.are.equal("policy.default: no policy file loaded: run with "
+        .. "--policy FILE or call sprun.policy.load", err)
+      r = h.sprun_run({ "-e", "require('sprun').policy.default()" })
+      assert.are.equal(1, r.code)
+      assert.matches("^sprun: %(command line%):1: policy.default: no policy "
+                     .. "file loaded", r.stderr)
     end)
 
     it("exits 2 naming the error of a broken file", function()

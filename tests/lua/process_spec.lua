@@ -266,7 +266,7 @@ describe("sprun.process", function()
 
     it("kill by number, and after exit: nil, err kind closed", function()
       local r = run(function()
-        local p = sp.process.spawn{ "sleep", "30" }
+        local p = sp.process.spawn{ "sleep", "30", stdin = true }
         assert(p:kill(9))
         local st = p:wait()
         local v, err = p:kill()
@@ -274,6 +274,20 @@ describe("sprun.process", function()
         return { st.signal, v, kind(err), w, kind(werr) }
       end)
       assert.are.same({ "SIGKILL", nil, "closed", nil, "closed" }, r)
+    end)
+
+    it("write to a child spawned without stdin = true is misuse, at the "
+       .. "caller's line", function()
+      local ok, err = pcall(run, function()
+        local p = sp.process.spawn{ "sleep", "30" }
+        local ok2, e = pcall(function() p:write("x") end)
+        p:kill("SIGKILL")
+        p:wait()
+        error(e, 0)
+      end)
+      assert.is_false(ok)
+      assert.matches("process_spec.lua:%d+: process.write: the process has "
+        .. "no stdin pipe %(spawn it with stdin = true%)$", err)
     end)
 
     it("kill rejects an unknown signal", function()

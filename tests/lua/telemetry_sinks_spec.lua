@@ -59,7 +59,8 @@ local function every_event()
   local hm = health_monitor.start_link { pool = "python_pool" }
   hm:record_crash("worker_1", { reason = "segfault" })
   local t0 = sprun.hrtime()
-  retry.emit_attempt("python_pool", "predict", 1, 100)
+  retry.emit_attempt("python_pool", "predict", 1, 100,
+                     sprun.error("unavailable", "no worker"))
   retry.emit_success("python_pool", 2, t0)
   retry.emit_exhausted("python_pool", 3, t0,
                             sprun.error("timeout", "too slow"))
@@ -92,7 +93,7 @@ describe("telemetry sinks", function()
         "[info] worker CRASHED pool=python_pool worker=worker_1 "
           .. "reason=segfault",
         "[info] retry attempt FAILED pool=python_pool operation=predict "
-          .. "attempt=1 delay_ms=100",
+          .. 'attempt=1 delay_ms=100 error="unavailable: no worker"',
         "[info] retry SUCCEEDED pool=python_pool attempts=2 duration_ms=D",
         '[warning] retry EXHAUSTED pool=python_pool attempts=3 '
           .. 'duration_ms=D error="timeout: too slow"',
@@ -110,7 +111,7 @@ describe("telemetry sinks", function()
       cb:call(succeed)
       cb:call(fail)
       cb:call(succeed)
-      retry.emit_attempt("p", nil, 1, 12.5)
+      retry.emit_attempt("p", nil, 1, 12.5, "boom")
       local lines = {}
       for i, l in ipairs(w:lines()) do
         lines[i] = l:gsub("duration_ms=[%d.]+", "duration_ms=D")
@@ -124,7 +125,8 @@ describe("telemetry sinks", function()
           .. "duration_ms=D error=boom",
         "[warning] circuit breaker OPENED pool=p failures=1",
         "[debug] circuit breaker call REJECTED pool=p state=open",
-        "[info] retry attempt FAILED pool=p attempt=1 delay_ms=12.5",
+        "[info] retry attempt FAILED pool=p attempt=1 delay_ms=12.5 "
+          .. "error=boom",
         "[debug] retry BACKOFF pool=p attempt=1 delay_ms=12.5",
       }, lines)
     end)
@@ -229,7 +231,10 @@ describe("telemetry sinks", function()
                        reason = "segfault" } },
         { event = "snakepit.retry.attempt",
           measurements = { attempt = 1, delay_ms = 100 },
-          metadata = { pool = "python_pool", operation = "predict" } },
+          metadata = { pool = "python_pool", operation = "predict",
+                       error = "unavailable: no worker",
+                       error_kind = "unavailable",
+                       error_message = "no worker" } },
         { event = "snakepit.retry.success",
           measurements = { attempts = 2, total_duration_ms = "ms" },
           metadata = { pool = "python_pool" } },
@@ -391,6 +396,28 @@ print("done")
         "[warning] circuit breaker OPENED pool=python_pool failures=2\n"
         .. "[info] worker CRASHED pool=workers worker=w1 reason=segfault\n" },
         r)
+    end)
+
+    it("--log-events shows the error each retried attempt failed with",
+      function()
+      local r = h.sprun_run { "--log-events", "--virtual-time", "-e", [[
+local sprun = require "sprun"
+local n = 0
+print(sprun.executor.execute_with_retry(function()
+  n = n + 1
+  if n == 1 then return nil, sprun.error("unavailable", "no worker") end
+  if n == 2 then error({ code = 42 }) end
+  return "ok"
+end, { max_attempts = 3, backoff_ms = { 5 }, pool = "api",
+       retriable_errors = { "unavailable", "error" } }))
+]] }
+      r.stderr = r.stderr:gsub("duration_ms=[%d.]+", "duration_ms=D")
+      assert.are.same({ code = 0, stdout = "ok\n", stderr =
+        '[info] retry attempt FAILED pool=api attempt=1 delay_ms=5 '
+        .. 'error="unavailable: no worker"\n'
+        .. '[info] retry attempt FAILED pool=api attempt=2 delay_ms=5 '
+        .. 'error="error: { code = 42 }"\n'
+        .. '[info] retry SUCCEEDED pool=api attempts=3 duration_ms=D\n' }, r)
     end)
 
     it("--metrics=HOST:PORT serves /metrics while the script runs, and "

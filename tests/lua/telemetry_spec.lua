@@ -217,6 +217,15 @@ describe("telemetry", function()
             "telemetry.execute: measurements must be a table or nil, got 5" },
           { telemetry.execute, { { "a" }, {}, "md" },
             "telemetry.execute: metadata must be a table or nil, got \"md\"" },
+          { telemetry.detach, {},
+            "telemetry.detach: id must be a non-empty string or a number, "
+            .. "got nil" },
+          { telemetry.detach, { { "x" } },
+            "telemetry.detach: id must be a non-empty string or a number, "
+            .. "got table" },
+          { telemetry.detach, { "" },
+            "telemetry.detach: id must be a non-empty string or a number, "
+            .. "got \"\"" },
           { telemetry.list_handlers, { "snakepit" },
             "telemetry.list_handlers: prefix must be a list of strings, "
             .. "got \"snakepit\"" },
@@ -553,13 +562,20 @@ print(cb:state(), table.concat(seen, ","))
       end)
       assert.are.equal("done", result)
       without_durations(seen, "total_duration_ms")
+      local e1, e2 = seen[1][3].error, seen[3][3].error
+      assert.are.equal("unavailable: try later", tostring(e1))
+      assert.are.equal("unavailable: try later", tostring(e2))
+      local function failed(err)
+        return { pool = "python_pool", operation = "predict", error = err,
+                 error_kind = "unavailable", error_message = "try later" }
+      end
       assert.are.same({
         { "snakepit.retry.attempt", { attempt = 1, delay_ms = 100 },
-          { pool = "python_pool", operation = "predict" } },
+          failed(e1) },
         { "snakepit.retry.backoff", { delay_ms = 100 },
           { pool = "python_pool", attempt = 1 } },
         { "snakepit.retry.attempt", { attempt = 2, delay_ms = 200 },
-          { pool = "python_pool", operation = "predict" } },
+          failed(e2) },
         { "snakepit.retry.backoff", { delay_ms = 200 },
           { pool = "python_pool", attempt = 2 } },
         { "snakepit.retry.success",
@@ -584,9 +600,11 @@ print(cb:state(), table.concat(seen, ","))
       without_durations(seen, "total_duration_ms")
       assert.are.same({
         { "snakepit.retry.attempt", { attempt = 1, delay_ms = 10 },
-          { pool = "api" } },
+          { pool = "api", error = "timeout", error_kind = "timeout",
+            error_message = "timeout" } },
         { "snakepit.retry.attempt", { attempt = 2, delay_ms = 10 },
-          { pool = "api" } },
+          { pool = "api", error = "timeout", error_kind = "timeout",
+            error_message = "timeout" } },
         { "snakepit.retry.exhausted",
           { attempts = 3, total_duration_ms = "ms" },
           { pool = "api", last_error = last } },
@@ -634,7 +652,8 @@ print(cb:state(), table.concat(seen, ","))
         ex.execute_with_protection(cb, flaky(1), { backoff_ms = { 5 },
                                                    operation = "op" })
       end)
-      assert.are.same({ pool = "guarded", operation = "op" }, seen[1][3])
+      assert.are.same({ "guarded", "op" },
+                      { seen[1][3].pool, seen[1][3].operation })
       assert.are.same({ pool = "guarded" }, seen[2][3])
     end)
 

@@ -95,9 +95,11 @@ local cases = {
     .. CB_OPTIONS .. ")", circuit_breaker.start_link, start { "x" } },
 
   -- circuit breaker methods
-  { "circuit_breaker.call: self must be a circuit breaker, got nil",
+  { "circuit_breaker.call: self must be a circuit breaker, got nil "
+    .. "(did you mean cb:call(...)?)",
     circuit_breaker.call, nil, noop },
-  { "circuit_breaker.call: self must be a circuit breaker, got function",
+  { "circuit_breaker.call: self must be a circuit breaker, got function "
+    .. "(did you mean cb:call(...)?)",
     cb.call, noop },
   { "circuit_breaker.call: self must be a circuit breaker, got table",
     circuit_breaker.call, hm, noop },
@@ -112,14 +114,17 @@ local cases = {
   { "circuit_breaker.state: self must be a circuit breaker, got table",
     circuit_breaker.state, {} },
   { "circuit_breaker.record_success: self must be a circuit breaker, "
-    .. "got nil", circuit_breaker.record_success },
+    .. "got nil (did you mean cb:record_success(...)?)",
+    circuit_breaker.record_success },
   { "circuit_breaker.record_failure: self must be a circuit breaker, "
     .. "got false", circuit_breaker.record_failure, false },
   { "circuit_breaker.stats: self must be a circuit breaker, got \"cb\"",
     circuit_breaker.stats, "cb" },
-  { "circuit_breaker.reset: self must be a circuit breaker, got nil",
+  { "circuit_breaker.reset: self must be a circuit breaker, got nil "
+    .. "(did you mean cb:reset(...)?)",
     circuit_breaker.reset },
-  { "circuit_breaker.name: self must be a circuit breaker, got nil",
+  { "circuit_breaker.name: self must be a circuit breaker, got nil "
+    .. "(did you mean cb:name(...)?)",
     circuit_breaker.name },
   { "circuit_breaker: option 'clock' must return a number >= 0, got nil",
     circuit_breaker.state, with_clock(nil) },
@@ -162,7 +167,8 @@ local cases = {
     .. "max_workers, name, pool)", health_monitor.start_link, { window = 1 } },
 
   -- health monitor methods
-  { "health_monitor.record_crash: self must be a health monitor, got nil",
+  { "health_monitor.record_crash: self must be a health monitor, got nil "
+    .. "(did you mean hm:record_crash(...)?)",
     health_monitor.record_crash, nil, "w" },
   { "health_monitor.record_crash: self must be a health monitor, got "
     .. '"w"', hm.record_crash, "w" },
@@ -176,11 +182,13 @@ local cases = {
     .. '"segfault"', health_monitor.record_crash, hm, "w", "segfault" },
   { "health_monitor.worker_health: worker_id must be a string or a number, "
     .. "got true", health_monitor.worker_health, hm, true },
-  { "health_monitor.is_healthy: self must be a health monitor, got nil",
+  { "health_monitor.is_healthy: self must be a health monitor, got nil "
+    .. "(did you mean hm:is_healthy(...)?)",
     health_monitor.is_healthy },
   { "health_monitor.healthy: self must be a health monitor, got table",
     health_monitor.healthy, cb },
-  { "health_monitor.stats: self must be a health monitor, got nil",
+  { "health_monitor.stats: self must be a health monitor, got nil "
+    .. "(did you mean hm:stats(...)?)",
     health_monitor.stats },
 
   -- retry_policy.new
@@ -240,7 +248,8 @@ local cases = {
     retry_policy.new, { jiter = true } },
 
   -- retry policy methods
-  { "retry_policy.should_retry: self must be a retry policy, got nil",
+  { "retry_policy.should_retry: self must be a retry policy, got nil "
+    .. "(did you mean policy:should_retry(...)?)",
     retry_policy.should_retry, nil, 1 },
   { "retry_policy.should_retry: attempt must be an integer >= 1, got 0",
     retry_policy.should_retry, rp, 0 },
@@ -315,5 +324,72 @@ describe("misuse", function()
     assert.is_false(pcall(cb.call, cb, 5))
     assert.are.equal("ok", cb:call(function() return "ok" end))
     assert.are.same({ "closed", 0 }, { cb:state(), cb:stats().failure_count })
+  end)
+end)
+
+describe("near misses", function()
+  local h = require "helpers"
+
+  local function stderr_of(code)
+    local r = h.sprun_run { "-e", "local sprun = require 'sprun'\n" .. code }
+    assert.are.same({ 0, "" }, { r.code, r.stdout })
+    return r.stderr
+  end
+
+  it("retriable_errors naming a kind one or two letters from sprun's gets "
+     .. "one warning line naming it", function()
+    assert.are.equal('sprun: warning: retriable_errors: "timeot" is not an '
+      .. 'error kind sprun produces (did you mean "timeout"?)\n'
+      .. 'sprun: warning: retriable_errors: "circiut_opne" is not an error '
+      .. 'kind sprun produces (did you mean "circuit_open"?)\n',
+      stderr_of [[
+for _ = 1, 3 do       -- once per name, however often it is given
+  sprun.retry_policy.new { retriable_errors = { "timeot", "unavailable",
+                                                "circiut_opne" } }
+end]])
+  end)
+
+  it("the same check holds in the executor's and a pipeline's retry "
+     .. "options", function()
+    assert.are.equal('sprun: warning: retriable_errors: "worker_crahs" is '
+      .. 'not an error kind sprun produces (did you mean "worker_crash"?)\n'
+      .. 'sprun: warning: retriable_errors: "unavailble" is not an error '
+      .. 'kind sprun produces (did you mean "unavailable"?)\n',
+      stderr_of [[
+sprun.executor.execute_with_retry(function() return 1 end,
+  { retriable_errors = { "worker_crahs" } })
+sprun.pipeline.new { retry = { retriable_errors = { "unavailble" } } }]])
+  end)
+
+  it("kinds of the user's own and sprun's own kinds stay silent", function()
+    assert.are.equal("", stderr_of [[
+local kinds = { "rate_limited", "db_locked", "my_timeout_kind", "flaky" }
+for _, k in ipairs(require("sprun.errors").KINDS) do kinds[#kinds + 1] = k end
+sprun.retry_policy.new { retriable_errors = kinds }]])
+  end)
+
+  it("telemetry.attach of an event one or two letters from one sprun "
+     .. "emits gets one warning line naming it", function()
+    assert.are.equal('sprun: warning: telemetry.attach: '
+      .. '"snakepit.circuit_breaker.openned" is not an event sprun emits '
+      .. '(did you mean "snakepit.circuit_breaker.opened"?)\n'
+      .. 'sprun: warning: telemetry.attach_many: "snakepit.retry.sucess" is '
+      .. 'not an event sprun emits (did you mean "snakepit.retry.success"?)\n',
+      stderr_of [[
+local t, f = sprun.telemetry, function() end
+t.attach("a", { "snakepit", "circuit_breaker", "openned" }, f)
+t.detach("a")
+t.attach("a", { "snakepit", "circuit_breaker", "openned" }, f)
+t.attach_many("b", { { "snakepit", "retry", "attempt" },
+                     { "snakepit", "retry", "sucess" } }, f)]])
+  end)
+
+  it("events of the user's own and sprun's own events stay silent",
+    function()
+    assert.are.equal("", stderr_of [[
+local t, f = sprun.telemetry, function() end
+t.attach("a", { "myapp", "cache", "miss" }, f)
+t.attach("b", { "snakepit", "pool", "checkout" }, f)
+for i, e in ipairs(t.EVENTS) do t.attach("e" .. i, e.event, f) end]])
   end)
 end)

@@ -162,7 +162,7 @@ local function start(task, args, o)
   local self = setmetatable({
     buf = {}, err = {}, eof = false, err_eof = false,
     exited = false, closed = false, writers = {}, owner = task,
-    stdin_pipe = o.stdin == true, stdin_closed = type(o.stdin) == "string",
+    stdin_pipe = o.stdin == true, no_stdin = o.stdin == nil or o.stdin == false,
   }, Proc)
   self.token = kernel.new_token(self)
   local handle, pid, ename, emsg = kernel.loop():spawn({
@@ -292,15 +292,18 @@ function Proc:write(data)
   if type(data) ~= "string" then
     check.arg_error("process.write", "data", "must be a string", data)
   end
+  if self.no_stdin then
+    -- A child spawned without a pipe to write to: misuse, named by the
+    -- option that gives one.
+    error("process.write: the process has no stdin pipe (spawn it with "
+          .. "stdin = true)", 2)
+  end
   local task = current("process.write")
   if self.closed then
     return nil, errors.error("closed", "the process has exited")
   end
   if not self.stdin_pipe then
-    -- Without this, libuv answers an unhelpful "invalid argument".
-    return nil, errors.error("closed", self.stdin_closed
-      and "the process's stdin is closed"
-      or "the process has no stdin pipe (spawn it with stdin = true)")
+    return nil, errors.error("closed", "the process's stdin is closed")
   end
   local ok, ename, emsg = stream.write(self, task, data)
   if not ok then
@@ -314,9 +317,7 @@ function Proc:close_stdin()
   if not self.closed then
     self.handle:close_stdin()
   end
-  if self.stdin_pipe then
-    self.stdin_pipe, self.stdin_closed = false, true
-  end
+  self.stdin_pipe = false
   return true
 end
 

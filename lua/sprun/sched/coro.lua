@@ -30,6 +30,7 @@ local setfenv = setfenv
 local select = select
 local unpack = unpack
 local ipairs = ipairs
+local type = type
 local collectgarbage = collectgarbage
 
 local _M = {}
@@ -167,10 +168,32 @@ for _, f in ipairs { run0, run1, run2, run3, runn } do
   JOB_FRAMES[info.short_src .. ":" .. info.linedefined] = true
 end
 
+-- A traceback cut to what concerns the caller: when the message starts
+-- with the position of a frame further down (a misuse error, raised at
+-- the caller's level), the frames above it (error, the checker, the API
+-- function) are sprun's own, and go.
+local function from_caller(tb, msg)
+  local where = type(msg) == "string" and msg:match("^([^\n]-:%d+):")
+  if not where then
+    return tb
+  end
+  local head, frames = tb:match("^(.-\nstack traceback:)(\n.*)$")
+  if not head then
+    return tb
+  end
+  local at = frames:find("\n\t" .. where:gsub("%p", "%%%0") .. ":", 1)
+  if at == nil or at == 1 then
+    return tb
+  end
+  return head .. frames:sub(at)
+end
+_M.from_caller = from_caller
+
 -- The traceback of a task's coroutine: what the task's function ran, as
--- if the function had been the coroutine's own.
+-- if the function had been the coroutine's own, from the caller of a
+-- misuse down (see from_caller).
 function _M.traceback(co, msg)
-  local tb = traceback(co, msg)
+  local tb = from_caller(traceback(co, msg), msg)
   local last = tb:match("\n\t[^\n]*: in function <([^\n]*)>$")
   if last and JOB_FRAMES[last] then
     return (tb:gsub("\n[^\n]*$", ""))

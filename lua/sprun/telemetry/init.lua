@@ -127,9 +127,11 @@ function _M.events_at(level)
   return lists
 end
 
-local LEVEL_OF = {}
-for _, e in ipairs(EVENTS) do
+-- name -> level, and the names as a list (for near misses, see add).
+local LEVEL_OF, NAMES = {}, {}
+for i, e in ipairs(EVENTS) do
   LEVEL_OF[e[1]] = e[2]
+  NAMES[i] = e[1]
 end
 
 -- The level of one of sprun's events by name, or nil.
@@ -210,12 +212,19 @@ local function check_event(fname, what, event)
   end
 end
 
-local function check_id(fname, id)
+-- An id is a non-empty string or a number (not NaN). Raises at `level`
+-- (as error's level, counted from here).
+local function check_id_shape(fname, id, level)
   local t = type(id)
   if (t ~= "string" or id == "") and (t ~= "number" or id ~= id) then
     error(fname .. ": id must be a non-empty string or a number, got "
-          .. describe(id), 3)
+          .. describe(id), level)
   end
+end
+
+-- An id for a new attachment: well formed and not attached yet.
+local function check_id(fname, id)
+  check_id_shape(fname, id, 4)
   if by_id[id] ~= nil then
     error(format("%s: id %s is already attached (detach it first)", fname,
                  describe(id)), 3)
@@ -229,10 +238,13 @@ local function check_handler(fname, handler)
   end
 end
 
-local function add(id, events, handler, config)
+local function add(fname, id, events, handler, config)
   local records = {}
   for _, event in ipairs(events) do
     local name = concat(event, ".")
+    -- An event one or two letters from one of sprun's is a typo that
+    -- would never fire: warn (events of the user's own stay silent).
+    check.near_miss(fname, name, "an event sprun emits", LEVEL_OF, NAMES)
     next_seq = next_seq + 1
     local r = {
       id = id, event = event_list(name), name = name, handler = handler,
@@ -256,7 +268,7 @@ function _M.attach(id, event, handler, config)
   check_id("telemetry.attach", id)
   check_event("telemetry.attach", "event", event)
   check_handler("telemetry.attach", handler)
-  add(id, { event }, handler, config)
+  add("telemetry.attach", id, { event }, handler, config)
   return true
 end
 
@@ -277,12 +289,13 @@ function _M.attach_many(id, events, handler, config)
     end
   end
   check_handler("telemetry.attach_many", handler)
-  add(id, list, handler, config)
+  add("telemetry.attach_many", id, list, handler, config)
   return true
 end
 
 -- Detaches every handler attached under `id`; true if there was one.
 function _M.detach(id)
+  check_id_shape("telemetry.detach", id, 3)
   local records = by_id[id]
   if records == nil then
     return false

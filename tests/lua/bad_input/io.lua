@@ -90,7 +90,10 @@ return {
     call = function() local p = exited_proc(); return p.write, p, 5 end,
     raises = "process.write: data must be a string, got 5" },
   { id = "process.write: to an exited process", task = true,
-    call = function() local p = exited_proc(); return p.write, p, "x" end,
+    call = function()
+      local p = exited_proc { "true", stdin = true }
+      return p.write, p, "x"
+    end,
     returns = { nil, "closed: the process has exited" } },
   { id = "process.kill: an exited process", task = true,
     call = function() local p = exited_proc(); return p.kill, p end,
@@ -104,18 +107,15 @@ return {
       return function() return p:wait().code end
     end,
     returns = { 4 } },
-  { id = "process.write: spawned without a stdin pipe", task = true,
-    call = function()
+  { id = "process.write: spawned without a stdin pipe is misuse",
+    task = true,
+    call = function(ctx)
       local p = assert(proc.spawn { "sleep", "5" })
-      return function()
-        local v, err = p:write("x")
-        p:kill("SIGKILL")
-        p:wait()
-        return v, err
-      end
+      ctx[#ctx + 1] = function() p:kill("SIGKILL"); p:wait() end
+      return p.write, p, "x"
     end,
-    returns = { nil, "closed: the process has no stdin pipe (spawn it with "
-      .. "stdin = true)" } },
+    raises = "process.write: the process has no stdin pipe (spawn it with "
+      .. "stdin = true)" },
   { id = "process.write: after close_stdin", task = true,
     call = function()
       local p = assert(proc.spawn { "cat", stdin = true })

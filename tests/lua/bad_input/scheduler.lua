@@ -63,7 +63,8 @@ return {
       .. "not inside a running loop (set it on the outer run)" },
   { id = "task.await: nil as self",
     call = function() return sched.Task.await, nil end,
-    raises = "task.await: self must be a task, got nil" },
+    raises = "task.await: self must be a task, got nil (did you mean "
+      .. "task:await(...)?)" },
   { id = "task.await: timeout -1",
     call = function() return old_task.await, old_task, -1 end,
     raises = "task.await: timeout_ms must be a number >= 0, got -1" },
