@@ -1,5 +1,6 @@
 -- Time as sprun reads it (internal). now() is monotonic whole ms and
--- hrtime() nanoseconds, both read in runtime/lua/module.c. Breakers and
+-- hrtime() nanoseconds, both read in runtime/lua/module.c; update_time()
+-- moves the loop's time on. Breakers and
 -- monitors read time through reader(), which gives either now() or the
 -- user's `clock` option, checked at every read.
 
@@ -32,6 +33,14 @@ function _M.now()
   end
   local ms = C.sp_loop_now_ms()
   return ms
+end
+
+-- Brings the running loop's time up to the real clock (libuv's
+-- uv_update_time): now() is the time at the start of the loop's turn and
+-- does not move while Lua runs without yielding. A virtual clock, or no
+-- loop, is left as it is.
+function _M.update_time()
+  C.sp_loop_update_time()
 end
 
 function _M.hrtime()

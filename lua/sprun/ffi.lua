@@ -222,6 +222,7 @@ double sp_retry_random(sp_retry_t *r);
 double sp_clock_ms(void);
 double sp_clock_ns(void);
 double sp_loop_now_ms(void);
+void sp_loop_update_time(void);
 
 typedef struct {
   const uint64_t *now_ms;

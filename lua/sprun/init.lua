@@ -26,8 +26,11 @@ local _M = {
   bulkhead = require "sprun.bulkhead",
   policy = require "sprun.policy",
   -- The loop's monotonic time in whole ms (virtual under a virtual clock),
-  -- and the real clock in ns for measuring durations.
+  -- taken at the start of each turn of the loop; outside a loop, the
+  -- clock. update_time() brings it up to the clock in the middle of a
+  -- turn. hrtime() is the real clock in ns, for measuring durations.
   now = clock.now,
+  update_time = clock.update_time,
   hrtime = clock.hrtime,
   -- The scheduler.
   run = sched.run,

@@ -16,8 +16,8 @@
  * close the loop itself; loop:step and loop:close refuse to run inside a
  * step (ll->L is set for its duration), and the registry (lhandle.c)
  * keeps every handle's userdata alive until its SP_EV_CLOSED. The open
- * loops are also listed here, newest first, for sp_loop_now_ms and
- * sp_loop_clock: a loop leaves the list when it closes, never later.
+ * loops are also listed here, newest first, for sp_loop_now_ms,
+ * sp_loop_update_time and sp_loop_clock: a loop leaves the list when it closes, never later.
  */
 #include <limits.h>
 #include <stdio.h>
@@ -351,6 +351,11 @@ double sp_loop_now_ms(void) {
   if (open_loops != NULL)
     return (double) sp__loop_now(open_loops->loop);
   return (double) (uv_hrtime() / 1000000);
+}
+
+void sp_loop_update_time(void) {
+  if (open_loops != NULL)
+    sp__loop_update_time(open_loops->loop);
 }
 
 const sp_loop_clock_t *sp_loop_clock(void) {

@@ -11,6 +11,13 @@
  * the monotonic clock in whole ms when no loop is open. For the FFI. */
 double sp_loop_now_ms(void);
 
+/* Brings the newest open loop's time up to the monotonic clock now, as
+ * uv_update_time does (a virtual clock is left alone: it moves only when
+ * the loop jumps it). No loop open: nothing to do. The loop's time is
+ * otherwise updated once per turn, so it does not move during a long
+ * CPU-bound stretch of Lua. */
+void sp_loop_update_time(void);
+
 /* The same time without a call: while a loop is open, `now_ms` points at
  * the newest open loop's time in ms; it is NULL when none is, and readers
  * then call sp_loop_now_ms. The struct lives as long as the program. */

@@ -112,6 +112,10 @@ describe("telemetry sinks", function()
       cb:call(fail)
       cb:call(succeed)
       retry.emit_attempt("p", nil, 1, 12.5, "boom")
+      telemetry.execute({ "sprun", "retry", "budget_exhausted" },
+        { attempts = 2 }, { pool = "p", last_error = "timeout" })
+      telemetry.execute({ "sprun", "bulkhead", "rejected" },
+        { in_flight = 4, queued = 0 }, { pool = "b" })
       local lines = {}
       for i, l in ipairs(w:lines()) do
         lines[i] = l:gsub("duration_ms=[%d.]+", "duration_ms=D")
@@ -128,14 +132,18 @@ describe("telemetry sinks", function()
         "[info] retry attempt FAILED pool=p attempt=1 delay_ms=12.5 "
           .. "error=boom",
         "[debug] retry BACKOFF pool=p attempt=1 delay_ms=12.5",
+        "[warning] retry BUDGET_EXHAUSTED pool=p attempts=2 error=timeout",
+        "[debug] bulkhead call REJECTED pool=b in_flight=4 queued=0",
       }, lines)
     end)
 
-    it("at level warning logs only opened and exhausted", function()
+    it("at level warning logs only opened, exhausted and budget_exhausted",
+      function()
       local w = writer()
       telemetry.logger { level = "warning", io = w }
       every_event()
-      assert.are.same({ "opened", "exhausted" }, (function()
+      assert.are.same({ "opened", "exhausted", "budget_exhausted" },
+        (function()
         local l = {}
         for _, r in ipairs(telemetry.list_handlers({})) do
           l[#l + 1] = r.event[#r.event]

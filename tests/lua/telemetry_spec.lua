@@ -705,7 +705,36 @@ print(cb:state(), table.concat(seen, ","))
         "snakepit.retry.success info",
         "snakepit.retry.exhausted warning",
         "snakepit.worker.crash info",
+        "sprun.retry.budget_exhausted warning",
+        "sprun.bulkhead.rejected debug",
       }, got)
+    end)
+
+    it("has every event named in sprun's sources", function()
+      local listed = {}
+      for _, e in ipairs(telemetry.EVENTS) do listed[e.name] = true end
+      local missing, files = {}, 0
+      local p = io.popen("find lua/sprun -name '*.lua'")
+      for path in p:lines() do
+        files = files + 1
+        -- Module names are no events.
+        local text = assert(io.open(path)):read("*a")
+          :gsub('require%s*%(?%s*"[^"]*"', "")
+        for name in text:gmatch('"((%a+)%.[%w_]+%.[%w_.]+)"') do
+          local root = name:match("^%a+")
+          if (root == "snakepit" or root == "sprun") and not listed[name] then
+            -- A prefix of listed events (an event family) is no event.
+            local family = false
+            for l in pairs(listed) do
+              if l:sub(1, #name + 1) == name .. "." then family = true end
+            end
+            if not family then missing[#missing + 1] = path .. ": " .. name end
+          end
+        end
+      end
+      p:close()
+      assert.is_true(files > 20)
+      assert.are.same({}, missing)
     end)
 
     it("is a field of require 'sprun'", function()

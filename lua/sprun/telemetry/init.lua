@@ -73,6 +73,8 @@ local EVENTS = {
   { "snakepit.retry.success", "info" },
   { "snakepit.retry.exhausted", "warning" },
   { "snakepit.worker.crash", "info" },
+  { "sprun.retry.budget_exhausted", "warning" },
+  { "sprun.bulkhead.rejected", "debug" },
 }
 
 local LEVELS = { debug = 1, info = 2, warning = 3 }

@@ -154,6 +154,12 @@ local LOG_LINES = {
     { "error", "md", "last_error" } },
   ["snakepit.worker.crash"] = { "worker CRASHED", { "pool", "md", "pool" },
     { "worker", "md", "worker_id" }, { "reason", "md", "reason" } },
+  ["sprun.retry.budget_exhausted"] = { "retry BUDGET_EXHAUSTED",
+    { "pool", "md", "pool" }, { "attempts", "m", "attempts" },
+    { "error", "md", "last_error" } },
+  ["sprun.bulkhead.rejected"] = { "bulkhead call REJECTED",
+    { "pool", "md", "pool" }, { "in_flight", "m", "in_flight" },
+    { "queued", "m", "queued" } },
 }
 
 local function sorted_fields(t, prefix, out)
