@@ -69,21 +69,21 @@ static const char usage_text[] =
     "  --policy PATH    load the policy file PATH before the script (see\n"
     "                   sprun.policy.default()); SIGHUP reloads it\n"
     "  --shutdown-grace-ms MS\n"
-    "                   after SIGINT, SIGTERM or SIGHUP, how long the\n"
-    "                   cancelled tasks may take to end (default 5000)\n"
+    "                   after SIGINT, SIGTERM, SIGHUP or os.exit, how long\n"
+    "                   the cancelled tasks may take to end (default 5000)\n"
     "  -v               print the version of sprun, LuaJIT and exit\n"
     "  -h               print this help and exit\n"
     "  --               stop handling options\n"
     "\n"
     "The script runs as the main task: it may sleep and await, and sprun\n"
-    "exits when every task is done. SIGINT, SIGTERM and SIGHUP cancel every\n"
-    "task; a second one, or the end of the grace period, kills what is left\n"
-    "and exits at once. No child process outlives sprun.\n"
+    "exits when every task is done. SIGINT, SIGTERM, SIGHUP and os.exit\n"
+    "cancel every task; a second signal, or the end of the grace period,\n"
+    "kills what is left and exits at once. No child process outlives sprun.\n"
     "\n"
     "exit status: the script's returned number (0 to 255), 0 for true or\n"
     "nothing, 1 for false or nil, err; 1 on an uncaught error; 2 on a bad\n"
     "command line, an unreadable script or another returned value;\n"
-    "130/143/129 after SIGINT/SIGTERM/SIGHUP.\n";
+    "130/143/129 after SIGINT/SIGTERM/SIGHUP; os.exit's code.\n";
 
 static int usage_error(const char *fmt, const char *what) {
   fprintf(stderr, "sprun: ");

@@ -137,7 +137,12 @@ typedef struct sp_proc_options_s {
   char **env;        /* NULL-terminated "K=V" list, or NULL to inherit */
   const char *cwd;   /* or NULL */
   int stdin_pipe;    /* 1: a pipe written with sp__proc_write; 0: /dev/null */
+  int stderr_mode;   /* SP__STDERR_PIPE, _INHERIT or _NULL */
 } sp_proc_options_t;
+
+/* Where a child's stderr goes: a pipe read as SP_EV_PROC_STDERR, sprun's
+ * own stderr, or /dev/null. */
+enum { SP__STDERR_PIPE = 0, SP__STDERR_INHERIT = 1, SP__STDERR_NULL = 2 };
 
 /* Starts a child in its own process group (so that killing it kills what
  * it started too). Output arrives as SP_EV_PROC_STDOUT/STDERR, then

@@ -1,5 +1,6 @@
-/* Child processes: one uv_process_t, pipes for stdout and stderr (and
- * stdin if asked for), and a grace timer.
+/* Child processes: one uv_process_t, a pipe for stdout, one for stderr
+ * unless it goes elsewhere, one for stdin if asked for, and a grace
+ * timer.
  *
  * The rule: SP_EV_PROC_EXIT comes last, after libuv reaped the child and
  * both output pipes reached end of file, so every output chunk and both
@@ -43,6 +44,7 @@ struct sp_proc_s {
   int pid;
   int open;      /* libuv handles whose close callback has not run */
   int has_in;    /* the stdin pipe was created */
+  int has_err;   /* the stderr pipe was created */
   int in_done;   /* close_stdin was called */
   int out_eof;
   int err_eof;
@@ -201,7 +203,8 @@ static void close_all(sp_proc_t *p) {
   if (p->has_in)
     close_handle((uv_handle_t *) &p->in);
   close_handle((uv_handle_t *) &p->out);
-  close_handle((uv_handle_t *) &p->err);
+  if (p->has_err)
+    close_handle((uv_handle_t *) &p->err);
   close_handle((uv_handle_t *) &p->grace);
 }
 
@@ -231,12 +234,10 @@ int sp__proc_spawn(sp_loop_t *loop, const sp_proc_options_t *options,
   p->h.loop = loop;
   p->h.token = token;
   uv_pipe_init(&loop->uv, &p->out, 0);
-  uv_pipe_init(&loop->uv, &p->err, 0);
   uv_timer_init(&loop->uv, &p->grace);
   p->out.data = p;
-  p->err.data = p;
   p->grace.data = p;
-  p->open = 3;
+  p->open = 2;
   if (options->stdin_pipe) {
     uv_pipe_init(&loop->uv, &p->in, 0);
     p->in.data = p;
@@ -250,8 +251,23 @@ int sp__proc_spawn(sp_loop_t *loop, const sp_proc_options_t *options,
   }
   stdio[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
   stdio[1].data.stream = (uv_stream_t *) &p->out;
-  stdio[2].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
-  stdio[2].data.stream = (uv_stream_t *) &p->err;
+  if (options->stderr_mode == SP__STDERR_PIPE) {
+    uv_pipe_init(&loop->uv, &p->err, 0);
+    p->err.data = p;
+    p->has_err = 1;
+    p->open++;
+    stdio[2].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+    stdio[2].data.stream = (uv_stream_t *) &p->err;
+  } else {
+    /* No pipe: nothing to wait for at the end. */
+    p->err_eof = 1;
+    if (options->stderr_mode == SP__STDERR_INHERIT) {
+      stdio[2].flags = UV_INHERIT_FD;
+      stdio[2].data.fd = 2;
+    } else {
+      stdio[2].flags = UV_IGNORE;
+    }
+  }
 
   memset(&opts, 0, sizeof(opts));
   opts.exit_cb = exit_cb;
@@ -281,7 +297,8 @@ int sp__proc_spawn(sp_loop_t *loop, const sp_proc_options_t *options,
     p->out_eof = 1;
     close_handle((uv_handle_t *) &p->out);
   }
-  if (uv_read_start((uv_stream_t *) &p->err, sp__alloc_cb, read_cb) != 0) {
+  if (p->has_err &&
+      uv_read_start((uv_stream_t *) &p->err, sp__alloc_cb, read_cb) != 0) {
     p->err_eof = 1;
     close_handle((uv_handle_t *) &p->err);
   }

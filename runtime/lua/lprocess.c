@@ -57,7 +57,9 @@ static int l_opt(lua_State *L, const char *name, int type, const char *want) {
 
 static int l_loop_spawn(lua_State *L) {
   static const char *const known[] = { "file", "args", "env", "cwd", "stdin",
-                                       NULL };
+                                       "stderr", NULL };
+  static const char *const stderr_modes[] = { "pipe", "inherit", "null",
+                                              NULL };
   l_loop_t *ll = l_check_loop(L, 1);
   sp_proc_options_t opts;
   sp_proc_t *proc;
@@ -77,7 +79,7 @@ static int l_loop_spawn(lua_State *L) {
         break;
     if (known[i] == NULL)
       luaL_error(L, "sprun.core: loop:spawn: unknown option '%s' (known: "
-                    "file, args, env, cwd, stdin)",
+                    "file, args, env, cwd, stdin, stderr)",
                  lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
                                                 : luaL_typename(L, -1));
   }
@@ -95,6 +97,10 @@ static int l_loop_spawn(lua_State *L) {
     opts.cwd = lua_tostring(L, 9);
   l_opt(L, "stdin", LUA_TBOOLEAN, "a boolean"); /* 10 */
   opts.stdin_pipe = lua_toboolean(L, 10);
+  l_opt(L, "stderr", LUA_TSTRING, "\"pipe\", \"inherit\" or \"null\""); /* 11 */
+  opts.stderr_mode = lua_isnil(L, 11)
+                       ? SP__STDERR_PIPE
+                       : luaL_checkoption(L, 11, NULL, stderr_modes);
 
   h = l_new_handle(L, PROC_MT);
   err = sp__proc_spawn(ll->loop, &opts, token, &proc, &pid);

@@ -39,6 +39,20 @@ describe("sprun.process", function()
       assert.is_nil(r.signal)
     end)
 
+    it("stderr = 'inherit' sends it to sprun's stderr, 'null' drops it; "
+       .. "either way r.stderr is nil", function()
+      local r = h.sprun_run { "-e", [[
+local sprun = require "sprun"
+for _, mode in ipairs { "inherit", "null", "pipe" } do
+  local r = sprun.process.run { "sh", "-c", "echo out; echo err-" .. mode
+                                .. " >&2", stderr = mode }
+  print(mode, (r.stdout:gsub("\n", "")), (tostring(r.stderr):gsub("\n", "")))
+end]] }
+      assert.are.same({ code = 0, stderr = "err-inherit\n",
+        stdout = "inherit\tout\tnil\nnull\tout\tnil\npipe\tout\terr-pipe\n" },
+        r)
+    end)
+
     it("a child killed by a signal has signal set and no code", function()
       local r = run(function()
         return sp.process.run{ "sh", "-c", "echo before; kill -SEGV $$" }
@@ -210,16 +224,16 @@ describe("sprun.process", function()
     it("keeps output and exit that arrive while the task sleeps", function()
       local r = run(function()
         local p = sp.process.spawn{ "sh", "-c",
-          "echo first; echo second; echo err >&2; exit 5" }
+          "echo first; echo second; echo err >&2; exit 5", stderr = "pipe" }
         local pid = p:pid()
         wait_for("the child to exit", function() return not h.alive(pid) end)
         local a = p:read_line()
         local st = p:wait()
         local b = p:read_line()
         local c, err = p:read_line()
-        return { a, b, c, kind(err), st.code }
+        return { a, b, c, kind(err), st.code, p:read_stderr() }
       end)
-      assert.are.same({ "first", "second", nil, "eof", 5 }, r)
+      assert.are.same({ "first", "second", nil, "eof", 5, "err\n" }, r)
     end)
 
     it("a reader task and a task waiting for the exit share one process",
@@ -252,6 +266,38 @@ describe("sprun.process", function()
         return { p:read(), p:read(), st.code }
       end)
       assert.are.same({ "abc\ndef", "", 0 }, r)
+    end)
+
+    it("stdout is a pipe; stderr goes to sprun's stderr unless asked "
+       .. "for; stdin is /dev/null unless asked for", function()
+      local r = h.sprun_run { "-e", [[
+local sprun = require "sprun"
+local p = sprun.process.spawn { "sh", "-c",
+  "echo to-stderr >&2; cat; echo out-$?" }
+print(p:read_line())
+print(p:wait().code)
+local ok, err = pcall(function() local _ = p:read_stderr() end)
+print(ok, err)]] }
+      assert.are.same({ code = 0, stderr = "to-stderr\n", stdout =
+        "out-0\n0\nfalse\t(command line):6: process.read_stderr: the "
+        .. "process has no stderr pipe (spawn it with stderr = \"pipe\")\n" },
+        r)
+    end)
+
+    it("stderr = 'pipe' keeps it for read_stderr, which takes what "
+       .. "arrived", function()
+      local got = run(function()
+        local p = sp.process.spawn { "sh", "-c",
+          "echo one >&2; echo ready; read x; echo two >&2", stdin = true,
+          stderr = "pipe" }
+        assert.are.equal("ready", p:read_line())
+        sp.sleep(20)
+        local first = p:read_stderr()
+        p:write("go\n")
+        assert.are.same({ code = 0, pid = p:pid() }, p:wait())
+        return { first, p:read_stderr(), p:read_stderr() }
+      end)
+      assert.are.same({ "one\n", "two\n", "" }, got)
     end)
 
     it("kill sends a signal to the child; wait reports it", function()

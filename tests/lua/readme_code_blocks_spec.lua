@@ -157,17 +157,25 @@ function runners.tree(b)
   end
 end
 
--- A text block is lines of `sprun -h`; one that starts with its first
--- line is the whole of it.
+-- A text block is `sprun -h`: one that starts with its first line is the
+-- whole of it; any other is an excerpt of whole entries, lines that
+-- follow each other there, from an option's first line to the last line
+-- of its description (the next line is not one more of them).
 function runners.text(b)
   local usage = h.sprun_run({ "-h" }).stdout
+  local text = table.concat(b.lines, "\n") .. "\n"
   if b.lines[1] and usage:sub(1, #b.lines[1]) == b.lines[1] then
-    assert.are.equal(usage, table.concat(b.lines, "\n") .. "\n")
+    assert.are.equal(usage, text)
     return
   end
-  for _, l in ipairs(b.lines) do
-    assert.is_truthy(usage:find(l, 1, true), "not in sprun -h: " .. l)
-  end
+  local at = ("\n" .. usage):find("\n" .. text, 1, true)
+  assert(at, "README.md:" .. b.line .. ": not lines of sprun -h in a row")
+  assert(b.lines[1]:match("^  %-"), "README.md:" .. b.line
+         .. ": an excerpt of sprun -h starts with an option")
+  local next_line = usage:sub(at + #text):match("^[^\n]*") or ""
+  assert(not next_line:match("^     +%S"), "README.md:" .. b.line
+         .. ": the excerpt of sprun -h cuts an entry short before: "
+         .. next_line)
 end
 
 describe("README.md", function()

@@ -12,7 +12,7 @@ local h = require "helpers"
 -- its "ready" line (the pids of the groups it started), and returns the
 -- process and those pids.
 local function start(cmd)
-  cmd.stdin = true
+  cmd.stdin, cmd.stderr = true, "pipe"
   local p = assert(sprun.process.spawn(cmd))
   local line = assert(p:read_line())
   local pids = {}
@@ -183,6 +183,58 @@ end
   end)
 end)
 
+describe("os.exit under sprun", function()
+  local dir
+  before_each(function() dir = h.tmpdir() end)
+  after_each(function() h.rmrf(dir) end)
+
+  it("cancels every task, lets their cleanup run, kills the children and "
+     .. "exits with the code", function()
+    local script = h.write_file(dir .. "/exit.lua", [[
+local sprun = require "sprun"
+local c = assert(sprun.process.spawn { "sleep", "100" })
+sprun.spawn(function()
+  local _, err = pcall(sprun.sleep, 1e9)
+  print("cleanup: " .. sprun.error_kind(err))
+end)
+sprun.sleep(10)
+print("ready " .. c:pid())
+io.stdout:flush()
+os.exit(3)
+print("not reached")
+]])
+    local r
+    h.run_tasks(function()
+      local p, child = start { h.sprun, script }
+      local st = p:wait()
+      r = { code = st.code, rest = p:read(), left = left_after(child, 1000) }
+    end)
+    assert.are.same({ code = 3, rest = "cleanup: cancelled\n", left = {} }, r)
+  end)
+
+  it("true, false and a status outside 0..255 exit as os.exit does",
+    function()
+    for _, c in ipairs { { "true", 0 }, { "false", 1 }, { "300", 44 },
+                         { "", 0 } } do
+      local r = h.sprun_run { "-e", "os.exit(" .. c[1] .. ")" }
+      assert.are.same({ c[2], "", "" }, { r.code, r.stdout, r.stderr },
+                      "os.exit(" .. c[1] .. ")")
+    end
+  end)
+
+  it("a task that keeps running after os.exit is stopped at the end of "
+     .. "the grace period, with the code", function()
+    local r = h.sprun_run { "--shutdown-grace-ms", "200", "-e", [[
+local sprun = require "sprun"
+sprun.spawn(function() while true do pcall(sprun.sleep, 1000) end end)
+sprun.sleep(10)
+os.exit(7)]] }
+    assert.are.same({ 7, "" }, { r.code, r.stdout })
+    assert.matches("sprun: tasks still running 200 ms after os.exit; "
+      .. "killing what is left and exiting\n$", r.stderr)
+  end)
+end)
+
 describe("the shim children start through", function()
   it("changes nothing the child sees: argv[0], its arguments, the "
      .. "environment, its parent, its exit status", function()
@@ -259,4 +311,23 @@ end)
       assert.are.same({ c[3], c[2] }, { status.code, status.signal })
     end)
   end
+
+  it("with sprun.run{ signals = true }, os.exit shuts down as under sprun",
+    function()
+    local host = h.write_file(dir .. "/host2.lua", [[
+local sprun = require "sprun"
+sprun.run({ signals = true }, function()
+  sprun.spawn(function()
+    local _, err = pcall(sprun.sleep, 1e9)
+    print("cleanup: " .. sprun.error_kind(err))
+  end)
+  sprun.sleep(5)
+  os.exit(6)
+end)
+print("not reached")
+]])
+    local r = h.run("env " .. env .. " luajit " .. h.shell_quote(host))
+    assert.are.same({ 6, "cleanup: cancelled\n", "" },
+                    { r.code, r.stdout, r.stderr })
+  end)
 end)

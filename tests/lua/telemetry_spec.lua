@@ -226,6 +226,11 @@ describe("telemetry", function()
           { telemetry.detach, { "" },
             "telemetry.detach: id must be a non-empty string or a number, "
             .. "got \"\"" },
+          { telemetry.on_detach, { nil, f },
+            "telemetry.on_detach: id must be a non-empty string or a "
+            .. "number, got nil" },
+          { telemetry.on_detach, { "x", 5 },
+            "telemetry.on_detach: fn must be a function, got 5" },
           { telemetry.list_handlers, { "snakepit" },
             "telemetry.list_handlers: prefix must be a list of strings, "
             .. "got \"snakepit\"" },

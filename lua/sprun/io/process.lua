@@ -98,11 +98,16 @@ local function check_stdin(v)
   return "must be a string (written then closed) or a boolean (a pipe)"
 end
 
+-- Where the child's stderr goes: "pipe" (kept, returned by run and read
+-- with read_stderr), "inherit" (sprun's own stderr) or "null". run keeps
+-- it by default; a long-lived worker's goes to sprun's stderr.
 local function opt_spec(with_timeout)
   local spec = {
     stdin = { check = check_stdin },
     env = { check = check_env },
     cwd = { "string" },
+    stderr = { "choice", values = { "pipe", "inherit", "null" },
+               default = with_timeout and "pipe" or "inherit" },
   }
   if with_timeout then
     spec.timeout_ms = { "number", min = 0, limit = check.MS_MAX }
@@ -163,12 +168,13 @@ local function start(task, args, o)
     buf = {}, err = {}, eof = false, err_eof = false,
     exited = false, closed = false, writers = {}, owner = task,
     stdin_pipe = o.stdin == true, no_stdin = o.stdin == nil or o.stdin == false,
+    err_pipe = o.stderr == "pipe",
   }, Proc)
   self.token = kernel.new_token(self)
   local handle, pid, ename, emsg = kernel.loop():spawn({
     file = args[1], args = args, cwd = o.cwd,
     env = o.env and environment(o.env) or nil,
-    stdin = o.stdin ~= nil and o.stdin ~= false,
+    stdin = o.stdin ~= nil and o.stdin ~= false, stderr = o.stderr,
   }, self.token)
   if handle == nil then
     kernel.free_token(self.token)
@@ -285,6 +291,19 @@ function Proc:read()
   return stream.take_all(self)
 end
 
+-- Everything the child wrote to stderr so far and not read yet (spawned
+-- with stderr = "pipe").
+function Proc:read_stderr()
+  check.self(self, Proc, "process.read_stderr", PROC)
+  if not self.err_pipe then
+    error("process.read_stderr: the process has no stderr pipe (spawn it "
+          .. "with stderr = \"pipe\")", 2)
+  end
+  local s = concat(self.err)
+  self.err = {}
+  return s
+end
+
 -- Writes to the child's stdin (spawned with stdin = true); true once
 -- written, or nil, err.
 function Proc:write(data)
@@ -351,6 +370,13 @@ end
 
 --- API -----------------------------------------------------------------
 
+-- What the child wrote to stderr, or nil when it went elsewhere.
+local function stderr_text(self)
+  if self.err_pipe then
+    return concat(self.err)
+  end
+end
+
 local function run_in_task(args, o)
   local task = kernel.current()
   local self, err = start(task, args, o)
@@ -367,14 +393,14 @@ local function run_in_task(args, o)
       return nil, errors.error(errors.TIMEOUT, format(
         "%s did not finish within %d ms (killed)", args[1], o.timeout_ms), {
           timeout_ms = o.timeout_ms, pid = self._pid,
-          stdout = stream.take_all(self), stderr = concat(self.err),
+          stdout = stream.take_all(self), stderr = stderr_text(self),
         })
     end
   end
   kernel.disarm(task)
   local r = status(self)
   r.stdout = stream.take_all(self)
-  r.stderr = concat(self.err)
+  r.stderr = stderr_text(self)
   return r
 end
 

@@ -38,6 +38,7 @@ local clock = require "sprun.clock"
 
 local select = select
 local type = type
+local tonumber = tonumber
 local error = error
 local unpack = unpack
 local pairs = pairs
@@ -199,7 +200,8 @@ local function open(opts)
     live = 0,        -- unfinished tasks
     spawns = 0,      -- spawned since the last resume returned (bulk_begin)
     bursts = 0,      -- bursts of spawns over, to end when the queue is empty
-    stop_signal = nil,
+    stop_status = nil, -- the exit status once a shutdown began (signal, os.exit)
+    stop_name = nil,   -- what began it: "SIGINT", ..., "os.exit"
     cur = false,     -- the task whose coroutine runs now (see current)
     -- The inline runs in progress (inline.lua), innermost last: each
     -- one's coroutine, its task once it has one (else false; entries
@@ -293,8 +295,8 @@ end
 -- instead, where the run was given a way to (`on_sighup`: sprun --policy).
 local STOP_SIGNALS = { "SIGINT", "SIGTERM", "SIGHUP" }
 
--- Exits the process now, from inside the loop, with 128 + the signal that
--- began the shutdown: the children's groups are killed, stdout flushed.
+-- Exits the process now, from inside the loop, with the status of the
+-- shutdown under way: the children's groups are killed, stdout flushed.
 local exit = os.exit
 
 local function hard_exit(s, why)
@@ -302,7 +304,17 @@ local function hard_exit(s, why)
   io_stderr:flush()
   s.loop:kill_children()
   io.stdout:flush()
-  exit(128 + s.stop_signal)
+  exit(s.stop_status)
+end
+
+-- Begins the shutdown: every task is cancelled and has grace_ms to end,
+-- after which hard_exit. The run then ends with `status`.
+local function begin_stop(s, status, name, grace_ms)
+  s.stop_status, s.stop_name = status, name
+  cancel_all(s)
+  kernel.after(grace_ms, function()
+    hard_exit(s, format("tasks still running %d ms after %s", grace_ms, name))
+  end)
 end
 
 local function watch_signals(s, grace_ms, on_sighup)
@@ -312,18 +324,44 @@ local function watch_signals(s, grace_ms, on_sighup)
       if signum == core.signals.SIGHUP and on_sighup then
         return on_sighup()
       end
-      if s.stop_signal == nil then
-        s.stop_signal = signum
-        s.stop_name = name
-        cancel_all(s)
-        kernel.after(grace_ms, function()
-          hard_exit(s, format("tasks still running %d ms after %s", grace_ms,
-                              name))
-        end)
+      if s.stop_status == nil then
+        begin_stop(s, 128 + signum, name, grace_ms)
       else
         hard_exit(s, format("%s after %s", name, s.stop_name))
       end
     end)
+  end
+end
+
+-- The status os.exit(code) exits with, as LuaJIT's: true or nothing 0,
+-- false 1, a number as it is (the system keeps its low 8 bits).
+local function os_exit_status(code)
+  if code == nil or code == true then
+    return 0
+  elseif code == false then
+    return 1
+  end
+  return tonumber(code) or 1
+end
+
+-- os.exit in a run that answers signals (the sprun executable): called
+-- from a task, it shuts the run down as a signal does (every task
+-- cancelled, their cleanup run within the grace period, the children
+-- killed) and the run ends with its status; the calling task is
+-- cancelled at once. Called from anywhere else (a handler the loop runs)
+-- it exits at once, the children's groups killed on the way out.
+local function intercept_exit(s, grace_ms)
+  os.exit = function(code, close)
+    local task = current()
+    if task == nil or state() ~= s or not s.running then
+      io.stdout:flush()
+      return exit(code, close)
+    end
+    if s.stop_status == nil then
+      begin_stop(s, os_exit_status(code), "os.exit", grace_ms)
+    end
+    cancel(task)
+    error(task[kernel.CANCELLED], 0)
   end
 end
 
@@ -339,9 +377,13 @@ local function run_main(opts, fn, args)
   local signals = opts ~= nil and opts.signals
   if signals then
     watch_signals(s, opts.shutdown_grace_ms or 5000, opts.on_sighup)
+    intercept_exit(s, opts.shutdown_grace_ms or 5000)
   end
   local ok, err = pcall(run_loop, s)
   s.running = false
+  if signals then
+    os.exit = exit
+  end
   if not ok then
     cancel_all(s)
     pcall(drain, s)
@@ -358,7 +400,7 @@ local function run_main(opts, fn, args)
   if not ok then
     error(err, 0)
   end
-  return main, s.stop_signal
+  return main, s.stop_status, s.stop_name
 end
 
 local parse_run_options = options.parser("sprun.run", {
@@ -427,7 +469,13 @@ function _M.run(fn, ...)
     end
     return run_nested(s, fn, args)
   end
-  local main = run_main(opts, fn, args)
+  local main, stop_status, stop_name = run_main(opts, fn, args)
+  if stop_name == "os.exit" then
+    -- The run ended because a task called os.exit: exit as it asked, now
+    -- that the tasks are done and the loop is closed.
+    io.stdout:flush()
+    exit(stop_status)
+  end
   if main[STATE] == "done" then
     local v = main[VALUES]
     return unpack(v, 1, v.n)
@@ -468,9 +516,9 @@ function _M.main(opts, chunk, ...)
     o[k] = v
   end
   o.signals = true
-  local main, signum = run_main(o, chunk, tables.pack(...))
-  if signum then
-    return 128 + signum
+  local main, stop_status = run_main(o, chunk, tables.pack(...))
+  if stop_status then
+    return stop_status
   end
   if main[STATE] == "done" then
     local v = main[VALUES]

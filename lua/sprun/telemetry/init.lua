@@ -324,6 +324,11 @@ end
 -- Runs fn() once when `id` is detached (a sink that opened a file closes
 -- it then).
 function _M.on_detach(id, fn)
+  check_id_shape("telemetry.on_detach", id, 3)
+  if type(fn) ~= "function" then
+    error("telemetry.on_detach: fn must be a function, got " .. describe(fn),
+          2)
+  end
   cleanups[id] = fn
 end
 

@@ -47,7 +47,11 @@ return {
   { id = "process.run: option foo",
     call = function() return proc.run, { "sh", foo = 1 } end,
     raises = "process.run: unknown option 'foo' (valid options: cwd, env, "
-      .. "stdin, timeout_ms)" },
+      .. "stderr, stdin, timeout_ms)" },
+  { id = "process.run: stderr 'file'",
+    call = function() return proc.run, { "sh", stderr = "file" } end,
+    raises = "process.run: option 'stderr' must be \"pipe\", \"inherit\" or "
+      .. "\"null\", got \"file\"" },
   { id = "process.run: a table as argument",
     call = function() return proc.run, { "sh", {} } end,
     raises = "process.run: argument 1 must be a string or a number, got "
@@ -70,7 +74,12 @@ return {
   { id = "process.spawn: timeout_ms (run has it, spawn has not)",
     call = function() return proc.spawn, { "sh", timeout_ms = 5 } end,
     raises = "process.spawn: unknown option 'timeout_ms' (valid options: "
-      .. "cwd, env, stdin)" },
+      .. "cwd, env, stderr, stdin)" },
+  { id = "process.read_stderr: spawned without a stderr pipe is misuse",
+    task = true,
+    call = function() local p = exited_proc(); return p.read_stderr, p end,
+    raises = "process.read_stderr: the process has no stderr pipe (spawn it "
+      .. "with stderr = \"pipe\")" },
   { id = "process.wait: a breaker as self",
     call = function() return proc.Process.wait, cb end,
     raises = "process.wait: self must be a process, got table" },
