@@ -330,4 +330,27 @@ print("not reached")
     assert.are.same({ 6, "cleanup: cancelled\n", "" },
                     { r.code, r.stdout, r.stderr })
   end)
+
+  it("with sprun.run{ signals = true }, SIGINT cancels the tasks, then "
+     .. "exits 130 as sprun does", function()
+    local host = h.write_file(dir .. "/host3.lua", [[
+local sprun = require "sprun"
+sprun.run({ signals = true }, function()
+  print("ready")
+  io.stdout:flush()
+  local _, err = pcall(sprun.sleep, 1e9)
+  print("cleanup: " .. sprun.error_kind(err))
+end)
+print("not reached")
+]])
+    local r
+    h.run_tasks(function()
+      local p = start { "sh", "-c", "exec env " .. env .. " luajit "
+                        .. h.shell_quote(host) }
+      assert(p:kill("SIGINT"))
+      local st = p:wait()
+      r = { st.code, p:read() }
+    end)
+    assert.are.same({ 130, "cleanup: cancelled\n" }, r)
+  end)
 end)

@@ -469,16 +469,19 @@ function _M.run(fn, ...)
     end
     return run_nested(s, fn, args)
   end
-  local main, stop_status, stop_name = run_main(opts, fn, args)
-  if stop_name == "os.exit" then
-    -- The run ended because a task called os.exit: exit as it asked, now
-    -- that the tasks are done and the loop is closed.
+  local main, stop_status = run_main(opts, fn, args)
+  if stop_status then
+    -- A signal or os.exit shut the run down (signals = true): exit as the
+    -- sprun executable does, now that the tasks are done and the loop is
+    -- closed.
     io.stdout:flush()
     exit(stop_status)
   end
   if main[STATE] == "done" then
     local v = main[VALUES]
     return unpack(v, 1, v.n)
+  elseif main[STATE] == "cancelled" then
+    error(main[kernel.CANCELLED], 0)
   end
   error(main.error, 0)
 end
