@@ -153,12 +153,14 @@ end
       .. "what is left and exiting\n", r.stderr)
   end)
 
-  it("a second signal kills what is left and exits at once", function()
-    local r
-    h.run_tasks(function()
-      local p, child
-      -- A child of the catch-all task, to see it go too.
-      local script = h.write_file(dir .. "/catch2.lua", [[
+  for _, second in ipairs { "SIGINT", "SIGTERM" } do
+    it("a second signal (SIGINT, then " .. second .. ") kills what is left "
+       .. "and exits at once", function()
+      local r
+      h.run_tasks(function()
+        local p, child
+        -- A child of the catch-all task, to see it go too.
+        local script = h.write_file(dir .. "/catch2.lua", [[
 local sprun = require "sprun"
 local c = assert(sprun.process.spawn { "sleep", "100" })
 print("ready " .. c:pid())
@@ -167,20 +169,21 @@ while true do
   pcall(sprun.sleep, 1000)
 end
 ]])
-      p, child = start { h.sprun, script }
-      assert(p:kill("SIGINT"))
-      sprun.sleep(300)
-      assert(p:kill("SIGTERM"))
-      local t0 = sprun.now()
-      local st = p:wait()
-      r = { code = st.code, ms = sprun.now() - t0,
-            left = left_after(child, 1000) }
+        p, child = start { h.sprun, script }
+        assert(p:kill("SIGINT"))
+        sprun.sleep(300)
+        assert(p:kill(second))
+        local t0 = sprun.now()
+        local st = p:wait()
+        r = { code = st.code, ms = sprun.now() - t0,
+              left = left_after(child, 1000) }
+      end)
+      -- The first signal's status.
+      assert.are.equal(130, r.code)
+      assert.is_true(r.ms < 200, r.ms .. " ms")
+      assert.are.same({}, r.left)
     end)
-    -- The first signal's status.
-    assert.are.equal(130, r.code)
-    assert.is_true(r.ms < 200, r.ms .. " ms")
-    assert.are.same({}, r.left)
-  end)
+  end
 end)
 
 describe("os.exit under sprun", function()
