@@ -24,6 +24,7 @@ local C = sp.C
 local type = type
 local tonumber = tonumber
 local setmetatable = setmetatable
+local getmetatable = getmetatable
 local check_self = check.self
 local check_id = check.id
 local arg_error = check.arg_error
@@ -218,6 +219,10 @@ function _M.stats(self)
     crash_window_ms = tonumber(h.config.crash_window_ms),
     is_healthy = in_window < h.config.max_crashes,
   }
+end
+
+function _M.is_monitor(v)
+  return getmetatable(v) == mt
 end
 
 function _M.name(self)

@@ -25,6 +25,7 @@ local _M = {
   pipeline = require "sprun.pipeline",
   bulkhead = require "sprun.bulkhead",
   policy = require "sprun.policy",
+  pool = require "sprun.pool",
   -- The loop's monotonic time in whole ms (virtual under a virtual clock),
   -- taken at the start of each turn of the loop; outside a loop, the
   -- clock. update_time() brings it up to the clock in the middle of a

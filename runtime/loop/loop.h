@@ -30,9 +30,11 @@ typedef enum {
    * (a: 0, or the read error that ended the stream). */
   SP_EV_PROC_STDOUT,
   SP_EV_PROC_STDERR,
-  /* The child exited and both of its output pipes have reached end of file
-   * (so every SP_EV_PROC_STDOUT/STDERR chunk came first). a: exit status,
-   * b: the signal that ended it, or 0. */
+  /* The same for the channel on the child's fd 3 (spawned with channel). */
+  SP_EV_PROC_CHANNEL,
+  /* The child exited and each of its pipes it writes to has reached end of
+   * file (so every SP_EV_PROC_STDOUT/STDERR/CHANNEL chunk came first). a:
+   * exit status, b: the signal that ended it, or 0. */
   SP_EV_PROC_EXIT,
   /* A write finished (process stdin or TCP). token: the write's own token.
    * a: 0 or a negative libuv error code. */
@@ -138,6 +140,7 @@ typedef struct sp_proc_options_s {
   const char *cwd;   /* or NULL */
   int stdin_pipe;    /* 1: a pipe written with sp__proc_write; 0: /dev/null */
   int stderr_mode;   /* SP__STDERR_PIPE, _INHERIT or _NULL */
+  int channel;       /* 1: fd 3 of the child is a socket pair, both ways */
 } sp_proc_options_t;
 
 /* Where a child's stderr goes: a pipe read as SP_EV_PROC_STDERR, sprun's
@@ -152,6 +155,11 @@ int sp__proc_spawn(sp_loop_t *loop, const sp_proc_options_t *options,
                    uint64_t token, sp_proc_t **out, int *pid);
 int sp__proc_write(sp_proc_t *proc, const char *data, size_t len,
                    uint64_t write_token);
+/* Writes to the channel (fd 3 of a child spawned with channel). A
+ * write_token of 0 asks for no SP_EV_WRITE: the write is done in order
+ * with the others, and its failure shows as the channel's end. */
+int sp__proc_channel_write(sp_proc_t *proc, const char *data, size_t len,
+                           uint64_t write_token);
 int sp__proc_close_stdin(sp_proc_t *proc);
 /* Sends `signum` to the child's process group. */
 int sp__proc_kill(sp_proc_t *proc, int signum);
@@ -175,6 +183,11 @@ const char *sp__proc_shim(void);
 int sp__tcp_connect(sp_loop_t *loop, const char *host, int port,
                     uint64_t token, sp_tcp_t **out);
 /* port 0 picks a free port, returned in *bound_port. */
+/* Opens an inherited descriptor (a socket pair or a pipe, e.g. the channel
+ * on fd 3 a worker pool gives its workers) as a connection: read, write and
+ * close it like a TCP one. */
+int sp__tcp_pipe_open(sp_loop_t *loop, int fd, uint64_t token,
+                      sp_tcp_t **out);
 int sp__tcp_listen(sp_loop_t *loop, const char *host, int port, int backlog,
                    uint64_t token, sp_tcp_t **out, int *bound_port);
 void sp__tcp_set_token(sp_tcp_t *tcp, uint64_t token);

@@ -1,10 +1,10 @@
 /* Child processes: one uv_process_t, a pipe for stdout, one for stderr
- * unless it goes elsewhere, one for stdin if asked for, and a grace
- * timer.
+ * unless it goes elsewhere, one for stdin if asked for, a socket pair on
+ * the child's fd 3 (the channel) if asked for, and a grace timer.
  *
  * The rule: SP_EV_PROC_EXIT comes last, after libuv reaped the child and
- * both output pipes reached end of file, so every output chunk and both
- * end-of-file events come before it. A child runs in its own process group
+ * every pipe it writes to reached end of file, so every output chunk and
+ * every end-of-file event come before it. A child runs in its own process group
  * (UV_PROCESS_DETACHED calls setsid), so signals go to the group and reach
  * whatever the child started.
  *
@@ -39,15 +39,18 @@ struct sp_proc_s {
   uv_pipe_t in;
   uv_pipe_t out;
   uv_pipe_t err;
+  uv_pipe_t chan;
   uv_timer_t grace;
   uv_shutdown_t shutdown;
   int pid;
   int open;      /* libuv handles whose close callback has not run */
   int has_in;    /* the stdin pipe was created */
   int has_err;   /* the stderr pipe was created */
+  int has_chan;  /* the channel was created */
   int in_done;   /* close_stdin was called */
   int out_eof;
   int err_eof;
+  int chan_eof;
   int exited;
   int reported;  /* SP_EV_PROC_EXIT was reported */
   int inflight;  /* counted in loop->inflight: a task awaits it */
@@ -143,6 +146,10 @@ static void report_exit(sp_proc_t *p) {
     force_eof(p, &p->err, &p->err_eof, SP_EV_PROC_STDERR);
   if (p->h.closing)
     return;
+  if (!p->chan_eof)
+    force_eof(p, &p->chan, &p->chan_eof, SP_EV_PROC_CHANNEL);
+  if (p->h.closing)
+    return;
   p->reported = 1;
   done_inflight(p);
   sp__emit(p->h.loop, p->h.token, SP_EV_PROC_EXIT, p->status, p->term_signal,
@@ -166,7 +173,7 @@ static void exit_cb(uv_process_t *process, int64_t status, int term_signal) {
   close_handle((uv_handle_t *) process);
   if (p->h.closing)
     return;
-  if (p->out_eof && p->err_eof)
+  if (p->out_eof && p->err_eof && p->chan_eof)
     report_exit(p);
   else
     uv_timer_start(&p->grace, grace_cb, SP__EOF_GRACE_MS, 0);
@@ -174,9 +181,19 @@ static void exit_cb(uv_process_t *process, int64_t status, int term_signal) {
 
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   sp_proc_t *p = stream->data;
-  int is_out = stream == (uv_stream_t *) &p->out;
-  int type = is_out ? SP_EV_PROC_STDOUT : SP_EV_PROC_STDERR;
+  int type;
+  int *eof;
 
+  if (stream == (uv_stream_t *) &p->out) {
+    type = SP_EV_PROC_STDOUT;
+    eof = &p->out_eof;
+  } else if (stream == (uv_stream_t *) &p->err) {
+    type = SP_EV_PROC_STDERR;
+    eof = &p->err_eof;
+  } else {
+    type = SP_EV_PROC_CHANNEL;
+    eof = &p->chan_eof;
+  }
   if (nread == 0 || p->h.closing)
     return;
   if (nread > 0) {
@@ -184,16 +201,13 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   /* End of file, or an error, which ends the stream just the same. */
-  if (is_out)
-    p->out_eof = 1;
-  else
-    p->err_eof = 1;
+  *eof = 1;
   close_handle((uv_handle_t *) stream);
   sp__emit(p->h.loop, p->h.token, type, nread == UV_EOF ? 0 : nread, 0, NULL,
            0, p);
   if (p->h.closing)
     return;
-  if (p->exited && p->out_eof && p->err_eof && !p->reported)
+  if (p->exited && p->out_eof && p->err_eof && p->chan_eof && !p->reported)
     report_exit(p);
 }
 
@@ -205,6 +219,8 @@ static void close_all(sp_proc_t *p) {
   close_handle((uv_handle_t *) &p->out);
   if (p->has_err)
     close_handle((uv_handle_t *) &p->err);
+  if (p->has_chan)
+    close_handle((uv_handle_t *) &p->chan);
   close_handle((uv_handle_t *) &p->grace);
 }
 
@@ -216,7 +232,7 @@ static void proc_close(sp__handle_t *h) {
 int sp__proc_spawn(sp_loop_t *loop, const sp_proc_options_t *options,
                    uint64_t token, sp_proc_t **out, int *pid) {
   uv_process_options_t opts;
-  uv_stdio_container_t stdio[3];
+  uv_stdio_container_t stdio[4];
   char **shim_argv;
   const char *file;
   sp_proc_t *p;
@@ -269,6 +285,19 @@ int sp__proc_spawn(sp_loop_t *loop, const sp_proc_options_t *options,
     }
   }
 
+  if (options->channel) {
+    /* libuv makes a pipe of the child's stdio a socket pair: fd 3 carries
+     * both directions. */
+    uv_pipe_init(&loop->uv, &p->chan, 0);
+    p->chan.data = p;
+    p->has_chan = 1;
+    p->open++;
+    stdio[3].flags = UV_CREATE_PIPE | UV_READABLE_PIPE | UV_WRITABLE_PIPE;
+    stdio[3].data.stream = (uv_stream_t *) &p->chan;
+  } else {
+    p->chan_eof = 1;
+  }
+
   memset(&opts, 0, sizeof(opts));
   opts.exit_cb = exit_cb;
   opts.file = file;
@@ -276,7 +305,7 @@ int sp__proc_spawn(sp_loop_t *loop, const sp_proc_options_t *options,
   opts.env = options->env;
   opts.cwd = options->cwd;
   opts.flags = UV_PROCESS_DETACHED;
-  opts.stdio_count = 3;
+  opts.stdio_count = options->channel ? 4 : 3;
   opts.stdio = stdio;
 
   /* uv_spawn initialises the handle even when it fails, so from here on
@@ -296,6 +325,11 @@ int sp__proc_spawn(sp_loop_t *loop, const sp_proc_options_t *options,
   if (uv_read_start((uv_stream_t *) &p->out, sp__alloc_cb, read_cb) != 0) {
     p->out_eof = 1;
     close_handle((uv_handle_t *) &p->out);
+  }
+  if (p->has_chan &&
+      uv_read_start((uv_stream_t *) &p->chan, sp__alloc_cb, read_cb) != 0) {
+    p->chan_eof = 1;
+    close_handle((uv_handle_t *) &p->chan);
   }
   if (p->has_err &&
       uv_read_start((uv_stream_t *) &p->err, sp__alloc_cb, read_cb) != 0) {
@@ -327,6 +361,18 @@ int sp__proc_write(sp_proc_t *p, const char *data, size_t len,
   if (p->in_done)
     return UV_EPIPE;
   return sp__stream_write(p->h.loop, (uv_stream_t *) &p->in, data, len,
+                          write_token);
+}
+
+int sp__proc_channel_write(sp_proc_t *p, const char *data, size_t len,
+                           uint64_t write_token) {
+  if (p->h.closing)
+    return UV_EBADF;
+  if (!p->has_chan)
+    return UV_EINVAL;
+  if (p->chan_eof)
+    return UV_EPIPE;
+  return sp__stream_write(p->h.loop, (uv_stream_t *) &p->chan, data, len,
                           write_token);
 }
 
@@ -378,7 +424,7 @@ void sp__proc_close(sp_proc_t *p) {
   if (!p->exited) {
     if (kill(-p->pid, SIGKILL) != 0)
       kill(p->pid, SIGKILL);
-  } else if (p->lingering || !p->out_eof || !p->err_eof) {
+  } else if (p->lingering || !p->out_eof || !p->err_eof || !p->chan_eof) {
     /* The child is gone but what it started still holds its pipes: the
      * group outlives its leader, and goes with the handle. */
     kill(-p->pid, SIGKILL);

@@ -36,8 +36,10 @@ static void write_cb(uv_write_t *req, int status) {
   sp_loop_t *loop = w->loop;
 
   loop->inflight--;
-  sp__emit(loop, w->token, SP_EV_WRITE, status, 0, NULL, 0,
-           req->handle->data);
+  /* Token 0: nobody waits for this one. */
+  if (w->token != 0)
+    sp__emit(loop, w->token, SP_EV_WRITE, status, 0, NULL, 0,
+             req->handle->data);
   free(w);
 }
 

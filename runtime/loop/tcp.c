@@ -15,9 +15,15 @@
 
 #include "internal.h"
 
+/* A connection is a TCP socket, or an inherited descriptor opened as a
+ * pipe (sp__tcp_pipe_open: a socket pair from the parent); both are
+ * streams, and everything but connect and listen treats them alike. */
 struct sp_tcp_s {
   sp__handle_t h;
-  uv_tcp_t tcp;
+  union {
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+  } u;
   uv_connect_t connect;
   int reading;
 };
@@ -35,6 +41,11 @@ static int parse_addr(const char *host, int port,
   return UV_EINVAL;
 }
 
+/* The stream of either kind of connection. */
+static uv_stream_t *stream_of(sp_tcp_t *t) {
+  return (uv_stream_t *) &t->u;
+}
+
 static void close_cb(uv_handle_t *handle) {
   sp_tcp_t *t = handle->data;
 
@@ -48,18 +59,18 @@ static sp_tcp_t *tcp_new(sp_loop_t *loop) {
   if (t == NULL)
     return NULL;
   t->h.loop = loop;
-  if (uv_tcp_init(&loop->uv, &t->tcp) != 0) {
+  if (uv_tcp_init(&loop->uv, &t->u.tcp) != 0) {
     free(t);
     return NULL;
   }
-  t->tcp.data = t;
+  t->u.tcp.data = t;
   return t;
 }
 
 /* For a socket that never reached its owner: no event, just the memory. */
 static void tcp_discard(sp_tcp_t *t) {
   t->h.closing = 1;
-  uv_close((uv_handle_t *) &t->tcp, close_cb);
+  uv_close((uv_handle_t *) stream_of(t), close_cb);
 }
 
 /* The socket's close function, for sp__loop_free. */
@@ -88,7 +99,7 @@ int sp__tcp_connect(sp_loop_t *loop, const char *host, int port,
   t = tcp_new(loop);
   if (t == NULL)
     return UV_ENOMEM;
-  err = uv_tcp_connect(&t->connect, &t->tcp, (struct sockaddr *) &addr,
+  err = uv_tcp_connect(&t->connect, &t->u.tcp, (struct sockaddr *) &addr,
                        connect_cb);
   if (err) {
     tcp_discard(t);
@@ -118,7 +129,7 @@ static void connection_cb(uv_stream_t *server, int status) {
              NULL);
     return;
   }
-  err = uv_accept(server, (uv_stream_t *) &c->tcp);
+  err = uv_accept(server, (uv_stream_t *) &c->u.tcp);
   if (err) {
     tcp_discard(c);
     sp__emit(loop, s->h.token, SP_EV_TCP_ACCEPT, err, 0, NULL, 0, NULL);
@@ -141,11 +152,11 @@ int sp__tcp_listen(sp_loop_t *loop, const char *host, int port, int backlog,
   t = tcp_new(loop);
   if (t == NULL)
     return UV_ENOMEM;
-  err = uv_tcp_bind(&t->tcp, (struct sockaddr *) &addr, 0);
+  err = uv_tcp_bind(&t->u.tcp, (struct sockaddr *) &addr, 0);
   if (err == 0)
-    err = uv_listen((uv_stream_t *) &t->tcp, backlog, connection_cb);
+    err = uv_listen((uv_stream_t *) &t->u.tcp, backlog, connection_cb);
   if (err == 0)
-    err = uv_tcp_getsockname(&t->tcp, (struct sockaddr *) &addr, &len);
+    err = uv_tcp_getsockname(&t->u.tcp, (struct sockaddr *) &addr, &len);
   if (err) {
     tcp_discard(t);
     return err;
@@ -154,6 +165,30 @@ int sp__tcp_listen(sp_loop_t *loop, const char *host, int port, int backlog,
     *bound_port = ntohs(((struct sockaddr_in6 *) &addr)->sin6_port);
   else
     *bound_port = ntohs(((struct sockaddr_in *) &addr)->sin_port);
+  sp__handle_link(loop, &t->h, tcp_close, token);
+  *out = t;
+  return 0;
+}
+
+int sp__tcp_pipe_open(sp_loop_t *loop, int fd, uint64_t token,
+                      sp_tcp_t **out) {
+  sp_tcp_t *t = calloc(1, sizeof(*t));
+  int err;
+
+  if (t == NULL)
+    return UV_ENOMEM;
+  t->h.loop = loop;
+  err = uv_pipe_init(&loop->uv, &t->u.pipe, 0);
+  if (err) {
+    free(t);
+    return err;
+  }
+  t->u.pipe.data = t;
+  err = uv_pipe_open(&t->u.pipe, fd);
+  if (err) {
+    tcp_discard(t);
+    return err;
+  }
   sp__handle_link(loop, &t->h, tcp_close, token);
   *out = t;
   return 0;
@@ -192,7 +227,7 @@ int sp__tcp_read_start(sp_tcp_t *t) {
     return UV_EBADF;
   if (t->reading)
     return 0;
-  err = uv_read_start((uv_stream_t *) &t->tcp, sp__alloc_cb, read_cb);
+  err = uv_read_start(stream_of(t), sp__alloc_cb, read_cb);
   if (err)
     return err;
   t->reading = 1;
@@ -204,7 +239,7 @@ int sp__tcp_read_stop(sp_tcp_t *t) {
   if (t->h.closing)
     return UV_EBADF;
   if (t->reading)
-    uv_read_stop((uv_stream_t *) &t->tcp);
+    uv_read_stop(stream_of(t));
   stop_reading(t);
   return 0;
 }
@@ -213,8 +248,7 @@ int sp__tcp_write(sp_tcp_t *t, const char *data, size_t len,
                   uint64_t write_token) {
   if (t->h.closing)
     return UV_EBADF;
-  return sp__stream_write(t->h.loop, (uv_stream_t *) &t->tcp, data, len,
-                          write_token);
+  return sp__stream_write(t->h.loop, stream_of(t), data, len, write_token);
 }
 
 void sp__tcp_close(sp_tcp_t *t) {
@@ -222,5 +256,5 @@ void sp__tcp_close(sp_tcp_t *t) {
     return;
   t->h.closing = 1;
   stop_reading(t);
-  uv_close((uv_handle_t *) &t->tcp, close_cb);
+  uv_close((uv_handle_t *) stream_of(t), close_cb);
 }

@@ -57,7 +57,7 @@ static int l_opt(lua_State *L, const char *name, int type, const char *want) {
 
 static int l_loop_spawn(lua_State *L) {
   static const char *const known[] = { "file", "args", "env", "cwd", "stdin",
-                                       "stderr", NULL };
+                                       "stderr", "channel", NULL };
   static const char *const stderr_modes[] = { "pipe", "inherit", "null",
                                               NULL };
   l_loop_t *ll = l_check_loop(L, 1);
@@ -79,7 +79,7 @@ static int l_loop_spawn(lua_State *L) {
         break;
     if (known[i] == NULL)
       luaL_error(L, "sprun.core: loop:spawn: unknown option '%s' (known: "
-                    "file, args, env, cwd, stdin, stderr)",
+                    "file, args, env, cwd, stdin, stderr, channel)",
                  lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
                                                 : luaL_typename(L, -1));
   }
@@ -101,6 +101,8 @@ static int l_loop_spawn(lua_State *L) {
   opts.stderr_mode = lua_isnil(L, 11)
                        ? SP__STDERR_PIPE
                        : luaL_checkoption(L, 11, NULL, stderr_modes);
+  l_opt(L, "channel", LUA_TBOOLEAN, "a boolean"); /* 12 */
+  opts.channel = lua_toboolean(L, 12);
 
   h = l_new_handle(L, PROC_MT);
   err = sp__proc_spawn(ll->loop, &opts, token, &proc, &pid);
@@ -121,6 +123,19 @@ static int l_proc_write(lua_State *L) {
   if (h->ptr == NULL)
     return l_push_closed(L);
   return l_push_result(L, sp__proc_write(h->ptr, data, len, token));
+}
+
+/* proc:channel_write(data[, token]): no token (or 0), no SP_EV_WRITE. */
+static int l_proc_channel_write(lua_State *L) {
+  l_handle_t *h = luaL_checkudata(L, 1, PROC_MT);
+  size_t len;
+  const char *data = luaL_checklstring(L, 2, &len);
+  uint64_t token =
+      lua_isnoneornil(L, 3) ? 0 : l_check_uint(L, 3, "write token");
+
+  if (h->ptr == NULL)
+    return l_push_closed(L);
+  return l_push_result(L, sp__proc_channel_write(h->ptr, data, len, token));
 }
 
 static int l_proc_close_stdin(lua_State *L) {
@@ -172,6 +187,7 @@ static int l_proc_tostring(lua_State *L) {
 
 static const luaL_Reg l_proc_methods[] = {
   { "write", l_proc_write },
+  { "channel_write", l_proc_channel_write },
   { "close_stdin", l_proc_close_stdin },
   { "kill", l_proc_kill },
   { "close", l_proc_close },

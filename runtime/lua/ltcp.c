@@ -1,5 +1,6 @@
-/* Sockets in Lua: loop:tcp_connect, loop:tcp_listen and the methods of a
- * socket userdata.
+/* Sockets in Lua: loop:tcp_connect, loop:tcp_listen, loop:pipe_open (an
+ * inherited descriptor as a connection) and the methods of a socket
+ * userdata.
  *
  * The rule: a connect, a write and the data read come as events to the
  * loop's dispatcher, with the socket userdata as their handle; a socket
@@ -50,6 +51,23 @@ static int l_loop_tcp_listen(lua_State *L) {
   l_register(L, ll, h, tcp);
   lua_pushinteger(L, bound);
   return 2;
+}
+
+/* loop:pipe_open(fd, token): an inherited descriptor as a connection. */
+static int l_loop_pipe_open(lua_State *L) {
+  l_loop_t *ll = l_check_loop(L, 1);
+  int fd = l_check_int(L, 2, 0, INT_MAX, "fd");
+  uint64_t token = l_check_uint(L, 3, "token");
+  sp_tcp_t *tcp;
+  l_handle_t *h;
+  int err;
+
+  h = l_new_handle(L, TCP_MT);
+  err = sp__tcp_pipe_open(ll->loop, fd, token, &tcp);
+  if (err)
+    return l_push_error(L, err);
+  l_register(L, ll, h, tcp);
+  return 1;
 }
 
 static int l_tcp_set_token(lua_State *L) {

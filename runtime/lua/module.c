@@ -59,6 +59,7 @@ static const luaL_Reg l_loop_methods[] = {
   { "spawn", l_loop_spawn },
   { "tcp_connect", l_loop_tcp_connect },
   { "tcp_listen", l_loop_tcp_listen },
+  { "pipe_open", l_loop_pipe_open },
   { "signal_watch", l_loop_signal_watch },
   { "kill_children", l_loop_kill_children },
   { "close", l_loop_close },

@@ -35,6 +35,7 @@ local format = string.format
 
 local EV_PROC_STDOUT = core.EV_PROC_STDOUT
 local EV_PROC_STDERR = core.EV_PROC_STDERR
+local EV_PROC_CHANNEL = core.EV_PROC_CHANNEL
 local EV_PROC_EXIT = core.EV_PROC_EXIT
 local WAKE_TIMER = kernel.WAKE_TIMER
 
@@ -90,6 +91,8 @@ local function check_env(v)
     end
   end
 end
+
+_M._check_env = check_env
 
 local function check_stdin(v)
   if type(v) == "string" or type(v) == "boolean" then
@@ -163,18 +166,23 @@ end
 
 local current = kernel.need_task
 
-local function start(task, args, o)
+-- `hooks`, for the worker pool (internal): { stdout, stderr, channel =
+-- function(data) (nil at the end), exit = function(code, signal) }, called
+-- from the loop's dispatch as the events come, instead of buffering; they
+-- must not wait. o.channel gives the child a socket pair on fd 3.
+local function start(task, args, o, hooks)
   local self = setmetatable({
     buf = {}, err = {}, eof = false, err_eof = false,
     exited = false, closed = false, writers = {}, owner = task,
     stdin_pipe = o.stdin == true, no_stdin = o.stdin == nil or o.stdin == false,
-    err_pipe = o.stderr == "pipe",
+    err_pipe = o.stderr == "pipe", hooks = hooks,
   }, Proc)
   self.token = kernel.new_token(self)
   local handle, pid, ename, emsg = kernel.loop():spawn({
     file = args[1], args = args, cwd = o.cwd,
     env = o.env and environment(o.env) or nil,
     stdin = o.stdin ~= nil and o.stdin ~= false, stderr = o.stderr,
+    channel = o.channel or nil,
   }, self.token)
   if handle == nil then
     kernel.free_token(self.token)
@@ -189,7 +197,35 @@ local function start(task, args, o)
   return self
 end
 
+-- The events of a child started with hooks.
+local function hooked_event(self, kind, a, b, data)
+  local hooks = self.hooks
+  if kind == EV_PROC_CHANNEL then
+    hooks.channel(data ~= nil and #data > 0 and data or nil)
+  elseif kind == EV_PROC_STDOUT then
+    self.eof = self.eof or data == nil or #data == 0
+    hooks.stdout(not self.eof and data or nil)
+  elseif kind == EV_PROC_STDERR then
+    self.err_eof = self.err_eof or data == nil or #data == 0
+    hooks.stderr(not self.err_eof and data or nil)
+  elseif kind == EV_PROC_EXIT then
+    self.exited = true
+    if b ~= 0 then
+      self.signal = core.signal_name(b) or tostring(b)
+    else
+      self.code = a
+    end
+    stream.close(self)
+    hooks.exit(self.code, self.signal)
+  else
+    stream.event(self, kind, a)
+  end
+end
+
 function Proc:_event(kind, a, b, data)
+  if self.hooks then
+    return hooked_event(self, kind, a, b, data)
+  end
   if kind == EV_PROC_STDOUT then
     if data == nil or #data == 0 then
       self.eof = true
@@ -423,5 +459,39 @@ function _M.spawn(opts)
 end
 
 _M.Process = Proc
+
+-- Starts a child whose output goes to `hooks` (see start), owned by
+-- `task`: for the worker pool. args: the command; o: { env, cwd, stdin
+-- (boolean), stderr ("pipe" | "inherit" | "null"), channel (boolean) }.
+-- Returns the process or nil, err.
+function _M._spawn_hooked(task, args, o, hooks)
+  return start(task, args, o, hooks)
+end
+
+-- Writes to the channel of a child spawned with o.channel, with no event
+-- back: true, or nil, err.
+function Proc:_channel_write(data)
+  if self.closed then
+    return nil, errors.error("closed", "the process has exited")
+  end
+  local ok, ename, emsg = self.handle:channel_write(data)
+  if not ok then
+    return nil, errors.error("write_failed", emsg, { code = ename })
+  end
+  return true
+end
+
+-- Writes to the stdin pipe with no event back (the pool's stdio channel):
+-- true, or nil, err.
+function Proc:_stdin_write(data)
+  if self.closed then
+    return nil, errors.error("closed", "the process has exited")
+  end
+  local ok, ename, emsg = self.handle:write(data, 0)
+  if not ok then
+    return nil, errors.error("write_failed", emsg, { code = ename })
+  end
+  return true
+end
 
 return _M

@@ -243,6 +243,22 @@ function _M.connect(host, port, opts)
   return sched.in_task(connect_in_task, host, port, o)
 end
 
+-- An inherited descriptor (a pool worker's channel, fd 3) as a
+-- connection owned by the calling task (internal: sprun.pool.serve):
+-- the connection, or nil, err.
+function _M._open_fd(fd)
+  local task = current("tcp.open_fd")
+  local conn = new_conn(nil, task)
+  local handle, ename, emsg = kernel.loop():pipe_open(fd, conn.token)
+  if handle == nil then
+    kernel.disown(task, conn)
+    kernel.free_token(conn.token)
+    return nil, io_error("open fd " .. fd, ename, emsg)
+  end
+  conn.handle = handle
+  return conn
+end
+
 --- Servers ---------------------------------------------------------------
 
 local function serve(server, conn)

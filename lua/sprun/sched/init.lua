@@ -200,6 +200,9 @@ local function open(opts)
     live = 0,        -- unfinished tasks
     spawns = 0,      -- spawned since the last resume returned (bulk_begin)
     bursts = 0,      -- bursts of spawns over, to end when the queue is empty
+    -- Work to do once the ready tasks have run, before the loop polls
+    -- (kernel.at_turn_end): fn[i](arg[i]) for i = 1, nturn.
+    nturn = 0, turn_fn = {}, turn_arg = {},
     stop_status = nil, -- the exit status once a shutdown began (signal, os.exit)
     stop_name = nil,   -- what began it: "SIGINT", ..., "os.exit"
     cur = false,     -- the task whose coroutine runs now (see current)
@@ -256,6 +259,9 @@ local function run_loop(s)
       while s.bursts > 0 do
         s.bursts = s.bursts - 1
         coro.bulk_end()
+      end
+      if s.nturn > 0 then
+        kernel.run_turn_end(s)
       end
       if s.live == 0 then
         return

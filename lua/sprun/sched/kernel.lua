@@ -578,6 +578,29 @@ function _M.disarm(task)
   end
 end
 
+-- Runs fn(arg) once the tasks ready now have run, before the loop next
+-- polls: what several tasks add to in one turn (the requests a pool
+-- writes to a worker) goes out in one piece. fn must not wait.
+function _M.at_turn_end(fn, arg)
+  local s = S
+  local n = s.nturn + 1
+  s.nturn = n
+  s.turn_fn[n], s.turn_arg[n] = fn, arg
+end
+
+function _M.run_turn_end(s)
+  local fns, args = s.turn_fn, s.turn_arg
+  local i = 1
+  -- A function may add more: they run in this turn too.
+  while i <= s.nturn do
+    local fn, arg = fns[i], args[i]
+    fns[i], args[i] = nil, nil
+    fn(arg)
+    i = i + 1
+  end
+  s.nturn = 0
+end
+
 -- Background timers run fn(arg) on the running loop `ms` from now, for
 -- the runtime's own upkeep (a breaker's half-open transition, a monitor's
 -- cleanup). Unlike a sleeping task they never keep the loop alive.

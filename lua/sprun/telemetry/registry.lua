@@ -1,4 +1,4 @@
--- The breakers and health monitors alive now, for what reports on all of
+-- The breakers, health monitors and worker pools alive now, for what reports on all of
 -- them (the Prometheus gauges). Registering keeps nothing alive: the sets
 -- are weak, and an object that is collected leaves them.
 
@@ -11,6 +11,7 @@ local _M = {}
 -- object -> the order it was registered in.
 local breakers = setmetatable({}, { __mode = "k" })
 local monitors = setmetatable({}, { __mode = "k" })
+local pools = setmetatable({}, { __mode = "k" })
 local next_registered = 0
 
 function _M.add_breaker(cb)
@@ -21,6 +22,15 @@ end
 function _M.add_monitor(hm)
   next_registered = next_registered + 1
   monitors[hm] = next_registered
+end
+
+function _M.add_pool(pool)
+  next_registered = next_registered + 1
+  pools[pool] = next_registered
+end
+
+function _M.remove_pool(pool)
+  pools[pool] = nil
 end
 
 local function in_order(set)
@@ -40,6 +50,11 @@ end
 -- The live health monitors, oldest first.
 function _M.monitors()
   return in_order(monitors)
+end
+
+-- The live pools, oldest first.
+function _M.pools()
+  return in_order(pools)
 end
 
 return _M

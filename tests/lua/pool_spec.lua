@@ -1,0 +1,415 @@
+-- sprun.pool: calls through a pool of real worker processes (sprun scripts
+-- served by sprun.pool.serve, tests/lua/pool/worker.lua, and shell
+-- workers where the protocol itself is under test); the crash barrier,
+-- timeouts that kill, queues, recycling, draining and stopping. Every
+-- test checks that no child process is left, by pid.
+local sprun = require "sprun"
+local h = require "helpers"
+
+local WORKER = h.root .. "/tests/lua/pool/worker.lua"
+
+local function start(o)
+  o.cmd = o.cmd or { h.sprun, WORKER }
+  o.name = o.name or "test"
+  return sprun.pool.start(o)
+end
+
+local function pids_gone(pids)
+  return h.wait_until(function()
+    for _, pid in ipairs(pids) do
+      if h.alive(pid) then return false end
+    end
+    return true
+  end, 2000)
+end
+
+describe("sprun.pool", function()
+  local dir
+  before_each(function() dir = h.tmpdir() end)
+  after_each(function()
+    h.rmrf(dir)
+    assert.are.same({}, h.live_children())
+  end)
+
+  describe("calls", function()
+    it("sends a request to a worker and returns its value; JSON values "
+       .. "come back as they went", function()
+      local got = h.run_tasks(function()
+        local pool = start { size = 2 }
+        local v = {
+          pool:call("echo", "é ü\n\"quoted\""),
+          pool:call("echo", 0.1 + 0.2),
+          pool:call("echo", 2 ^ 53 - 1),
+          pool:call("echo", -1.5e-300),
+          pool:call("echo", { 1, "two", { three = true }, false }),
+          pool:call("echo", { a = { b = { c = "deep" } } }),
+          pool:call("echo", {}),
+          pool:call("echo"),
+        }
+        pool:stop()
+        return v
+      end)
+      assert.are.same({ "é ü\n\"quoted\"", 0.1 + 0.2, 2 ^ 53 - 1, -1.5e-300,
+        { 1, "two", { three = true }, false }, { a = { b = { c = "deep" } } },
+        {} }, got)
+    end)
+
+    it("returns the worker's own error with its kind, message and details",
+      function()
+      local e1, e2, e3 = h.run_tasks(function()
+        local pool = start { size = 1 }
+        local _, a = pool:call("fail", { kind = "bad_input", message = "no",
+                                         details = { field = "x" } })
+        local _, b = pool:call("raise", "plain")
+        local _, c = pool:call("nope")
+        pool:stop()
+        return a, b, c
+      end)
+      assert.are.same({ "bad_input", "no", { field = "x" } },
+                      { e1.kind, e1.message, e1.details })
+      assert.are.same({ "error", "plain" }, { e2.kind, e2.message })
+      assert.are.equal("unknown_op", e3.kind)
+      assert.matches('no handler for "nope"', e3.message, 1, true)
+    end)
+
+    it("runs up to `concurrency` requests at once on each worker", function()
+      local most = h.run_tasks(function()
+        local pool = start { size = 2, concurrency = 4 }
+        local ts = {}
+        for i = 1, 8 do
+          ts[i] = sprun.spawn(function() return pool:call("probe", 200) end)
+        end
+        local m = 0
+        for i = 1, 8 do m = math.max(m, ts[i]:await()) end
+        local s = pool:stats()
+        pool:stop()
+        return { m, s.requests, s.replies }
+      end)
+      assert.are.same({ 4, 8, 8 }, most)
+    end)
+
+    it("works from plain Lua code outside the loop only through a task",
+      function()
+      local ok, err = pcall(sprun.pool.start, { cmd = { "true" } })
+      assert.is_false(ok)
+      assert.matches("pool.start: must be called from a task", err, 1, true)
+    end)
+  end)
+
+  describe("the crash barrier", function()
+    it("a request whose worker dies fails with worker_crash naming the "
+       .. "worker, the signal and the class", function()
+      local r = h.run_tasks(function()
+        local pool = start { size = 2 }
+        local v, err = pool:call("segv")
+        local s = pool:stats()
+        pool:stop()
+        return { v, err.kind, err.details, s.crashes, s.errors }
+      end)
+      assert.is_nil(r[1])
+      assert.are.equal("worker_crash", r[2])
+      assert.matches("^worker_%d$", r[3].worker_id)
+      r[3].worker_id = nil
+      assert.are.same({ signal = "SIGSEGV", classification = "segfault",
+                        attempt = 0 }, r[3])
+      assert.are.same({ segfault = 1 }, r[4])
+      assert.are.same({ worker_crash = 1 }, r[5])
+    end)
+
+    it("an idempotent request is retried on another worker, and the "
+       .. "crashed slot is tainted", function()
+      local r = h.run_tasks(function()
+        local pool = start { size = 2 }
+        local first = pool:call("who")
+        local v = pool:call("crash_once", { marker = dir .. "/m" },
+                            { idempotent = true })
+        -- The untainted worker takes the work while the other is tainted.
+        local later = {}
+        for i = 1, 4 do later[i] = pool:call("who").id end
+        local s = pool:stats()
+        pool:stop()
+        return { v, first, later, s.tainted, s.crashes.segfault }
+      end)
+      assert.are.equal("survived", r[1])
+      assert.are.equal(1, r[4])
+      assert.are.equal(1, r[5])
+      for i = 2, 4 do assert.are.equal(r[3][1], r[3][i]) end
+    end)
+
+    it("a request that crashed two workers is poison: refused instead of "
+       .. "sent to a third", function()
+      local r = h.run_tasks(function()
+        local pool = start { size = 3, crash_barrier = { max_retries = 5,
+                             backoff_ms = { 0 } } }
+        local _, e1 = pool:call("segv", nil, { idempotent = true })
+        local _, e2 = pool:call("segv", nil, { idempotent = true })
+        local s = pool:stats()
+        pool:stop()
+        return { e1.kind, e1.details.attempt, e2.kind, s.crashes.segfault,
+                 s.poisoned }
+      end)
+      assert.are.same({ "worker_crash", 1, "poison_request", 2, 1 }, r)
+    end)
+
+    it("a non-idempotent request is not retried under retry = "
+       .. "\"idempotent\", and is under \"always\"", function()
+      local r = h.run_tasks(function()
+        local a = start { size = 2 }
+        local _, e = a:call("crash_once", { marker = dir .. "/a" })
+        a:stop()
+        local b = start { size = 2, crash_barrier = { retry = "always" } }
+        local v = b:call("crash_once", { marker = dir .. "/b" })
+        b:stop()
+        return { e.kind, v }
+      end)
+      assert.are.same({ "worker_crash", "survived" }, r)
+    end)
+
+    it("records each crash in the pool's health monitor and emits the "
+       .. "crash, tainted and restarted events", function()
+      local seen = {}
+      for _, e in ipairs { "crash", "tainted", "restarted" } do
+        sprun.telemetry.attach("pool-" .. e, { "snakepit", "worker", e },
+          function(event, m, md)
+            seen[#seen + 1] = { event[3], md.pool, md.worker_id, md.reason,
+                                m.duration_ms }
+          end)
+      end
+      local r = h.run_tasks(function()
+        local pool = start { name = "events", size = 1,
+                             restart = { backoff_ms = { 1 } } }
+        local _, err = pool:call("abort")
+        -- The restarted worker serves again.
+        local again = pool:call("echo", "back")
+        local health = pool:health_monitor():worker_health(err.details.worker_id)
+        pool:stop()
+        return { again, health.crash_count, health.reasons }
+      end)
+      for _, e in ipairs { "crash", "tainted", "restarted" } do
+        sprun.telemetry.detach("pool-" .. e)
+      end
+      assert.are.same({ "back", 1, { "abort" } }, r)
+      assert.are.same({
+        { "crash", "events", "worker_1", "abort" },
+        { "tainted", "events", "worker_1", "abort", 60000 },
+        { "restarted", "events", "worker_1" },
+      }, seen)
+    end)
+  end)
+
+  describe("timeouts", function()
+    it("a request past its timeout fails with kind timeout, and its worker "
+       .. "is killed and replaced", function()
+      local r = h.run_tasks(function()
+        local pool = start { size = 1 }
+        local before = pool:call("who").pid
+        local _, err = pool:call("sleep", 5000, { timeout_ms = 100 })
+        local after = pool:call("who").pid
+        local s = pool:stats()
+        pool:stop()
+        return { err.kind, before ~= after, h.alive(before), s.crashes }
+      end)
+      assert.are.same({ "timeout", true, false, { timeout = 1 } }, r)
+    end)
+
+    it("a full queue answers pool_saturated at once; a request waits in "
+       .. "the queue at most queue_timeout_ms", function()
+      local r = h.run_tasks(function()
+        local pool = start { size = 1, max_queue = 1, queue_timeout_ms = 300 }
+        local busy = sprun.spawn(function() return pool:call("sleep", 600) end)
+        sprun.sleep(50)
+        local waiting = sprun.spawn(function() return pool:call("echo", 1) end)
+        sprun.sleep(10)
+        local _, full = pool:call("echo", 2)
+        local _, late = waiting:await()
+        local v = busy:await()
+        pool:stop()
+        return { full.kind, late.kind, v }
+      end)
+      assert.are.same({ "pool_saturated", "queue_timeout", 600 }, r)
+    end)
+
+    it("a caller cancelled while its request is in flight stops the work: "
+       .. "the worker is killed", function()
+      local r = h.run_tasks(function()
+        local pool = start { size = 1 }
+        local pid = pool:call("who").pid
+        local t = sprun.spawn(function() return pool:call("sleep", 5000) end)
+        sprun.sleep(100)
+        t:cancel()
+        local _, err = t:await()
+        h.wait_for("the worker to die", function() return not h.alive(pid) end)
+        h.wait_for("the pool to see it", function()
+          return pool:stats().crashes.timeout == 1
+        end)
+        local s = pool:stats()
+        pool:stop()
+        return { err.kind, s.crashes.timeout }
+      end)
+      assert.are.same({ "cancelled", 1 }, r)
+    end)
+  end)
+
+  describe("workers' lives", function()
+    it("recycles a worker after max_requests: its replacement first, no "
+       .. "request lost", function()
+      local r = h.run_tasks(function()
+        local pool = start { size = 1, max_requests = 3 }
+        local pids = {}
+        for i = 1, 9 do
+          local w = pool:call("who")
+          pids[w.pid] = (pids[w.pid] or 0) + 1
+          if i % 3 == 0 then
+            -- The worker serves on until its replacement is ready.
+            h.wait_for("the replacement", function()
+              return pool:stats().recycled == i / 3
+            end)
+          end
+        end
+        local s = pool:stats()
+        local counts = {}
+        for _, n in pairs(pids) do counts[#counts + 1] = n end
+        pool:stop()
+        return { counts, s.replies, s.recycled, s.errors }
+      end)
+      assert.are.same({ 3, 3, 3 }, r[1])
+      assert.are.same({ 9, 3, {} }, { r[2], r[3], r[4] })
+    end)
+
+    it("drain lets the calls in flight finish, refuses new ones, then "
+       .. "stops and reaps every worker", function()
+      local r = h.run_tasks(function()
+        local pool = start { size = 2 }
+        local pids = {}
+        for _, w in ipairs(pool:workers()) do pids[#pids + 1] = w.pid end
+        local t = sprun.spawn(function() return pool:call("sleep", 200) end)
+        sprun.sleep(50)
+        local d = sprun.spawn(function() return pool:drain(5000) end)
+        sprun.sleep(10)
+        local _, refused = pool:call("echo", 1)
+        local v = t:await()
+        assert(d:await())
+        return { v, refused.kind, pool:stats().state, #pool:workers(),
+                 pids_gone(pids) }
+      end)
+      assert.are.same({ 200, "closed", "stopped", 0, true }, r)
+    end)
+
+    it("logs the workers' stdout and stderr lines with their prefix",
+      function()
+      local r = h.sprun_run { "-e", [[
+local sprun = require "sprun"
+local pool = sprun.pool.start { name = "logs", size = 1,
+  cmd = { ]] .. ("%q"):format(h.sprun) .. [[, ]] .. ("%q"):format(WORKER)
+  .. [[ } }
+pool:call("print", "hello")
+pool:stop()
+]] }
+      assert.are.equal(0, r.code)
+      assert.matches("[logs/worker_1] out: hello\n", r.stderr, 1, true)
+      assert.matches("[logs/worker_1] err: hello\n", r.stderr, 1, true)
+    end)
+
+    it("gives workers SPRUN_POOL, SPRUN_WORKER_ID and PYTHONUNBUFFERED=1",
+      function()
+      local r = h.run_tasks(function()
+        local pool = start { name = "envs", size = 1,
+                             env = { MINE = "x" } }
+        local v = { pool:call("env", "SPRUN_POOL"),
+                    pool:call("env", "SPRUN_WORKER_ID"),
+                    pool:call("env", "PYTHONUNBUFFERED"),
+                    pool:call("env", "MINE") }
+        pool:stop()
+        return v
+      end)
+      assert.are.same({ "envs", "worker_1", "1", "x" }, r)
+    end)
+  end)
+
+  describe("the protocol", function()
+    it("a reply nobody waits for and a line that is not JSON are counted "
+       .. "and logged once, and never delivered", function()
+      -- A worker that answers its first request after two bad messages.
+      local sh = h.write_file(dir .. "/bad.sh", [=[
+printf '{"ready":true}\n' >&3
+read -r line <&3
+printf 'not json\n{"id":999,"ok":1}\n' >&3
+id=$(echo "$line" | sed 's/.*"id":\([0-9]*\).*/\1/')
+printf '{"id":%s,"ok":"real"}\n' "$id" >&3
+sleep 5
+]=])
+      local r = h.sprun_run { "-e", [[
+local sprun = require "sprun"
+local pool = sprun.pool.start { name = "bad", size = 1,
+                                cmd = { "sh", ]] .. ("%q"):format(sh) .. [[ } }
+print(pool:call("x", 1))
+local s = pool:stats()
+print(s.protocol_errors, s.dropped_replies)
+pool:stop()
+]] }
+      assert.are.same({ 0, "real\n2\t1\n" }, { r.code, r.stdout })
+      local lines = {}
+      for l in r.stderr:gmatch("[^\n]+") do lines[#lines + 1] = l end
+      assert.are.same({ "[bad/worker_1] protocol violation: not JSON: not "
+        .. "json (counted; later ones from this worker are not logged)" },
+        lines)
+    end)
+  end)
+
+  describe("misuse", function()
+    it("rejects bad options with the key path and the closest name",
+      function()
+      for _, c in ipairs {
+        { {}, "pool.start: option 'cmd' must be a list: the program, then "
+              .. "its arguments, got nil" },
+        { { cmd = { "x" }, size = 0 }, "pool.start: option 'size' must be "
+              .. "an integer >= 1, got 0" },
+        { { cmd = { "x" }, sise = 2 }, "pool.start: unknown option 'sise' "
+              .. "(did you mean 'size'?)" },
+        { { cmd = { "x" }, crash_barrier = { retyr = "never" } },
+          "pool.start: unknown option 'crash_barrier.retyr' (did you mean "
+          .. "'crash_barrier.retry'?)" },
+        { { cmd = { "x" }, crash_barrier = { mark_on = { "segvault" } } },
+          "pool.start: option 'crash_barrier.mark_on[1]' must be one of "
+          .. table.concat(require("sprun.pool.barrier").CLASSES, ", ")
+          .. ', got "segvault"' },
+        { { cmd = { "x" }, channel = "pipe" }, "pool.start: option 'channel' "
+              .. 'must be "fd3" or "stdio", got "pipe"' },
+        { { cmd = { "x" }, max_requests_jitter = 5 }, "pool.start: option "
+              .. "'max_requests_jitter' needs max_requests" },
+      } do
+        local ok, err = pcall(sprun.pool.start, c[1])
+        assert.is_false(ok)
+        assert.are.equal(c[2], err)
+      end
+    end)
+
+    it("rejects bad calls at the caller's line", function()
+      local errs = h.run_tasks(function()
+        local pool = start { size = 1 }
+        local out = {}
+        for _, c in ipairs {
+          { 5 }, { "echo", print }, { "echo", 1, { timout_ms = 1 } },
+          { "echo", 1, { idempotent = "yes" } },
+        } do
+          local ok, err = pcall(function() local _ = pool:call(c[1], c[2], c[3]) end)
+          out[#out + 1] = not ok and err
+        end
+        local ok, err = pcall(function() local _ = pool.call("echo") end)
+        out[#out + 1] = not ok and err
+        pool:stop()
+        return out
+      end)
+      local src = "pool_spec.lua:%d+: "
+      assert.matches(src .. "pool.call: op must be a non%-empty string, got 5",
+                     errs[1])
+      assert.matches(src .. "pool.call: args cannot be sent as JSON: a "
+                     .. "function", errs[2])
+      assert.matches(src .. "pool.call: unknown option \"timout_ms\"", errs[3])
+      assert.matches(src .. "pool.call: option 'idempotent' must be a "
+                     .. "boolean, got \"yes\"", errs[4])
+      assert.matches(src .. "pool.call: self must be a pool, got \"echo\"",
+                     errs[5])
+    end)
+  end)
+end)
