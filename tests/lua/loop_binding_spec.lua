@@ -102,7 +102,7 @@ describe("sprun.core loop binding", function()
 
   it("exports the event types, signals and signal names", function()
     local names = { "EV_TIMER", "EV_PROC_STDOUT", "EV_PROC_STDERR",
-      "EV_PROC_EXIT", "EV_WRITE", "EV_TCP_CONNECT", "EV_TCP_DATA",
+      "EV_PROC_CHANNEL", "EV_PROC_EXIT", "EV_WRITE", "EV_TCP_CONNECT", "EV_TCP_DATA",
       "EV_TCP_ACCEPT", "EV_SIGNAL", "EV_CLOSED" }
     for i, name in ipairs(names) do
       assert.are.equal(i, core[name])

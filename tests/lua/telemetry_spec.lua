@@ -710,8 +710,11 @@ print(cb:state(), table.concat(seen, ","))
         "snakepit.retry.success info",
         "snakepit.retry.exhausted warning",
         "snakepit.worker.crash info",
+        "snakepit.worker.tainted warning",
+        "snakepit.worker.restarted info",
         "sprun.retry.budget_exhausted warning",
         "sprun.bulkhead.rejected debug",
+        "sprun.pool.worker_output debug",
       }, got)
     end)
 

@@ -73,8 +73,11 @@ local EVENTS = {
   { "snakepit.retry.success", "info" },
   { "snakepit.retry.exhausted", "warning" },
   { "snakepit.worker.crash", "info" },
+  { "snakepit.worker.tainted", "warning" },
+  { "snakepit.worker.restarted", "info" },
   { "sprun.retry.budget_exhausted", "warning" },
   { "sprun.bulkhead.rejected", "debug" },
+  { "sprun.pool.worker_output", "debug" },
 }
 
 local LEVELS = { debug = 1, info = 2, warning = 3 }
