@@ -18,7 +18,7 @@ UV_LIBS = $(shell pkg-config --libs libuv 2>/dev/null)
 
 # Debian packages the build and the tests need (checked by `make deps`).
 DEPS := libluajit-5.1-dev luajit libuv1-dev lua-busted pkg-config prometheus \
-        lua-cjson
+        lua-cjson python3
 
 CORE_SRC := $(wildcard runtime/core/*.c)
 # The module is one translation unit: module.c #includes the other files of
@@ -170,6 +170,8 @@ install: build
 	  install -d $(LUADIR)/sprun/$$d && \
 	  install -m 644 lua/sprun/$$d/*.lua $(LUADIR)/sprun/$$d/ || exit 1; \
 	done
+	install -d $(DESTDIR)$(PREFIX)/share/sprun/python
+	install -m 644 python/sprun_worker.py $(DESTDIR)$(PREFIX)/share/sprun/python/
 	install -m 755 $(MODULE) $(CMODDIR)/sprun/core.so
 	install -m 755 $(SHIM) $(CMODDIR)/sprun/sprun-exec
 	install -m 644 $(LIB) $(DESTDIR)$(PREFIX)/lib/libsprun.a
@@ -181,7 +183,7 @@ VERSION := $(shell sed -n 's/^\#define SP_VERSION_STRING "\(.*\)"/\1/p' \
              runtime/include/sprun.h)
 
 uninstall:
-	rm -rf $(LUADIR)/sprun $(CMODDIR)/sprun
+	rm -rf $(LUADIR)/sprun $(CMODDIR)/sprun $(DESTDIR)$(PREFIX)/share/sprun
 	rm -f $(DESTDIR)$(PREFIX)/bin/sprun $(DESTDIR)$(PREFIX)/lib/libsprun.a \
 	  $(DESTDIR)$(PREFIX)/include/sprun.h \
 	  $(DESTDIR)$(PREFIX)/lib/pkgconfig/sprun.pc

@@ -26,7 +26,11 @@ variables:
     stray ``print`` would corrupt the reply stream, ``run`` then points
     ``sys.stdout`` (and fd 1 itself, for child processes and C code) at
     stderr, and points fd 0 at ``/dev/null``; the protocol keeps private
-    duplicates of the original descriptors.
+    duplicates of the original descriptors.  What the program printed
+    before ``run`` and still holds in ``sys.stdout``'s buffer goes to stderr
+    too, but what already reached fd 1 (Python with ``PYTHONUNBUFFERED``,
+    which sprun sets, writes at once) is on the channel and breaks the
+    protocol: a stdio worker must print nothing before ``run``.
 
 ``SPRUN_PROTOCOL``
     ``ndjson`` (the default): each message is one compact JSON object on

@@ -49,6 +49,26 @@ describe("make install", function()
     assert.are.same({ code = 0, stdout = "closed\n", stderr = "" }, r)
   end)
 
+  it("the installed pool finds the installed Python worker helper",
+    function()
+      assert.is_truthy(io.open(prefix .. "/share/sprun/python/sprun_worker.py"))
+      local worker = h.write_file(dir .. "/echo_worker.py", [[
+import sprun_worker, os
+@sprun_worker.handler("where")
+def where(args):
+    return os.path.dirname(sprun_worker.__file__)
+sprun_worker.run()
+]])
+      local r = h.run("cd / && env -u LUA_PATH -u LUA_CPATH -u PYTHONPATH "
+        .. h.shell_quote(prefix .. "/bin/sprun") .. " -e " .. h.shell_quote(
+          "local sprun = require 'sprun' "
+          .. "local p = assert(sprun.pool.start{ name = 'py', size = 1, cmd = "
+          .. "{ 'python3', '" .. worker .. "' } }) print(p:call('where')) "
+          .. "p:stop()"))
+      assert.are.same({ code = 0, stdout = prefix .. "/share/sprun/python\n",
+                        stderr = "" }, r)
+    end)
+
   it("a C program links against libsprun.a through pkg-config", function()
     local src = h.write_file(dir .. "/prog.c", [[
 #include <stdio.h>

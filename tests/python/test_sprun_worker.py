@@ -189,6 +189,11 @@ class Worker:
 
         child_env = {k: v for k, v in os.environ.items()
                      if not k.startswith("SPRUN_")}
+        # Block-buffered stdout, so that what the script prints before
+        # run() is still in its buffer when run() points fd 1 at stderr
+        # (with PYTHONUNBUFFERED it would already be on the channel: a
+        # stdio worker must print nothing before run(), see the module).
+        child_env.pop("PYTHONUNBUFFERED", None)
         child_env["SPRUN_CHANNEL"] = channel
         child_env["SPRUN_PROTOCOL"] = protocol
         child_env.update(env or {})
@@ -264,7 +269,9 @@ class Worker:
         return payload + b"\n"
 
     def frame(self, obj):
-        return self.frame_raw(json.dumps(obj).encode("utf-8"))
+        # Raw UTF-8, as sprun sends it (lua-cjson escapes no non-ASCII).
+        return self.frame_raw(
+            json.dumps(obj, ensure_ascii=False).encode("utf-8"))
 
     def request_bytes(self, op, args=NO_ARGS, rid=None):
         if rid is None:
