@@ -12,6 +12,10 @@
  * failed): the owner closes it like any other, or it stays in the loop's
  * registry until the loop closes.
  */
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+
 #include "private.h"
 
 static int l_loop_tcp_connect(lua_State *L) {
@@ -68,6 +72,51 @@ static int l_loop_pipe_open(lua_State *L) {
     return l_push_error(L, err);
   l_register(L, ll, h, tcp);
   return 1;
+}
+
+/* core.stdio_take(): the process's stdin and stdout taken for a channel.
+ * Returns two new descriptors (close-on-exec) for what fds 0 and 1 were,
+ * and points fd 0 at /dev/null and fd 1 at fd 2, so that nothing else in
+ * the process or its children (print, io.write, C code) can read the
+ * channel's input or write into its output. nil, err on failure, with
+ * fds 0 and 1 as they were. */
+static int l_stdio_take(lua_State *L) {
+  int in_fd, out_fd, null_fd;
+
+  in_fd = fcntl(0, F_DUPFD_CLOEXEC, 3);
+  if (in_fd < 0)
+    return l_push_error(L, uv_translate_sys_error(errno));
+  out_fd = fcntl(1, F_DUPFD_CLOEXEC, 3);
+  if (out_fd < 0)
+    goto fail_in;
+  null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (null_fd < 0)
+    goto fail_out;
+  if (dup2(null_fd, 0) < 0) {
+    close(null_fd);
+    goto fail_out;
+  }
+  close(null_fd);
+  if (dup2(2, 1) < 0) {
+    int e = errno;
+    (void)dup2(in_fd, 0);
+    errno = e;
+    goto fail_out;
+  }
+  lua_pushinteger(L, in_fd);
+  lua_pushinteger(L, out_fd);
+  return 2;
+
+fail_out: {
+    int e = errno;
+    close(out_fd);
+    errno = e;
+  }
+fail_in: {
+    int e = errno;
+    close(in_fd);
+    return l_push_error(L, uv_translate_sys_error(e));
+  }
 }
 
 static int l_tcp_set_token(lua_State *L) {

@@ -72,6 +72,7 @@ static const luaL_Reg l_functions[] = {
   { "signal_name", l_signal_name },
   { "uv_err_name", l_uv_err_name },
   { "uv_strerror", l_uv_strerror },
+  { "stdio_take", l_stdio_take },
   { NULL, NULL }
 };
 

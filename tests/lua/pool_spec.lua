@@ -356,6 +356,216 @@ pool:stop()
     end)
   end)
 
+  describe("affinity", function()
+    it("hint: a session's calls go to the worker that served it, while "
+       .. "another is idle", function()
+      local r = h.run_tasks(function()
+        local pool = start { size = 2 }
+        h.wait_for("two ready workers", function()
+          return pool:stats().ready == 2
+        end)
+        -- worker_1 is busy, so the session's first call goes to worker_2.
+        local busy = sprun.spawn(function() return pool:call("sleep", 200) end)
+        sprun.sleep(20)
+        local first = pool:call("who", nil, { session = "s" }).id
+        busy:await()
+        local later, plain = {}, pool:call("who").id
+        for i = 1, 4 do
+          later[i] = pool:call("who", nil, { session = "s" }).id
+        end
+        pool:stop()
+        return { first, plain, later }
+      end)
+      assert.are.same({ "worker_2", "worker_1",
+        { "worker_2", "worker_2", "worker_2", "worker_2" } }, r)
+    end)
+
+    it("strict_queue: a session's call waits for its busy worker though "
+       .. "another is idle", function()
+      local r = h.run_tasks(function()
+        local pool = start { size = 2, affinity = "strict_queue" }
+        h.wait_for("two ready workers", function()
+          return pool:stats().ready == 2
+        end)
+        local mine = pool:call("who", nil, { session = "s" }).id
+        local busy = sprun.spawn(function()
+          return pool:call("sleep", 300, { session = "s" })
+        end)
+        sprun.sleep(20)
+        local other = pool:call("who").id
+        local t0 = sprun.now()
+        local again = pool:call("who", nil, { session = "s" }).id
+        local waited = sprun.now() - t0
+        busy:await()
+        pool:stop()
+        return { mine == again, other ~= mine, waited >= 200 }
+      end)
+      assert.are.same({ true, true, true }, r)
+    end)
+
+    it("strict_fail_fast: a session's call fails with worker_busy when its "
+       .. "worker has no room", function()
+      local r = h.run_tasks(function()
+        local pool = start { size = 2, affinity = "strict_fail_fast" }
+        local mine = pool:call("who", nil, { session = "s" }).id
+        local busy = sprun.spawn(function()
+          return pool:call("sleep", 300, { session = "s" })
+        end)
+        sprun.sleep(20)
+        local v, err = pool:call("who", nil, { session = "s" })
+        busy:await()
+        local after = pool:call("who", nil, { session = "s" }).id
+        local s = pool:stats()
+        pool:stop()
+        return { v, err.kind, err.details.worker_id == mine, after == mine,
+                 s.errors.worker_busy }
+      end)
+      assert.are.same({ nil, "worker_busy", true, true, 1 }, r)
+    end)
+  end)
+
+  describe("health", function()
+    it("kills a worker that misses its heartbeat (class heartbeat) and "
+       .. "leaves one that answers alone", function()
+      -- Says ready, then reads nothing and answers nothing.
+      local sh = h.write_file(dir .. "/deaf.sh", [=[
+printf '{"ready":true}\n' >&3
+exec sleep 30
+]=])
+      local r = h.run_tasks(function()
+        local deaf = start { name = "deaf", size = 1, cmd = { "sh", sh },
+          heartbeat = { interval_ms = 50, timeout_ms = 200 },
+          restart = { backoff_ms = { 5000 } } }
+        local live = start { name = "live", size = 1,
+          heartbeat = { interval_ms = 50, timeout_ms = 200 } }
+        local pid = deaf:workers()[1].pid
+        h.wait_for("the heartbeat kill", function()
+          return deaf:stats().crashes.heartbeat == 1
+        end)
+        sprun.sleep(300)
+        local s = live:stats()
+        local v = live:call("echo", "alive")
+        deaf:stop()
+        live:stop()
+        return { h.alive(pid), s.crashes, s.restarts, v }
+      end)
+      assert.are.same({ false, {}, 0, "alive" }, r)
+    end)
+
+    it("recycles a worker whose own RSS passes max_rss_mb, replacement "
+       .. "first", function()
+      local r = h.run_tasks(function()
+        local pool = start { size = 1, max_rss_mb = 60, rss_check_ms = 20 }
+        local w1 = pool:workers()[1]
+        local before = pool:call("who").pid
+        pool:call("alloc", 100)
+        h.wait_for("the recycling", function()
+          return pool:stats().recycled == 1
+        end)
+        local after = pool:call("who").pid
+        h.wait_for("the old worker to go", function()
+          return not h.alive(before)
+        end)
+        local s = pool:stats()
+        pool:stop()
+        return { w1.rss_mb ~= nil and w1.rss_mb < 60, before ~= after,
+                 s.crashes, s.errors }
+      end)
+      assert.are.same({ true, true, {}, {} }, r)
+    end)
+
+    it("a breaker guards the whole pool: crashes open it, and calls get "
+       .. "circuit_open without queueing", function()
+      local r = h.run_tasks(function()
+        local pool = start { size = 1,
+          breaker = { failure_threshold = 2, reset_timeout_ms = 60000 },
+          restart = { backoff_ms = { 10 } } }
+        local kinds = {}
+        for i = 1, 2 do
+          kinds[i] = select(2, pool:call("segv", i)).kind
+        end
+        local _, err = pool:call("echo", 1)
+        local _, own = pool:breaker():call(function() return true end)
+        local s = pool:stats()
+        pool:stop()
+        return { kinds, err.kind, pool:breaker():state(), s.requests,
+                 s.errors.circuit_open, own and own.kind }
+      end)
+      assert.are.same({ { "worker_crash", "worker_crash" }, "circuit_open",
+        "open", 3, 1, "circuit_open" }, r)
+    end)
+
+    it("a worker's own errors do not count against the breaker", function()
+      local r = h.run_tasks(function()
+        local pool = start { size = 1, breaker = { failure_threshold = 1 } }
+        local _, e = pool:call("fail", { kind = "not_found" })
+        local v = pool:call("echo", "still closed")
+        local st = pool:breaker():state()
+        pool:stop()
+        return { e.kind, v, st }
+      end)
+      assert.are.same({ "not_found", "still closed", "closed" }, r)
+    end)
+
+    it("stats has is_healthy from the pool's health monitor", function()
+      local r = h.run_tasks(function()
+        local pool = start { size = 1, health = { max_crashes = 2 },
+          restart = { backoff_ms = { 10 } } }
+        local before = pool:stats().is_healthy
+        pool:call("segv", 1)
+        pool:call("segv", 2)
+        local after = pool:stats().is_healthy
+        local hm = pool:health_monitor():stats()
+        pool:stop()
+        return { before, after, hm.total_crashes }
+      end)
+      assert.are.same({ true, false, 2 }, r)
+    end)
+  end)
+
+  describe("channels and framings", function()
+    for _, c in ipairs {
+      { "fd3", "ndjson" }, { "fd3", "lp4" }, { "stdio", "ndjson" },
+      { "stdio", "lp4" },
+    } do
+      local channel, protocol = c[1], c[2]
+      for _, lang in ipairs { "Lua", "Python" } do
+        it(lang .. " workers on " .. channel .. " with " .. protocol
+           .. ": values with newlines and non-ASCII round-trip, output "
+           .. "stays off the channel", function()
+          local cmd = { h.sprun, WORKER }
+          if lang == "Python" then
+            cmd = { "python3", h.write_file(dir .. "/w.py", [[
+import sys, sprun_worker
+@sprun_worker.handler("echo")
+def echo(args):
+    return args
+@sprun_worker.handler("print")
+def out(args):
+    print("out: " + args)
+    sys.stderr.write("err: " + args + "\n")
+    return True
+sprun_worker.run()
+]]) }
+          end
+          local r = h.run_tasks(function()
+            local pool = start { size = 1, cmd = cmd, channel = channel,
+                                 protocol = protocol }
+            local big = string.rep("line\n\té€😀", 20000)
+            local v = { pool:call("echo", { s = "a\nb\r\n\0c", big = big }),
+                        pool:call("print", "x") }
+            -- What the print wrote would be on the channel by now.
+            pool:call("echo", 1)
+            local s = pool:stats()
+            pool:stop()
+            return { v[1].s, v[1].big == big, v[2], s.protocol_errors }
+          end)
+          assert.are.same({ "a\nb\r\n\0c", true, true, 0 }, r)
+        end)
+      end
+    end
+  end)
+
   describe("misuse", function()
     it("rejects bad options with the key path and the closest name",
       function()

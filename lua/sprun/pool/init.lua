@@ -226,9 +226,17 @@ local function call_options(opts)
 end
 
 local function breaker_call(self, op, json, o)
+  local stats = self._stats
+  local before = stats.requests
   local ok, v, err = self._cb:_pcall(requests.call, self, op, json, o)
   if not ok then
     error(v, 0)
+  end
+  if stats.requests == before then
+    -- Refused by the breaker before it was queued (no wait in between):
+    -- still a request, with its error.
+    stats.requests = before + 1
+    stats:error(err)
   end
   return v, err
 end

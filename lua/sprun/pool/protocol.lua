@@ -167,7 +167,8 @@ end
 
 local function deliver(self, text)
   local ok, msg = pcall(decode, text)
-  if ok and type(msg) == "table" then
+  -- An array decodes to a table too: an object starts with "{".
+  if ok and type(msg) == "table" and find(text, "^%s*{") then
     self.on_message(msg)
   else
     self.on_bad(ok and "not a JSON object" or "not JSON", text)
@@ -185,7 +186,7 @@ local function feed_ndjson(self, data)
   local nl = find(data, "\n", 1, true)
   if self.rest then
     if nl == nil then
-      local n = #self.rest + #data
+      local n = self.rest + #data
       if n > _M.MAX_MESSAGE then
         return fail(self, "a line longer than " .. _M.MAX_MESSAGE .. " bytes")
       end
@@ -223,15 +224,26 @@ local function feed_ndjson(self, data)
   end
 end
 
+-- A frame begun and not finished waits in self.parts (self.rest bytes)
+-- until self.need bytes are there, so that a large frame arriving in
+-- many chunks is joined once.
 local function feed_lp4(self, data)
   if self.rest then
-    data = self.rest .. data
-    self.rest = nil
+    local parts = self.parts
+    parts[#parts + 1] = data
+    local have = self.rest + #data
+    if have < self.need then
+      self.rest = have
+      return
+    end
+    data = concat(parts)
+    self.rest, self.parts, self.need = nil, nil, nil
   end
   local at, n = 1, #data
+  local len
   while n - at + 1 >= 4 do
     local b1, b2, b3, b4 = byte(data, at, at + 3)
-    local len = ((b1 * 256 + b2) * 256 + b3) * 256 + b4
+    len = ((b1 * 256 + b2) * 256 + b3) * 256 + b4
     if len > _M.MAX_MESSAGE then
       return fail(self, "a frame of " .. len .. " bytes (the most is "
                   .. _M.MAX_MESSAGE .. ")")
@@ -244,9 +256,11 @@ local function feed_lp4(self, data)
       return
     end
     at = at + 4 + len
+    len = nil
   end
   if at <= n then
-    self.rest = sub(data, at)
+    self.rest, self.parts = n - at + 1, { sub(data, at) }
+    self.need = len and 4 + len or 4
   end
 end
 
@@ -264,11 +278,7 @@ end
 -- Bytes of a message begun and not finished (nothing left at the end of
 -- the stream means it ended between messages).
 function Reader:pending()
-  local r = self.rest
-  if r == nil then
-    return 0
-  end
-  return type(r) == "number" and r or #r
+  return self.rest or 0
 end
 
 return _M

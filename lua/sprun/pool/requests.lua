@@ -80,15 +80,17 @@ local function pick(pool, req)
   for _, slot in ipairs(pool._slots) do
     local w = slot.w
     if has_room(pool, w) then
+      -- Taint outweighs the retry's avoidance, which outweighs the
+      -- session, which outweighs the load (w.n <= concurrency < 1e8).
       local score = w.n
       if slot.tainted_until and slot.tainted_until > t then
-        score = score + 1e9
+        score = score + 4e8
       end
       if req.avoid == slot then
-        score = score + 1e6
+        score = score + 2e8
       end
       if want == slot then
-        score = score - 1e12
+        score = score - 1e8
       end
       if best == nil or score < best_score then
         best, best_score = w, score

@@ -17,6 +17,7 @@
 -- closes the channel, once the handlers that run are done.
 
 local check = require "sprun.check"
+local core = require "sprun.core"
 local errors = require "sprun.errors"
 local kernel = require "sprun.sched.kernel"
 local sched = require "sprun.sched"
@@ -73,8 +74,16 @@ local function serve_in_task(handlers)
   end
   local input, output
   if channel == "stdio" then
-    input = assert(tcp._open_fd(0))
-    output = assert(tcp._open_fd(1))
+    -- The channel gets fds 0 and 1 for itself; print and io.write then
+    -- go to stderr, which the pool logs.
+    io.stdout:flush()
+    local in_fd, out_fd = core.stdio_take()
+    if in_fd == nil then
+      error("pool.serve: cannot take stdin and stdout for the channel: "
+            .. tostring(out_fd), 0)
+    end
+    input = assert(tcp._open_fd(in_fd))
+    output = assert(tcp._open_fd(out_fd))
   else
     input = assert(tcp._open_fd(3))
     output = input

@@ -258,7 +258,8 @@ local function crash_loop(self, slot, info)
     slot.start_failures = slot.start_failures + 1
   end
   if #kept > r.max_restarts then
-    return format("%d restarts within %d ms", #kept, r.window_ms)
+    return format("%d crashes within %d ms (restart.max_restarts = %d)",
+                  #kept, r.window_ms, r.max_restarts)
   elseif slot.start_failures >= self._o.start_failures then
     return format("%s died before it was ready %d times in a row", slot.id,
                   slot.start_failures)

@@ -16,6 +16,14 @@ local function die(sig)
   ffi.C.kill(ffi.C.getpid(), sig)
 end
 
+-- SPRUN_TEST_START="exit:N": the worker dies with status N before it
+-- says ready (a program that cannot start).
+local at_start = os.getenv("SPRUN_TEST_START")
+if at_start then
+  io.stderr:write("cannot start: ", at_start, "\n")
+  os.exit(tonumber(at_start:match("^exit:(%d+)$")) or 1)
+end
+
 local held = {}
 local running, most = 0, 0
 
