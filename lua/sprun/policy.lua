@@ -1,14 +1,21 @@
 -- Policy files: a Lua script that returns a table of named breakers, retry
--- policies, health monitors, bulkheads and pipelines:
+-- policies, health monitors, bulkheads, worker pools and pipelines:
 --
 --   return {
 --     breakers = { db = { failure_threshold = 5 } },
 --     retry_policies = { fast = { max_attempts = 3, backoff_ms = { 50 } } },
 --     health_monitors = { workers = { max_crashes = 10 } },
 --     bulkheads = { pool = { max_concurrent = 8, max_queue = 64 } },
+--     pools = { py = { cmd = { "python3", "worker.py" }, size = 4,
+--                      breaker = "db", health = "workers" } },
 --     pipelines = { python_pool = { breaker = "db", retry = "fast",
 --                                   bulkhead = "pool", timeout_ms = 2000 } },
 --   }
+--
+-- A pool starts at its first reg:pool(name), owned by the registry (no
+-- task); a reload resizes it, rolls its workers when its command changed
+-- and hands it the rest of its new options; a pool removed from the file
+-- drains and stops.
 --
 -- policy.load(path) checks it whole and returns a registry; reg:reload()
 -- reads the file again and, only if all of it is valid, applies it: an
@@ -33,6 +40,8 @@ local bulkhead = require "sprun.bulkhead"
 local retry_policy = require "sprun.retry_policy"
 local circuit_breaker = require "sprun.circuit_breaker"
 local health_monitor = require "sprun.health_monitor"
+local pool = require "sprun.pool"
+local sched = require "sprun.sched"
 
 local type = type
 local pairs = pairs
@@ -57,7 +66,7 @@ local mt = { __index = Registry }
 -- The sections of a file, in the order they are built (pipelines last:
 -- they name the others).
 local SECTIONS = { "breakers", "retry_policies", "health_monitors",
-                   "bulkheads", "pipelines" }
+                   "bulkheads", "pools", "pipelines" }
 
 local ANY = { check = function() return nil end }
 local TOP_SPEC = {}
@@ -149,10 +158,10 @@ local function compile(t)
     errs[1] = e
   end
   local new = { breakers = {}, retry_policies = {}, health_monitors = {},
-                bulkheads = {}, pipelines = {}, bulkhead_opts = {},
+                bulkheads = {}, pools = {}, pipelines = {}, bulkhead_opts = {},
                 monitor_opts = {} }
   local broken = { breakers = {}, retry_policies = {}, health_monitors = {},
-                   bulkheads = {}, pipelines = {} }
+                   bulkheads = {}, pools = {}, pipelines = {} }
   each_entry(errs, broken, "breakers", t.breakers, function(name, o)
     local cb, err = at({ "breakers", name }, circuit_breaker.start_link,
                        with_default(o, "name", name))
@@ -181,6 +190,31 @@ local function compile(t)
     local opts = with_default(o, "name", name)
     new.bulkheads[name] = at({ "bulkheads", name }, bulkhead.new, opts)
     new.bulkhead_opts[name] = opts
+  end)
+  -- A pool names its breaker and health monitor among the file's.
+  each_entry(errs, broken, "pools", t.pools, function(name, o)
+    local opts = with_default(o, "name", name)
+    local refs = {}
+    for key, section in pairs { breaker = "breakers",
+                                health = "health_monitors" } do
+      local v = opts[key]
+      if v ~= nil then
+        if type(v) ~= "string" then
+          fail({ "pools", name, key }, "must be the name of an entry of "
+               .. section .. " (a policy file shares them by name)",
+               check.describe(v))
+        elseif new[section][v] == nil and not broken[section][v] then
+          local known = sorted_keys(new[section])
+          fail({ "pools", name, key }, format("names no entry of %s (%s: %s)",
+               section, section, #known > 0 and concat(known, ", ")
+               or "none"), check.describe(v))
+        end
+        refs[key] = v
+        opts[key] = nil
+      end
+    end
+    new.pools[name] = { o = pool._parse(opts, { "pools", name }),
+                        refs = refs }
   end)
   -- A pipeline may name an entry that is broken: that entry's error is
   -- the one to report, not a second one for the name.
@@ -274,7 +308,8 @@ end
 local function apply(self, new)
   local live = self._live
   local out = { breakers = {}, retry_policies = new.retry_policies,
-                health_monitors = {}, bulkheads = {}, pipelines = {} }
+                health_monitors = {}, bulkheads = {}, pools = {},
+                pipelines = {} }
   for name, fresh in pairs(new.breakers) do
     local old = live.breakers[name]
     if old then
@@ -295,6 +330,29 @@ local function apply(self, new)
       out.bulkheads[name] = old
     else
       out.bulkheads[name] = fresh
+    end
+  end
+  -- A pool is { spec, live = the pool once started }.
+  for name, spec in pairs(new.pools) do
+    local o = spec.o
+    o.breaker = spec.refs.breaker and out.breakers[spec.refs.breaker]
+    o.health = spec.refs.health and out.health_monitors[spec.refs.health]
+    local entry = live.pools[name]
+    if entry then
+      entry.o = o
+      local p = entry.live
+      if p and p._state ~= "stopped" then
+        p:_reconfigure(o, o.health, o.breaker)
+      end
+    else
+      entry = { o = o }
+    end
+    out.pools[name] = entry
+  end
+  for name, entry in pairs(live.pools) do
+    if out.pools[name] == nil and entry.live then
+      local p = entry.live
+      sched.spawn(function() p:drain() end)
     end
   end
   local function lookup(section, name)
@@ -335,7 +393,7 @@ function _M.load(path)
   local reg = setmetatable({
     _path = path,
     _live = { breakers = {}, retry_policies = {}, health_monitors = {},
-              bulkheads = {}, pipelines = {} },
+              bulkheads = {}, pools = {}, pipelines = {} },
     _reloads = 0,
   }, mt)
   apply(reg, new)
@@ -353,6 +411,15 @@ function Registry.reload(self)
   local new, msg = read(self._path)
   if new == nil then
     return nil, load_error(self._path, msg)
+  end
+  for _, name in ipairs(sorted_keys(new.pools)) do
+    local entry = self._live.pools[name]
+    local why = entry and entry.live and entry.live._state ~= "stopped"
+                and pool._live_error(entry.live, new.pools[name].o)
+    if why then
+      return nil, load_error(self._path, format("%s: pools.%s: %s",
+                                                self._path, name, why))
+    end
   end
   apply(self, new)
   self._reloads = self._reloads + 1
@@ -373,6 +440,33 @@ local function getter(section, fname)
     end
     return v
   end
+end
+
+-- The pool declared as `name`, started by its first call (from a task),
+-- owned by the registry: it lives until the file drops it or the process
+-- ends. nil and a not_found error for a name the file does not declare.
+function Registry.pool(self, name)
+  check.self(self, mt, "policy.pool", WHAT)
+  check.id("policy.pool", "name", name)
+  local entry = self._live.pools[name]
+  if entry == nil then
+    local known = sorted_keys(self._live.pools)
+    return nil, errors.error("not_found", format(
+      "policy.pool: no pools named %s in %s (pools: %s)",
+      check.describe(name), self._path,
+      #known > 0 and concat(known, ", ") or "none"), { name = name })
+  end
+  local p = entry.live
+  if p == nil or p._state == "stopped" then
+    kernel.need_task("policy.pool")
+    local o = {}
+    for k, v in pairs(entry.o) do
+      o[k] = v
+    end
+    p = pool._start(o, nil)
+    entry.live = p
+  end
+  return p
 end
 
 Registry.pipeline = getter("pipelines", "policy.pipeline")

@@ -44,7 +44,7 @@ describe("sprun.policy", function()
     assert.are.same({
       breakers = { "db" }, bulkheads = { "pool" },
       health_monitors = { "workers" }, pipelines = { "inline", "python_pool" },
-      retry_policies = { "fast" },
+      retry_policies = { "fast" }, pools = {},
     }, reg:names())
     local p = reg:pipeline("python_pool")
     assert.are.equal(reg:breaker("db"), p:breaker())
@@ -75,7 +75,7 @@ describe("sprun.policy", function()
     { "return { pipeline = {} }",
       "unknown key 'pipeline' (did you mean 'pipelines'?)" },
     { "return { zzz = {} }", "unknown key 'zzz' (valid keys: breakers, "
-      .. "bulkheads, health_monitors, pipelines, retry_policies)" },
+      .. "bulkheads, health_monitors, pipelines, pools, retry_policies)" },
     { "return { breakers = 5 }",
       "breakers must be a table of named entries, got 5" },
     { "return { breakers = { db = 5 } }",

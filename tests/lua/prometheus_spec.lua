@@ -459,3 +459,336 @@ describe("telemetry.prometheus", function()
     assert(ok, err)
   end)
 end)
+
+-- The pool metrics, read from real pools of sprun worker processes
+-- (tests/lua/pool/worker.lua). Every test stops its pools, and checks
+-- that no child process is left.
+describe("telemetry.prometheus: pools", function()
+  local WORKER = h.root .. "/tests/lua/pool/worker.lua"
+  local CLASSES = {}
+  for i, c in ipairs(require("sprun.pool.barrier").CLASSES) do
+    CLASSES[i] = c
+  end
+  table.sort(CLASSES)
+  local FAMILIES = {
+    "sprun_pool_state", "sprun_pool_size", "sprun_pool_ready_workers",
+    "sprun_pool_busy_workers", "sprun_pool_starting_workers",
+    "sprun_pool_tainted_workers", "sprun_pool_queued_requests",
+    "sprun_pool_in_flight_requests", "sprun_pool_healthy",
+    "sprun_pool_requests_total", "sprun_pool_replies_total",
+    "sprun_pool_errors_total", "sprun_pool_crashes_total",
+    "sprun_pool_restarts_total", "sprun_pool_recycled_total",
+    "sprun_pool_dropped_replies_total", "sprun_pool_protocol_errors_total",
+    "sprun_pool_poisoned_total", "sprun_pool_queue_wait_p50_seconds",
+    "sprun_pool_queue_wait_p99_seconds", "sprun_pool_service_p50_seconds",
+    "sprun_pool_service_p99_seconds",
+  }
+  local LATENCY = "^sprun_pool_[%w_]+_p[59][09]_seconds{"
+
+  after_each(function()
+    detach_all()
+    assert.are.same({}, h.live_children())
+  end)
+
+  -- Runs fn(start, ep) in a loop with an endpoint; start(o) starts a pool
+  -- of test workers. Every pool is stopped (its workers reaped) and the
+  -- endpoint closed at the end, whether fn fails or not.
+  local function with_pools(fn)
+    return h.run_tasks(function()
+      local ep = assert(telemetry.prometheus { host = "127.0.0.1", port = 0 })
+      local pools = {}
+      local function start(o)
+        o.cmd = { h.sprun, WORKER }
+        local pool = sprun.pool.start(o)
+        pools[#pools + 1] = pool
+        return pool
+      end
+      local r = h.pack(pcall(fn, start, ep))
+      for _, pool in ipairs(pools) do
+        pool:stop()
+      end
+      ep:close()
+      if not r[1] then
+        error(r[2], 0)
+      end
+      return unpack(r, 2, r.n)
+    end)
+  end
+
+  -- The sample lines of the sprun_pool_* families for pool label `label`
+  -- (as it is written, escaped), in order; the latency gauges apart.
+  local function pool_lines(body, label)
+    local lines, latencies = {}, {}
+    local mark = '{pool="' .. label .. '"'
+    for line in body:gmatch("[^\n]+") do
+      if line:find("^sprun_pool_") and line:find(mark, 1, true) then
+        if line:find(LATENCY) then
+          latencies[#latencies + 1] = line
+        else
+          lines[#lines + 1] = line
+        end
+      end
+    end
+    return lines, latencies
+  end
+
+  -- The lines pool_lines gives (latencies apart) for a pool whose stats
+  -- are `s`: { state, size, ready, busy, starting, tainted, queued,
+  -- in_flight, healthy, requests, replies, errors = { kind = n },
+  -- crashes = { class = n }, restarts, recycled, dropped_replies,
+  -- protocol_errors, poisoned }, every field but state and errors a number.
+  local function expected(label, s)
+    local l = '{pool="' .. label .. '"'
+    local out = {}
+    local function add(name, labels, v)
+      out[#out + 1] = name .. l .. labels .. "} " .. v
+    end
+    for _, st in ipairs { "running", "draining", "failed" } do
+      add("sprun_pool_state", ',state="' .. st .. '"', s.state == st and 1 or 0)
+    end
+    add("sprun_pool_size", "", s.size)
+    add("sprun_pool_ready_workers", "", s.ready)
+    add("sprun_pool_busy_workers", "", s.busy)
+    add("sprun_pool_starting_workers", "", s.starting)
+    add("sprun_pool_tainted_workers", "", s.tainted)
+    add("sprun_pool_queued_requests", "", s.queued)
+    add("sprun_pool_in_flight_requests", "", s.in_flight)
+    add("sprun_pool_healthy", "", s.healthy)
+    add("sprun_pool_requests_total", "", s.requests)
+    add("sprun_pool_replies_total", "", s.replies)
+    local kinds = {}
+    for k in pairs(s.errors) do kinds[#kinds + 1] = k end
+    table.sort(kinds)
+    for _, k in ipairs(kinds) do
+      add("sprun_pool_errors_total", ',kind="' .. k .. '"', s.errors[k])
+    end
+    for _, c in ipairs(CLASSES) do
+      add("sprun_pool_crashes_total", ',class="' .. c .. '"',
+          s.crashes[c] or 0)
+    end
+    add("sprun_pool_restarts_total", "", s.restarts)
+    add("sprun_pool_recycled_total", "", s.recycled)
+    add("sprun_pool_dropped_replies_total", "", s.dropped_replies)
+    add("sprun_pool_protocol_errors_total", "", s.protocol_errors)
+    add("sprun_pool_poisoned_total", "", s.poisoned)
+    return out
+  end
+
+  -- The value of latency gauge `name` for `label`, as a number.
+  local function latency(body, name, label)
+    local v = body:match("\n" .. name .. '{pool="' .. label:gsub("%p", "%%%0")
+                         .. '"} (%S+)\n')
+    assert(v, "no " .. name .. " line for " .. label .. " in:\n" .. body)
+    return tonumber(v) or v
+  end
+
+  -- Every sprun_pool_* family has its HELP and TYPE lines, samples or not.
+  local function assert_families(body)
+    for _, name in ipairs(FAMILIES) do
+      assert.is_truthy(body:find("\n# HELP " .. name .. " ", 1, true), name)
+      local kind = name:find("_total$") and "counter" or "gauge"
+      assert.is_truthy(body:find("\n# TYPE " .. name .. " " .. kind .. "\n",
+                                 1, true), name)
+    end
+  end
+
+  local CLEAN = { code = 0, stdout = "", stderr = "" }
+
+  it("counts a pool's calls, worker errors and crashes, and shows its "
+     .. "workers busy and its queue; promtool accepts every scrape; a "
+     .. "stopped pool is gone", function()
+    local r = with_pools(function(start, ep)
+      local pool = start { name = "metrics_pool", size = 2,
+                           restart = { backoff_ms = { 1 } } }
+      local out = {}
+      out.a = pool:call("echo", "a")
+      out.b = pool:call("echo", "b")
+      local _, e1 = pool:call("fail", { kind = "bad_input", message = "no" })
+      local _, e2 = pool:call("raise", "plain")
+      local _, e3 = pool:call("segv")
+      out.kinds = { e1.kind, e2.kind, e3.kind }
+      h.wait_for("the crashed worker's restart", function()
+        local s = pool:stats()
+        return s.ready == 2 and s.starting == 0
+      end)
+      local status
+      status, _, out.idle = get(ep.port)
+      out.status = status
+      -- Both workers busy, one call queued.
+      local t1 = sprun.spawn(function() return pool:call("sleep", 300) end)
+      local t2 = sprun.spawn(function() return pool:call("sleep", 300) end)
+      local t3 = sprun.spawn(function() return pool:call("echo", "q") end)
+      h.wait_for("two calls in flight and one queued", function()
+        local s = pool:stats()
+        return s.in_flight == 2 and s.queued == 1
+      end)
+      out.busy = ep:metrics()
+      out.values = { t1:await(), t2:await(), t3:await() }
+      out.done = ep:metrics()
+      out.stats = pool:stats()
+      pool:stop()
+      out.stopped = ep:metrics()
+      return out
+    end)
+    assert.are.same({ "a", "b" }, { r.a, r.b })
+    assert.are.same({ "bad_input", "error", "worker_crash" }, r.kinds)
+    assert.are.same({ 300, 300, "q" }, r.values)
+    assert.are.equal(200, r.status)
+
+    local base = { state = "running", size = 2, ready = 2, busy = 0,
+      starting = 0, tainted = 1, queued = 0, in_flight = 0, healthy = 1,
+      requests = 5, replies = 2,
+      errors = { bad_input = 1, error = 1, worker_crash = 1 },
+      crashes = { segfault = 1 }, restarts = 1, recycled = 0,
+      dropped_replies = 0, protocol_errors = 0, poisoned = 0 }
+    local function with(changes)
+      local t = {}
+      for k, v in pairs(base) do t[k] = v end
+      for k, v in pairs(changes) do t[k] = v end
+      return t
+    end
+    assert.are.same(expected("metrics_pool", base),
+                    (pool_lines(r.idle, "metrics_pool")))
+    assert.are.same(expected("metrics_pool",
+                             with { busy = 2, queued = 1, in_flight = 2,
+                                    requests = 8 }),
+                    (pool_lines(r.busy, "metrics_pool")))
+    assert.are.same(expected("metrics_pool",
+                             with { requests = 8, replies = 5 }),
+                    (pool_lines(r.done, "metrics_pool")))
+
+    -- The percentiles are the stats', in seconds: the queued echo waited
+    -- for a 300 ms call to end, and the 300 ms calls are the slowest.
+    local s = r.stats
+    local got = {
+      latency(r.done, "sprun_pool_queue_wait_p50_seconds", "metrics_pool"),
+      latency(r.done, "sprun_pool_queue_wait_p99_seconds", "metrics_pool"),
+      latency(r.done, "sprun_pool_service_p50_seconds", "metrics_pool"),
+      latency(r.done, "sprun_pool_service_p99_seconds", "metrics_pool"),
+    }
+    assert.are.same({ s.queue_wait_ms.p50 / 1000, s.queue_wait_ms.p99 / 1000,
+                      s.service_ms.p50 / 1000, s.service_ms.p99 / 1000 }, got)
+    assert.are.same({ 8, 5 }, { s.queue_wait_ms.samples, s.service_ms.samples })
+    assert.is_true(got[2] >= 0.2 and got[2] < 10, "wait p99 " .. got[2])
+    assert.is_true(got[1] < got[2], "wait p50 " .. got[1])
+    assert.is_true(got[4] >= 0.29 and got[4] < 10, "service p99 " .. got[4])
+    assert.is_true(got[3] < 0.29, "service p50 " .. got[3])
+
+    for _, body in ipairs { r.idle, r.busy, r.done, r.stopped } do
+      assert.are.same(CLEAN, promtool_check(body))
+      assert_families(body)
+    end
+    -- Stopped: no sample of the pool's is left.
+    local lines, lat = pool_lines(r.stopped, "metrics_pool")
+    assert.are.same({ {}, {} }, { lines, lat })
+    assert.is_nil(r.stopped:find("\nsprun_pool_", 1, true))
+  end)
+
+  it("shows a new pool at zero with NaN percentiles, a draining and a "
+     .. "failed pool by their state, escapes pool names, and drops each "
+     .. "pool as it stops", function()
+    local odd = 'odd "pool" \\ x'
+    local odd_label = 'odd \\"pool\\" \\\\ x'
+    local r = with_pools(function(start, ep)
+      local a = start { name = odd, size = 2 }
+      local d = start { name = "drained_pool", size = 1 }
+      local f = start { name = "failing_pool", size = 2,
+        crash_barrier = { max_retries = 5, backoff_ms = { 0 } },
+        restart = { max_restarts = 1, backoff_ms = { 1 },
+                    cooldown_ms = 60000 },
+        health = { max_crashes = 2 } }
+      h.wait_for("every worker to be ready", function()
+        return a:stats().ready == 2 and d:stats().ready == 1
+               and f:stats().ready == 2
+      end)
+      local out = {}
+      -- Crashes two workers: poison, and two restarts within the window
+      -- fail the pool.
+      local _, err = f:call("segv", nil, { idempotent = true })
+      out.err = { err.kind, err.details.attempt }
+      out.first = ep:metrics()
+      out.failing = f:stats()
+      local t = sprun.spawn(function() return d:call("sleep", 300) end)
+      h.wait_for("the call in flight", function()
+        return d:stats().in_flight == 1
+      end)
+      local drain = sprun.spawn(function() return d:drain(5000) end)
+      h.wait_for("the pool to drain", function()
+        return d:stats().state == "draining"
+      end)
+      out.draining = ep:metrics()
+      out.value = t:await()
+      assert(drain:await())
+      out.drained = ep:metrics()
+      f:stop()
+      out.one_left = ep:metrics()
+      a:stop()
+      out.none = ep:metrics()
+      return out
+    end)
+    assert.are.same({ "worker_crash", 1 }, r.err)
+    assert.are.equal(300, r.value)
+
+    local zero = { state = "running", size = 2, ready = 2, busy = 0,
+      starting = 0, tainted = 0, queued = 0, in_flight = 0, healthy = 1,
+      requests = 0, replies = 0, errors = {}, crashes = {}, restarts = 0,
+      recycled = 0, dropped_replies = 0, protocol_errors = 0, poisoned = 0 }
+    local lines, lat = pool_lines(r.first, odd_label)
+    assert.are.same(expected(odd_label, zero), lines)
+    assert.are.same({
+      'sprun_pool_queue_wait_p50_seconds{pool="' .. odd_label .. '"} NaN',
+      'sprun_pool_queue_wait_p99_seconds{pool="' .. odd_label .. '"} NaN',
+      'sprun_pool_service_p50_seconds{pool="' .. odd_label .. '"} NaN',
+      'sprun_pool_service_p99_seconds{pool="' .. odd_label .. '"} NaN',
+    }, lat)
+
+    -- The failed pool: ready and starting depend on how far the first
+    -- crashed worker's restart got, so they are taken from its stats.
+    local fs = r.failing
+    assert.are.equal("failed", fs.state)
+    assert.are.same(expected("failing_pool", {
+      state = "failed", size = 2, ready = fs.ready, busy = 0,
+      starting = fs.starting, tainted = 2, queued = 0, in_flight = 0,
+      healthy = 0, requests = 1, replies = 0,
+      errors = { worker_crash = 1 }, crashes = { segfault = 2 },
+      restarts = 1, recycled = 0, dropped_replies = 0, protocol_errors = 0,
+      poisoned = 1 }), (pool_lines(r.first, "failing_pool")))
+
+    local dl = pool_lines(r.draining, "drained_pool")
+    for _, want in ipairs {
+      'sprun_pool_state{pool="drained_pool",state="running"} 0',
+      'sprun_pool_state{pool="drained_pool",state="draining"} 1',
+      'sprun_pool_state{pool="drained_pool",state="failed"} 0',
+      'sprun_pool_busy_workers{pool="drained_pool"} 1',
+      'sprun_pool_in_flight_requests{pool="drained_pool"} 1',
+      'sprun_pool_requests_total{pool="drained_pool"} 1',
+    } do
+      assert.is_true(lines_of(table.concat(dl, "\n"))[want] == true,
+                     "missing line: " .. want .. "\nin:\n" .. r.draining)
+    end
+
+    -- Each pool leaves as it stops; the families stay.
+    local function pools_in(body)
+      local seen, list = {}, {}
+      for label in body:gmatch('\nsprun_pool_state{pool="(.-)",state=') do
+        if not seen[label] then
+          seen[label] = true
+          list[#list + 1] = label
+        end
+      end
+      table.sort(list)
+      return list
+    end
+    assert.are.same({ "drained_pool", "failing_pool", odd_label },
+                    pools_in(r.first))
+    assert.are.same({ "failing_pool", odd_label }, pools_in(r.drained))
+    assert.are.same({ odd_label }, pools_in(r.one_left))
+    assert.are.same({}, pools_in(r.none))
+    assert.is_nil(r.none:find("\nsprun_pool_", 1, true))
+    for _, body in ipairs { r.first, r.draining, r.drained, r.one_left,
+                            r.none } do
+      assert.are.same(CLEAN, promtool_check(body))
+      assert_families(body)
+    end
+  end)
+end)

@@ -29,6 +29,7 @@ local popts = require "sprun.pool.options"
 local stats_m = require "sprun.pool.stats"
 local requests = require "sprun.pool.requests"
 local Pool = require "sprun.pool.supervise"
+local reconfigure = require "sprun.pool.reconfigure"
 
 local type = type
 local pairs = pairs
@@ -78,16 +79,25 @@ local function set_of(list)
   return s
 end
 
--- Runs `fn(pool)` every `ms` while the pool lives, from the loop.
-local function every(self, ms, fn)
+-- Runs `fn(pool)` every `interval(pool)` ms while the pool lives and
+-- interval gives one (a reload may turn it off), from the loop. `key`
+-- marks the pool while it runs, so that a reload turning it back on
+-- starts one timer, never two.
+local function every(self, key, interval, fn)
   local function tick()
-    if self._state == "stopped" then
+    local ms = interval(self)
+    if self._state == "stopped" or ms == nil then
+      self[key] = false
       return
     end
     fn(self)
+    kernel.after(interval(self) or ms, tick)
+  end
+  local ms = interval(self)
+  if ms ~= nil and not self[key] then
+    self[key] = true
     kernel.after(ms, tick)
   end
-  kernel.after(ms, tick)
 end
 
 local function check_rss(self)
@@ -130,14 +140,24 @@ end
 -- with its workers starting. Called from a task, which owns the pool: its
 -- cancellation stops the pool.
 function _M.start(opts)
-  local ok, o = options.capture({}, popts.parse, opts, {},
-                                health_monitor.is_monitor,
-                                circuit_breaker.is_breaker)
+  local ok, o = options.capture({}, _M._parse, opts, {})
   if not ok then
     error(options.message(o, "pool.start"), 2)
   end
-  local task = kernel.need_task("pool.start")
+  return _M._start(o, kernel.need_task("pool.start"))
+end
+
+-- The options of pool.start checked (raises an option error at `path`),
+-- ready for _start.
+function _M._parse(opts, path)
+  local o = popts.parse(opts, path, health_monitor.is_monitor,
+                        circuit_breaker.is_breaker)
   o.crash_barrier.mark = set_of(o.crash_barrier.mark_on)
+  return o
+end
+
+-- A pool from checked options, owned by `task` (nil: by no task).
+function _M._start(o, task)
   local hm = o.health
   if not health_monitor.is_monitor(hm) then
     hm = health_monitor.start_link { name = o.name, pool = o.name,
@@ -171,13 +191,22 @@ function _M.start(opts)
   kernel.own(task, self)
   registry.add_pool(self)
   self:_fill()
-  if o.max_rss_mb then
-    every(self, o.rss_check_ms, check_rss)
-  end
-  if o.heartbeat then
-    every(self, o.heartbeat.interval_ms, heartbeat)
-  end
+  self:_timers()
   return self
+end
+
+local function rss_interval(self)
+  return self._o.max_rss_mb and self._o.rss_check_ms
+end
+
+local function heartbeat_interval(self)
+  return self._o.heartbeat and self._o.heartbeat.interval_ms
+end
+
+-- Starts the periodic checks the options ask for and that do not run.
+function Pool:_timers()
+  every(self, "_rss_timer", rss_interval, check_rss)
+  every(self, "_heartbeat_timer", heartbeat_interval, heartbeat)
 end
 
 function _M.is_pool(v)
@@ -476,6 +505,8 @@ function Pool.__tostring(self)
   return format("sprun.pool '%s' (%s, %d workers)", self._name, self._state,
                 #self._slots)
 end
+
+_M._live_error = reconfigure.live_error
 
 -- A sprun script as a worker: see pool/serve.lua.
 function _M.serve(handlers)

@@ -56,6 +56,9 @@ function _M.untrack(pool, w, req)
     if w.n == 0 then
       w:hold(w.state == "starting")
     end
+    if pool._state == "draining" then
+      pool:_wake_waiters()
+    end
   end
 end
 local untrack = _M.untrack
@@ -193,12 +196,18 @@ local function await(pool, req, task)
         req.worker:kill("timeout")
       end
       req.state = "done"
+      if pool._state == "draining" then
+        pool:_wake_waiters()
+      end
       error(why, 0)
     end
     if why == WAKE_TIMER and req.state ~= "done" and now() >= req.deadline
     then
       if req.state == "queued" then
         req.state = "done"
+        if pool._state == "draining" then
+          pool:_wake_waiters()
+        end
         return false, pool_error(pool, "queue_timeout", format(
           "no worker took the request within %s ms",
           check.shortest(pool._o.queue_timeout_ms, 6)),

@@ -103,7 +103,8 @@ end
 local function check_recycle(self, w)
   local slot = w.slot
   if w.recycle_due and slot.w == w and slot.next == nil
-     and self._state == "running" then
+     and self._state == "running" and not slot.removed
+     and (slot.replace_at == nil or now() >= slot.replace_at) then
     start_worker(self, slot, true)
   end
 end
@@ -131,6 +132,11 @@ function Pool:_ready(w)
       stop_when_idle(old)
       kernel.after(self._o.request_timeout_ms + self._o.stop_timeout_ms,
                    function() old:kill("recycle") end)
+    end
+    slot.replace_failures = 0
+    if self._stale then
+      self._stale[old] = nil
+      self:_roll_next()
     end
   elseif slot.crashed then
     slot.crashed = false
@@ -298,10 +304,27 @@ function Pool:_exit(w, code, signal)
   end
   w.n = 0
   self:_wake_waiters()
+  if self._stale and self._stale[w] then
+    self._stale[w] = nil
+  end
   if slot.next == w then
     -- A replacement that died: the old worker goes on serving, and is
-    -- recycled again at its next reply.
+    -- replaced again after the restart backoff (at its next reply, or
+    -- when the backoff ends), so that a command that cannot start is
+    -- not started in a loop.
     slot.next = nil
+    if not intentional then
+      local n = (slot.replace_failures or 0) + 1
+      slot.replace_failures = n
+      local delay = backoff(self._o.restart, n)
+      slot.replace_at = t + delay
+      local old = slot.w
+      kernel.after(delay, function()
+        if old and slot.w == old then
+          check_recycle(self, old)
+        end
+      end)
+    end
     dispatch(self)
     return
   end
@@ -311,9 +334,12 @@ function Pool:_exit(w, code, signal)
     return
   end
   slot.w = nil
-  if self._state ~= "running" or intentional then
+  if self._state ~= "running" or intentional or slot.removed then
     fill(self)
     dispatch(self)
+    if self._stale then
+      self:_roll_next()
+    end
     return
   end
   local why = crash_loop(self, slot, info)

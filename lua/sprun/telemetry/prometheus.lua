@@ -1,15 +1,17 @@
--- Prometheus metrics of breakers, retries and health monitors: a
--- collector attached to sprun's events, the text exposition format
--- (0.0.4) rendered from it and from the live breakers and monitors, and
--- an endpoint that serves it over HTTP (io/http_server.lua).
+-- Prometheus metrics of breakers, retries, health monitors and worker
+-- pools: a collector attached to sprun's events, the text exposition
+-- format (0.0.4) rendered from it and from the live breakers, monitors and
+-- pools, and an endpoint that serves it over HTTP (io/http_server.lua).
 --
 --   local ep = sprun.telemetry.prometheus { host = "127.0.0.1", port = 0 }
 --   -- http://127.0.0.1:<ep.port>/metrics; ep:metrics(); ep:close()
 --
--- Counters count events from the moment the endpoint started; gauges are
--- read from the objects at each scrape. The trap: a counter of a breaker
--- that is alive but never moved must still be there (at 0) from the
--- first scrape, or rate() has no start to count from.
+-- Counters of events count from the moment the endpoint started; gauges,
+-- and the pools' counters (their own pool:stats(), counted since each pool
+-- started), are read from the objects at each scrape. A pool shows while
+-- it is registered (from pool.start until it stops). The trap: a counter
+-- of a breaker or pool that is alive but never moved must still be there
+-- (at 0) from the first scrape, or rate() has no start to count from.
 
 local telemetry = require "sprun.telemetry"
 local registry = require "sprun.telemetry.registry"
@@ -19,6 +21,7 @@ local options = require "sprun.options"
 local tables = require "sprun.tables"
 local kernel = require "sprun.sched.kernel"
 local http_server = require "sprun.io.http_server"
+local barrier = require "sprun.pool.barrier"
 
 local type = type
 local pairs = pairs
@@ -194,6 +197,87 @@ local function monitor_stats()
   return stats
 end
 
+-- The states a registered pool can be in (a stopped pool has left the
+-- registry), for the state gauge.
+local POOL_STATES = { "running", "draining", "failed" }
+
+-- pool:stats() of the live pools: name -> stats, the most recently started
+-- pool winning when two share a name.
+local function pool_stats()
+  local stats = {}
+  for _, pool in ipairs(registry.pools()) do
+    local ok, s = pcall(pool.stats, pool)
+    if ok and s.state ~= "stopped" then
+      stats[s.name] = s
+    end
+  end
+  return stats
+end
+
+-- Each pool's gauge families, from its stats: name, help, value.
+local POOL_GAUGES = {
+  { "sprun_pool_size", "Worker slots of a pool (its size).",
+    function(s) return s.size end },
+  { "sprun_pool_ready_workers", "Workers of a pool ready to take requests "
+    .. "(busy ones included).", function(s) return s.ready end },
+  { "sprun_pool_busy_workers", "Ready workers of a pool with a request in "
+    .. "flight.", function(s) return s.busy end },
+  { "sprun_pool_starting_workers", "Workers of a pool starting, not yet "
+    .. "ready.", function(s) return s.starting end },
+  { "sprun_pool_tainted_workers", "Worker slots of a pool tainted by a "
+    .. "crash (crash_barrier.taint_ms).", function(s) return s.tainted end },
+  { "sprun_pool_queued_requests", "Requests waiting in a pool's queue for "
+    .. "a worker.", function(s) return s.queued end },
+  { "sprun_pool_in_flight_requests", "Requests sent to a pool's workers "
+    .. "and not answered yet.", function(s) return s.in_flight end },
+  { "sprun_pool_healthy", "1 while a pool's health monitor says it is "
+    .. "healthy, else 0.", function(s) return s.is_healthy and 1 or 0 end },
+}
+
+-- Each pool's counters without labels but the pool: name, help, stats key.
+local POOL_COUNTERS = {
+  { "sprun_pool_requests_total", "Calls made to a pool (one retried after a "
+    .. "crash counts once).", "requests" },
+  { "sprun_pool_replies_total", "Calls to a pool that got a reply value.",
+    "replies" },
+  { "sprun_pool_restarts_total", "Workers of a pool restarted after a "
+    .. "crash.", "restarts" },
+  { "sprun_pool_recycled_total", "Workers of a pool replaced by recycling "
+    .. "(max_requests, ttl_ms, max_rss_mb, pool:recycle).", "recycled" },
+  { "sprun_pool_dropped_replies_total", "Replies from a pool's workers to "
+    .. "no request in flight, dropped.", "dropped_replies" },
+  { "sprun_pool_protocol_errors_total", "Protocol violations by a pool's "
+    .. "workers.", "protocol_errors" },
+  { "sprun_pool_poisoned_total", "Requests of a pool found poison: in "
+    .. "flight on two worker processes that each died.", "poisoned" },
+}
+
+-- The latency percentiles of the pools' last samples, in seconds (the
+-- stats hold ms): name, help, stats key, percentile key. NaN with no
+-- sample yet. Gauges, not a summary: the stats keep no sum and no total
+-- count of the observations.
+local POOL_LATENCIES = {
+  { "sprun_pool_queue_wait_p50_seconds", "Median time a pool's requests "
+    .. "waited for a worker, over its last 1024 requests sent, in seconds.",
+    "queue_wait_ms", "p50" },
+  { "sprun_pool_queue_wait_p99_seconds", "99th percentile of the time a "
+    .. "pool's requests waited for a worker, over its last 1024 requests "
+    .. "sent, in seconds.", "queue_wait_ms", "p99" },
+  { "sprun_pool_service_p50_seconds", "Median time a pool's workers took "
+    .. "to reply, over its last 1024 replies, in seconds.", "service_ms",
+    "p50" },
+  { "sprun_pool_service_p99_seconds", "99th percentile of the time a "
+    .. "pool's workers took to reply, over its last 1024 replies, in "
+    .. "seconds.", "service_ms", "p99" },
+}
+
+local function latency_seconds(l, p)
+  if type(l) ~= "table" or l.samples == 0 then
+    return 0 / 0
+  end
+  return l[p] / 1000
+end
+
 -- The metrics as Prometheus text exposition format 0.0.4.
 local function render(c)
   local out = {}
@@ -287,6 +371,73 @@ local function render(c)
   for _, pool in ipairs(sorted_keys(stats)) do
     sample("sprun_health_healthy", pool_only(pool),
            stats[pool].is_healthy and 1 or 0)
+  end
+
+  local ps = pool_stats()
+  local pools = sorted_keys(ps)
+  family("sprun_pool_state", "gauge",
+         "Worker pool state: 1 for the current state, 0 for the others.")
+  for _, pool in ipairs(pools) do
+    local current, known = ps[pool].state, false
+    for _, state in ipairs(POOL_STATES) do
+      known = known or state == current
+      sample("sprun_pool_state", pool_only(pool) .. ',state="' .. state
+             .. '"', current == state and 1 or 0)
+    end
+    if not known then
+      sample("sprun_pool_state", pool_only(pool) .. ',state="'
+             .. label_value(tostring(current)) .. '"', 1)
+    end
+  end
+  for _, g in ipairs(POOL_GAUGES) do
+    family(g[1], "gauge", g[2])
+    for _, pool in ipairs(pools) do
+      sample(g[1], pool_only(pool), g[3](ps[pool]))
+    end
+  end
+  local function pool_counters(first, last)
+    for i = first, last do
+      local c = POOL_COUNTERS[i]
+      family(c[1], "counter", c[2])
+      for _, pool in ipairs(pools) do
+        sample(c[1], pool_only(pool), ps[pool][c[3]])
+      end
+    end
+  end
+  pool_counters(1, 2)            -- requests, replies
+  -- Errors by kind: a kind shows from its first error (worker errors can
+  -- have any kind). Crashes by class: every class the crash barrier
+  -- gives, at 0 until it happens, and any other that happened.
+  family("sprun_pool_errors_total", "counter",
+         "Calls to a pool that ended with an error, by its kind.")
+  for _, pool in ipairs(pools) do
+    local by_kind = ps[pool].errors
+    for _, kind in ipairs(sorted_keys(by_kind)) do
+      sample("sprun_pool_errors_total", pool_only(pool) .. ',kind="'
+             .. label_value(tostring(kind)) .. '"', by_kind[kind])
+    end
+  end
+  family("sprun_pool_crashes_total", "counter",
+         "Worker crashes in a pool, by their classification.")
+  for _, pool in ipairs(pools) do
+    local by_class, classes = ps[pool].crashes, {}
+    for _, class in ipairs(barrier.CLASSES) do
+      classes[class] = by_class[class] or 0
+    end
+    for class, n in pairs(by_class) do
+      classes[class] = n
+    end
+    for _, class in ipairs(sorted_keys(classes)) do
+      sample("sprun_pool_crashes_total", pool_only(pool) .. ',class="'
+             .. label_value(tostring(class)) .. '"', classes[class])
+    end
+  end
+  pool_counters(3, #POOL_COUNTERS)
+  for _, l in ipairs(POOL_LATENCIES) do
+    family(l[1], "gauge", l[2])
+    for _, pool in ipairs(pools) do
+      sample(l[1], pool_only(pool), latency_seconds(ps[pool][l[3]], l[4]))
+    end
   end
   return concat(out)
 end
