@@ -135,6 +135,7 @@ test: deps
 demo: deps
 	@$(MAKE) --no-print-directory build
 	$(BIN) scripts/demo.lua
+	$(BIN) scripts/pool_demo.lua
 
 BENCHES := $(filter-out scripts/bench/harness.lua scripts/bench/summary.lua,\
              $(wildcard scripts/bench/*.lua))

@@ -145,10 +145,12 @@ describe("sprun.pool", function()
         local _, e2 = pool:call("segv", nil, { idempotent = true })
         local s = pool:stats()
         pool:stop()
-        return { e1.kind, e1.details.attempt, e2.kind, s.crashes.segfault,
-                 s.poisoned }
+        return { e1.kind, e1.details.crash.attempt, e1.cause.kind,
+                 e2.kind, s.crashes.segfault, s.poisoned }
       end)
-      assert.are.same({ "worker_crash", 1, "poison_request", 2, 1 }, r)
+      -- The second crash ends the retries: poison, with the crash as cause.
+      assert.are.same({ "poison_request", 1, "worker_crash",
+                        "poison_request", 2, 1 }, r)
     end)
 
     it("a non-idempotent request is not retried under retry = "

@@ -157,6 +157,18 @@ function runners.tree(b)
   end
 end
 
+-- A python block is an excerpt of the file its first line names
+-- ("# scripts/x.py"): its lines, in a row.
+function runners.python(b)
+  local name = b.lines[1]:match("^# (%S+%.py)$")
+  assert(name, "README.md:" .. b.line .. ": a python block starts with "
+         .. "# <path of the file it is taken from>")
+  local text = h.read_file(h.root .. "/" .. name)
+  local excerpt = table.concat(b.lines, "\n", 2) .. "\n"
+  assert(text:find(excerpt, 1, true), "README.md:" .. b.line
+         .. ": not lines of " .. name .. " in a row")
+end
+
 -- A text block is `sprun -h`: one that starts with its first line is the
 -- whole of it; any other is an excerpt of whole entries, lines that
 -- follow each other there, from an option's first line to the last line

@@ -314,11 +314,19 @@ function _M.call(pool, op, json, o)
     end
     local crash = req and req.crash
     if crash then
-      local again = (cb.retry == "always"
-                     or (cb.retry == "idempotent" and o.idempotent == true))
-                    and n < cb.max_retries
-                    and not pool._poison:is_poison(the_key(), now())
-      if not again then
+      local may = (cb.retry == "always"
+                   or (cb.retry == "idempotent" and o.idempotent == true))
+                  and n < cb.max_retries
+      if may and pool._poison:is_poison(the_key(), now()) then
+        -- Not retried into a third worker.
+        err = errors.error("poison_request", "pool '" .. pool._name
+          .. "': the request crashed two workers and is refused for "
+          .. cb.taint_ms .. " ms (last: " .. tostring(err.message) .. ")",
+          { key = o.key, taint_ms = cb.taint_ms, crash = err.details },
+          err)
+        may = false
+      end
+      if not may then
         stats:error(err)
         return nil, err
       end
