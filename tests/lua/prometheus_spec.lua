@@ -705,7 +705,7 @@ describe("telemetry.prometheus: pools", function()
       -- Crashes two workers: poison, and two restarts within the window
       -- fail the pool.
       local _, err = f:call("segv", nil, { idempotent = true })
-      out.err = { err.kind, err.details.attempt }
+      out.err = { err.kind, err.details.crash.attempt, err.cause.kind }
       out.first = ep:metrics()
       out.failing = f:stats()
       local t = sprun.spawn(function() return d:call("sleep", 300) end)
@@ -726,7 +726,7 @@ describe("telemetry.prometheus: pools", function()
       out.none = ep:metrics()
       return out
     end)
-    assert.are.same({ "worker_crash", 1 }, r.err)
+    assert.are.same({ "poison_request", 1, "worker_crash" }, r.err)
     assert.are.equal(300, r.value)
 
     local zero = { state = "running", size = 2, ready = 2, busy = 0,
@@ -750,7 +750,7 @@ describe("telemetry.prometheus: pools", function()
       state = "failed", size = 2, ready = fs.ready, busy = 0,
       starting = fs.starting, tainted = 2, queued = 0, in_flight = 0,
       healthy = 0, requests = 1, replies = 0,
-      errors = { worker_crash = 1 }, crashes = { segfault = 2 },
+      errors = { poison_request = 1 }, crashes = { segfault = 2 },
       restarts = 1, recycled = 0, dropped_replies = 0, protocol_errors = 0,
       poisoned = 1 }), (pool_lines(r.first, "failing_pool")))
 
