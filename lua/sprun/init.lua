@@ -2,7 +2,7 @@
 -- own: require "sprun.circuit_breaker", "sprun.health_monitor",
 -- "sprun.retry_policy", "sprun.errors", "sprun.executor", "sprun.process",
 -- "sprun.tcp", "sprun.telemetry", "sprun.pipeline", "sprun.bulkhead",
--- "sprun.policy", "sprun.sched".
+-- "sprun.policy", "sprun.sched", "sprun.pool".
 
 local sp = require "sprun.ffi"
 local clock = require "sprun.clock"
@@ -25,7 +25,6 @@ local _M = {
   pipeline = require "sprun.pipeline",
   bulkhead = require "sprun.bulkhead",
   policy = require "sprun.policy",
-  pool = require "sprun.pool",
   -- The loop's monotonic time in whole ms (virtual under a virtual clock),
   -- taken at the start of each turn of the loop; outside a loop, the
   -- clock. update_time() brings it up to the clock in the middle of a
@@ -38,5 +37,18 @@ local _M = {
   spawn = sched.spawn,
   sleep = sched.sleep,
 }
+
+-- Loaded at its first use: sprun.pool brings lua-cjson, whose buffers
+-- only a closed Lua state frees, and a script that never makes a pool
+-- need not hold them.
+local LAZY = { pool = "sprun.pool" }
+setmetatable(_M, { __index = function(t, k)
+  local name = LAZY[k]
+  if name then
+    local m = require(name)
+    rawset(t, k, m)
+    return m
+  end
+end })
 
 return _M

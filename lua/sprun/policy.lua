@@ -40,7 +40,11 @@ local bulkhead = require "sprun.bulkhead"
 local retry_policy = require "sprun.retry_policy"
 local circuit_breaker = require "sprun.circuit_breaker"
 local health_monitor = require "sprun.health_monitor"
-local pool = require "sprun.pool"
+-- sprun.pool is loaded by the first file with a pools section (see
+-- sprun/init.lua for why it is loaded late).
+local pool = setmetatable({}, { __index = function(t, k)
+  return require("sprun.pool")[k]
+end })
 local sched = require "sprun.sched"
 
 local type = type

@@ -218,6 +218,7 @@ describe("sprun.pool", function()
        .. "the queue at most queue_timeout_ms", function()
       local r = h.run_tasks(function()
         local pool = start { size = 1, max_queue = 1, queue_timeout_ms = 300 }
+        h.wait_for("the worker", function() return pool:stats().ready == 1 end)
         local busy = sprun.spawn(function() return pool:call("sleep", 600) end)
         sprun.sleep(50)
         local waiting = sprun.spawn(function() return pool:call("echo", 1) end)

@@ -13,6 +13,7 @@
 -- pool/requests.lua; what happens as workers start, answer and die is
 -- pool/supervise.lua.
 
+local ffi = require "ffi"
 local check = require "sprun.check"
 local options = require "sprun.options"
 local errors = require "sprun.errors"
@@ -48,15 +49,29 @@ local WHAT = "a pool"
 local _M = {}
 
 -- Where the Python helper is: next to lua/ in the source tree, or under
--- share/sprun once installed.
+-- share/sprun once installed. The path is resolved (symlinks and ".."),
+-- since Python reads the ".." of a PYTHONPATH entry as text.
 do
+  pcall(ffi.cdef, [[
+    char *realpath(const char *path, char *resolved_path);
+    void free(void *ptr);
+  ]])
+  local function resolved(path)
+    local p = ffi.C.realpath(path, nil)
+    if p == nil then
+      return nil
+    end
+    local s = ffi.string(p)
+    ffi.C.free(p)
+    return s
+  end
   local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
   for _, dir in ipairs { here .. "/../../../python",
                          here .. "/../../../../sprun/python" } do
     local f = io.open(dir .. "/sprun_worker.py")
     if f then
       f:close()
-      worker.python_path = dir
+      worker.python_path = resolved(dir) or dir
       break
     end
   end
