@@ -103,4 +103,16 @@ describe("sprun.pool.protocol", function()
     local _, why2 = protocol.encode({ 1, x = 2 })
     assert.is_string(why2)
   end)
+
+  it("walks tables without ITERN, which Debian 12's LuaJIT can end early "
+     .. "in a trace (LuaJIT #827)", function()
+    local h = require "helpers"
+    for _, f in ipairs { "lua/sprun/pool/protocol.lua",
+                         "lua/sprun/telemetry/json.lua" } do
+      local r = h.run("luajit -bl " .. h.shell_quote(h.root .. "/" .. f))
+      assert.are.equal(0, r.code, r.stderr)
+      assert.is_truthy(r.stdout:find("ITERC", 1, true), f)
+      assert.is_falsy(r.stdout:find("ITERN", 1, true), f)
+    end
+  end)
 end)

@@ -404,6 +404,14 @@ class Worker:
                                self.diagnostics())
             time.sleep(0.005)
 
+    def wait_log_lines(self, n, timeout=TIMEOUT):
+        """The log lines once there are at least ``n`` (stderr is read by a
+        thread of its own, so a line may lag behind the replies)."""
+        deadline = time.monotonic() + timeout
+        while len(self.log_lines()) < n and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self.log_lines()
+
     def log_lines(self):
         """The lines sprun_worker itself wrote to stderr."""
         return [line for line in self.stderr.text().splitlines()
@@ -595,7 +603,7 @@ class WorkerTests:
         self.assertServing(worker)
 
         # One line on stderr for each bad request.
-        lines = worker.log_lines()
+        lines = worker.wait_log_lines(len(bad) + 2)
         self.assertEqual(len(lines), len(bad) + 2, lines)
         self.assertTrue(any("not json at all" in line for line in lines))
         # The 1000-byte input is quoted only in part.
@@ -687,7 +695,7 @@ class NdjsonTests:
         worker.send(b"x" * (MAX_MESSAGE + 1))
         self.assertEqual(worker.wait_exit(), 3, worker.diagnostics())
         self.assertTrue(any("longer than" in line
-                            for line in worker.log_lines()),
+                            for line in worker.wait_log_lines(1)),
                         worker.diagnostics())
 
     def test_blank_lines_are_ignored(self):
@@ -719,14 +727,15 @@ class Lp4Tests:
         self.assertEqual(worker.read_message(), {"id": rid, "ok": "before"})
         self.assertEqual(worker.wait_exit(), 3, worker.diagnostics())
         self.assertTrue(any(str(MAX_MESSAGE + 1) in line
-                            for line in worker.log_lines()),
+                            for line in worker.wait_log_lines(1)),
                         worker.diagnostics())
 
     def test_empty_frame_is_skipped(self):
         worker = self.start()
         worker.send(b"\0\0\0\0")
         self.assertServing(worker)
-        self.assertEqual(len(worker.log_lines()), 1, worker.diagnostics())
+        self.assertEqual(len(worker.wait_log_lines(1)), 1,
+                         worker.diagnostics())
 
 
 class Fd3NdjsonTests(NdjsonTests, Fd3Tests, unittest.TestCase):

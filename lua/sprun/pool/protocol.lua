@@ -26,7 +26,12 @@ local sub = string.sub
 local floor = math.floor
 local pcall = pcall
 local type = type
-local next = next
+-- Tables are walked with `for k, v in each_key, t`: a loop over `next`
+-- or `pairs` (by those names) compiles to ITERN, which the LuaJIT 2.1 of
+-- Debian 12 (2.1.0~beta3+git20220320) can end early inside a trace
+-- (LuaJIT issue #827, fixed upstream later): a table then encodes as {}.
+-- Under another name the loop calls next itself, which is never wrong.
+local each_key = next
 local error = error
 local tostring = tostring
 local concat = table.concat
@@ -60,7 +65,7 @@ local function encode_table(t, depth)
     error("nested deeper than " .. MAX_DEPTH .. " levels", 0)
   end
   local count, max, named = 0, 0, false
-  for k in next, t do
+  for k in each_key, t do
     count = count + 1
     if type(k) == "string" then
       named = true
@@ -90,7 +95,7 @@ local function encode_table(t, depth)
     error("a table with both list items and named keys", 0)
   end
   local i = 0
-  for k, v in next, t do
+  for k, v in each_key, t do
     i = i + 1
     out[i] = encode_string(k) .. ":" .. encode_value(v, depth + 1)
   end

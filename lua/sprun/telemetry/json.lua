@@ -22,7 +22,9 @@ local cjson = require("cjson").new()
 local shortest = require("sprun.check").shortest
 
 local type = type
-local pairs = pairs
+-- Not `pairs` or `next` by name in the loops: see pool/protocol.lua
+-- (LuaJIT's ITERN can end a loop early in Debian 12's LuaJIT).
+local each_key = next
 local pcall = pcall
 local tostring = tostring
 local getmetatable = getmetatable
@@ -178,7 +180,7 @@ local function encode_table(t, depth)
   end
   seen[t] = true
   local len, count = #t, 0
-  for _ in pairs(t) do
+  for _ in each_key, t do
     count = count + 1
   end
   if len > 0 and count == len then
@@ -200,7 +202,7 @@ local function encode_table(t, depth)
     -- Keys as strings, sorted; a key that is not a string is written as
     -- its text, and the first of two keys with the same text wins.
     local keys, by_key = {}, nil
-    for k, v in pairs(t) do
+    for k, v in each_key, t do
       if type(k) ~= "string" then
         by_key = by_key or {}
         k = type(k) == "number" and number_text(k) or tostring(k)
