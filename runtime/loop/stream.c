@@ -4,7 +4,8 @@
  * The rule: a write copies its data, so the caller's buffer (a Lua string)
  * may go as soon as the call returns, and it is answered exactly once, by
  * SP_EV_WRITE with its own token: with UV_ECANCELED when the stream is
- * closed first, which libuv reports before the close callback.
+ * closed first, which libuv reports before the close callback. A write
+ * with token 0 is answered by nothing, and is first tried at once.
  *
  * The trap: the read buffer is the loop's one buffer. What a read reports
  * is valid only during the event callback, and the next read overwrites
@@ -51,6 +52,21 @@ int sp__stream_write(sp_loop_t *loop, uv_stream_t *stream, const char *data,
 
   if (len > UINT32_MAX)
     return UV_E2BIG;
+  /* A write nobody waits for (token 0), with nothing queued before it:
+   * what the socket takes at once needs no copy, no request and no
+   * callback; the rest is queued as any write. Any error but EAGAIN is
+   * left to uv_write, which reports it as it always does. */
+  if (write_token == 0 && len > 0 &&
+      uv_stream_get_write_queue_size(stream) == 0) {
+    buf = uv_buf_init((char *) data, (unsigned) len);
+    err = uv_try_write(stream, &buf, 1);
+    if (err > 0) {
+      if ((size_t) err == len)
+        return 0;
+      data += err;
+      len -= (size_t) err;
+    }
+  }
   w = malloc(sizeof(*w) + len);
   if (w == NULL)
     return UV_ENOMEM;

@@ -45,6 +45,7 @@ local check_self = check.self
 local describe = check.describe
 
 local WHAT = "a pool"
+local in_context = kernel.in_context
 
 local _M = {}
 
@@ -310,10 +311,13 @@ function Pool.call(self, op, args, opts)
   end
   kernel.check_caller("pool.call")
   local json = { op = op_json, args = a }
-  if self._cb then
-    return sched.in_task(breaker_call, self, op, json, o)
+  local call = self._cb and breaker_call or requests.call
+  -- In a task (the usual case) the call runs right here: sched.in_task's
+  -- varargs would keep the JIT off this path.
+  if in_context() then
+    return call(self, op, json, o)
   end
-  return sched.in_task(requests.call, self, op, json, o)
+  return sched.in_task(call, self, op, json, o)
 end
 
 --- Looking at it -----------------------------------------------------------

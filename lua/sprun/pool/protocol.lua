@@ -173,7 +173,8 @@ end
 local function deliver(self, text)
   local ok, msg = pcall(decode, text)
   -- An array decodes to a table too: an object starts with "{".
-  if ok and type(msg) == "table" and find(text, "^%s*{") then
+  if ok and type(msg) == "table" and (byte(text) == 123
+                                       or find(text, "^%s*{")) then
     self.on_message(msg)
   else
     self.on_bad(ok and "not a JSON object" or "not JSON", text)

@@ -254,19 +254,18 @@ local function attempt(pool, task, op, json, o, n, avoid)
       req.strict = slot
     end
   end
-  req.deadline = req.queued_at + o_pool.queue_timeout_ms
-  kernel.arm(task, o_pool.queue_timeout_ms)
   local q = pool._queue
   local w = (q.head > q.tail or req.strict) and pick(pool, req)
   if w then
     send(pool, w, req)
   else
     if queued(pool) >= o_pool.max_queue then
-      kernel.disarm(task)
       return nil, pool_error(pool, "pool_saturated", format(
         "%d requests queued already (max_queue)", o_pool.max_queue),
         { max_queue = o_pool.max_queue })
     end
+    req.deadline = req.queued_at + o_pool.queue_timeout_ms
+    kernel.arm(task, o_pool.queue_timeout_ms)
     q.tail = q.tail + 1
     q[q.tail] = req
   end
@@ -285,16 +284,11 @@ function _M.call(pool, op, json, o)
   local stats = pool._stats
   stats.requests = stats.requests + 1
   local cb = pool._o.crash_barrier
-  local key = o.key
   local n, avoid = 0, nil
-  local function the_key()
-    key = key or op .. "\0" .. json.args
-    return key
-  end
   while true do
     local err = pool:_refuse()
     if err == nil and not pool._poison:empty() then
-      if pool._poison:is_poison(the_key(), now()) then
+      if pool._poison:is_poison(o.key or op .. "\0" .. json.args, now()) then
         err = pool_error(pool, "poison_request", "the request crashed two "
           .. "workers and is refused for " .. cb.taint_ms .. " ms",
           { key = o.key, taint_ms = cb.taint_ms })
@@ -317,7 +311,8 @@ function _M.call(pool, op, json, o)
       local may = (cb.retry == "always"
                    or (cb.retry == "idempotent" and o.idempotent == true))
                   and n < cb.max_retries
-      if may and pool._poison:is_poison(the_key(), now()) then
+      if may and pool._poison:is_poison(o.key or op .. "\0" .. json.args,
+                                        now()) then
         -- Not retried into a third worker.
         err = errors.error("poison_request", "pool '" .. pool._name
           .. "': the request crashed two workers and is refused for "
