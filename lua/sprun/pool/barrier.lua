@@ -10,7 +10,8 @@
 -- "start_timeout", "protocol").
 --
 -- Poison: a request (its key, or the op and its JSON) that was in flight
--- on two different worker processes when each died is refused with kind
+-- on two different worker processes when each died of a class in mark_on
+-- (supervise.lua decides which deaths count) is refused with kind
 -- poison_request for taint_ms, rather than sent to a third. The memory of
 -- it is bounded (MAX_POISON keys, the oldest forgotten first).
 

@@ -295,7 +295,10 @@ function Pool:_exit(w, code, signal)
     if intentional then
       finish(req, false, pool_error(self, "closed", "the pool was stopped"))
     else
-      if self._poison:crashed(requests.poison_key(req), proc_id, t) then
+      -- Poison counts only the deaths a request can cause (the classes
+      -- that taint): a plain SIGKILL from outside is nobody's fault.
+      if self._o.crash_barrier.mark[info.classification]
+         and self._poison:crashed(requests.poison_key(req), proc_id, t) then
         self._stats.poisoned = self._stats.poisoned + 1
       end
       finish(req, false, barrier.crash_error(self._name, slot.id, info,
