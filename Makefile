@@ -58,7 +58,8 @@ help:
 	@echo "  make test       deps + build + every test (C and busted)"
 	@echo "  make demo       deps + build + run scripts/demo.lua through sprun"
 	@echo "  make bench      deps + build + the benchmarks in scripts/bench/"
-	@echo "  make soak       deps + build + scripts/soak.lua (1,000,000 calls)"
+	@echo "  make soak       deps + build + scripts/soak.lua (1,000,000 calls) and"
+	@echo "                  scripts/soak_pool.lua (1,000,000 pool calls, chaos)"
 	@echo "  make install    install under PREFIX (default /usr/local)"
 	@echo "  make uninstall  remove what make install put under PREFIX"
 	@echo "  make check      the whole suite under ASan + UBSan ($(CHECK_BUILD))"
@@ -151,11 +152,14 @@ bench: deps
 	@echo "== summary"
 	@$(BIN) scripts/bench/summary.lua $(BENCH_ROWS)
 
-# Not part of `make test`: it runs for about a minute.
+# Not part of `make test`: it runs for about two minutes (scripts/soak.lua,
+# then a million calls through a pool whose workers get killed now and
+# then, scripts/soak_pool.lua).
 .PHONY: soak
 soak: deps
 	@$(MAKE) --no-print-directory build
 	$(BIN) scripts/soak.lua
+	$(BIN) scripts/soak_pool.lua
 
 LUADIR := $(DESTDIR)$(PREFIX)/share/lua/5.1
 # The folders of lua/sprun/ (sched, io, telemetry, ...), installed alike.
@@ -221,7 +225,7 @@ CHECK_ASAN_OPTIONS := $(call join_opts, detect_leaks=1 handle_segv=0 \
   allow_user_segv_handler=1 detect_stack_use_after_return=1)
 CHECK_ENV = LD_PRELOAD=$(ASAN_LIB) \
   ASAN_OPTIONS=$(CHECK_ASAN_OPTIONS) \
-  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/sanitize/lsan.supp \
+  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/sanitize/lsan.supp:print_suppressions=0 \
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   PATH="$(CURDIR)/$(CHECK_BUILD)/bin:$$PATH" \
   SAN="$(CHECK_SAN)" CFLAGS="$(CHECK_CFLAGS)"

@@ -298,6 +298,65 @@ describe("sprun.pool", function()
       assert.are.same({ 200, "closed", "stopped", 0, true }, r)
     end)
 
+    it("workers that die while the pool drains are replaced: the calls it "
+       .. "took are answered, the in-flight ones by the barrier", function()
+      local r = h.run_tasks(function()
+        local pool = start { size = 2, queue_timeout_ms = 3000,
+                             restart = { backoff_ms = { 10 } } }
+        h.wait_for("two ready workers", function()
+          return pool:stats().ready == 2
+        end)
+        local ts = {}
+        for i = 1, 6 do
+          ts[i] = sprun.spawn(function()
+            return pool:call("sleep", 300 + i, { idempotent = i % 2 == 0 })
+          end)
+        end
+        sprun.sleep(50)
+        local d = sprun.spawn(function() return pool:drain() end)
+        sprun.sleep(10)
+        for _, w in ipairs(pool:workers()) do
+          os.execute("kill -KILL " .. w.pid)
+        end
+        local out = {}
+        for i = 1, 6 do
+          local v, err = ts[i]:await()
+          out[i] = v or err.kind
+        end
+        assert(d:await())
+        return { out, pool:stats().state }
+      end)
+      -- 1 and 2 ran when their workers died: 1 is not idempotent.
+      assert.are.same({ { "worker_crash", 302, 303, 304, 305, 306 },
+                        "stopped" }, r)
+    end)
+
+    it("a call cancelled in flight, queued or before its retry is counted: "
+       .. "requests = replies + errors", function()
+      local r = h.run_tasks(function()
+        local pool = start { size = 1,
+                             crash_barrier = { backoff_ms = { 5000 } } }
+        pool:call("echo", 1)
+        local retrying = sprun.spawn(function()
+          return pool:call("segv", nil, { idempotent = true })
+        end)
+        sprun.sleep(300)
+        local flying = sprun.spawn(function() return pool:call("sleep", 5000) end)
+        local queued = sprun.spawn(function() return pool:call("echo", 2) end)
+        sprun.sleep(100)
+        for _, t in ipairs { retrying, flying, queued } do t:cancel() end
+        local kinds = {}
+        for i, t in ipairs { retrying, flying, queued } do
+          kinds[i] = select(2, t:await()).kind
+        end
+        local s = pool:stats()
+        pool:stop()
+        return { kinds, s.requests, s.replies, s.errors }
+      end)
+      assert.are.same({ { "cancelled", "cancelled", "cancelled" }, 4, 1,
+                        { cancelled = 3 } }, r)
+    end)
+
     it("logs the workers' stdout and stderr lines with their prefix",
       function()
       local r = h.sprun_run { "-e", [[

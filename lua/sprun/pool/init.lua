@@ -198,7 +198,7 @@ function _M._start(o, task)
     _stats = stats_m.new(), _sessions = {}, _nsessions = 0,
     _poison = barrier.poison_registry(o.crash_barrier.taint_ms),
     _restart_times = {}, _waiters = {}, _hm = hm, _cb = cb, _owner = task,
-    _ops = {}, _nops = 0, _started_at = now(), _live = {},
+    _ops = {}, _nops = 0, _retrying = 0, _started_at = now(), _live = {},
   }, Pool)
   for i = 1, o.size do
     self._slots[i] = { index = i, id = "worker_" .. i, gen = 0,
@@ -504,6 +504,7 @@ local function drain_and_stop(self, ms)
   end
   wait_until(self, function()
     return self._inflight == 0 and requests.queued(self) == 0
+           and self._retrying == 0
   end, ms)
   return stop_and_reap(self)
 end

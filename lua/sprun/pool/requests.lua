@@ -14,7 +14,6 @@
 local check = require "sprun.check"
 local errors = require "sprun.errors"
 local kernel = require "sprun.sched.kernel"
-local sched = require "sprun.sched"
 local clock = require "sprun.clock"
 local protocol = require "sprun.pool.protocol"
 
@@ -199,6 +198,8 @@ local function await(pool, req, task)
       if pool._state == "draining" then
         pool:_wake_waiters()
       end
+      -- The call ends here: counted, as every end of a call is.
+      pool._stats:error(why)
       error(why, 0)
     end
     if why == WAKE_TIMER and req.state ~= "done" and now() >= req.deadline
@@ -276,6 +277,31 @@ local function attempt(pool, task, op, json, o, n, avoid)
   return req
 end
 
+-- The pause before a retry, in the caller's task; a cancellation meanwhile
+-- ends the call, counted like any other end (sched.sleep would raise it
+-- past the stats).
+-- A drain waits for the calls in that pause too (pool._retrying).
+local function backoff(pool, task, ms)
+  pool._retrying = pool._retrying + 1
+  kernel.arm(task, ms)
+  while true do
+    local ok, why = wait_or_cancel(task)
+    if not ok then
+      kernel.disarm(task)
+      pool._retrying = pool._retrying - 1
+      pool._stats:error(why)
+      if pool._state == "draining" then
+        pool:_wake_waiters()
+      end
+      error(why, 0)
+    end
+    if why == WAKE_TIMER then
+      pool._retrying = pool._retrying - 1
+      return
+    end
+  end
+end
+
 -- The values of a call, made in the caller's task: attempts on workers
 -- until one answers, a retry after a crash only where the crash barrier
 -- allows it.
@@ -286,7 +312,7 @@ function _M.call(pool, op, json, o)
   local cb = pool._o.crash_barrier
   local n, avoid = 0, nil
   while true do
-    local err = pool:_refuse()
+    local err = pool:_refuse(n > 0)
     if err == nil and not pool._poison:empty() then
       if pool._poison:is_poison(o.key or op .. "\0" .. json.args, now()) then
         err = pool_error(pool, "poison_request", "the request crashed two "
@@ -297,6 +323,10 @@ function _M.call(pool, op, json, o)
     local req
     if err == nil then
       req, err = attempt(pool, task, op, json, o, n, avoid)
+    end
+    if n > 0 and err ~= nil and pool._state == "draining" then
+      -- A retry refused: the drain may be waiting for this call.
+      pool:_wake_waiters()
     end
     if req and req.ok then
       stats.replies = stats.replies + 1
@@ -327,7 +357,7 @@ function _M.call(pool, op, json, o)
       end
       n = n + 1
       avoid = crash.slot
-      sched.sleep(cb.backoff_ms[min(n, #cb.backoff_ms)])
+      backoff(pool, task, cb.backoff_ms[min(n, #cb.backoff_ms)])
     else
       stats:error(err)
       return nil, err

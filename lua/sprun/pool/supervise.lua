@@ -76,9 +76,15 @@ local function start_worker(self, slot, replacing)
   return w
 end
 
+-- Whether crashed workers are replaced: while the pool runs, and while it
+-- drains (the calls it took before still need workers).
+local function serving(self)
+  return self._state == "running" or self._state == "draining"
+end
+
 -- Starts workers for the slots that have none, startup_batch at a time.
 local function fill(self)
-  if self._state ~= "running" then
+  if not serving(self) then
     return
   end
   local starting = 0
@@ -88,7 +94,7 @@ local function fill(self)
     end
   end
   for _, slot in ipairs(self._slots) do
-    if starting >= self._o.startup_batch or self._state ~= "running" then
+    if starting >= self._o.startup_batch or not serving(self) then
       return
     end
     if slot.w == nil and not slot.waiting then
@@ -337,7 +343,7 @@ function Pool:_exit(w, code, signal)
     return
   end
   slot.w = nil
-  if self._state ~= "running" or intentional or slot.removed then
+  if not serving(self) or intentional or slot.removed then
     fill(self)
     dispatch(self)
     if self._stale then
@@ -347,6 +353,14 @@ function Pool:_exit(w, code, signal)
   end
   local why = crash_loop(self, slot, info)
   if why then
+    if self._state == "draining" then
+      -- A drain does not turn into a cool-down (which would reopen the
+      -- pool): nothing restarts, and what waits fails now.
+      requests.fail_queued(self, pool_error(self, "pool_failed", why))
+      self:_wake_waiters()
+      dispatch(self)
+      return
+    end
     self:_fail(why, info)
     return
   end
@@ -364,10 +378,11 @@ end
 
 --- States -----------------------------------------------------------------
 
--- nil, or the error a call gets at once in the pool's state.
-function Pool:_refuse()
+-- nil, or the error a call gets at once in the pool's state; `retry`: the
+-- call was taken before and a crash sends it again, which a drain allows.
+function Pool:_refuse(retry)
   local st = self._state
-  if st == "running" then
+  if st == "running" or (retry and st == "draining") then
     return nil
   elseif st == "failed" then
     if now() < self._failed_until then
