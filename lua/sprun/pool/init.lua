@@ -322,13 +322,7 @@ end
 
 --- Looking at it -----------------------------------------------------------
 
-local function copy(t)
-  local out = {}
-  for k, v in pairs(t) do
-    out[k] = v
-  end
-  return out
-end
+local copy = require("sprun.tables").copy
 
 function Pool.stats(self)
   check_self(self, Pool, "pool.stats", WHAT)

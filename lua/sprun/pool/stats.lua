@@ -6,7 +6,6 @@ local errors = require "sprun.errors"
 local sort = table.sort
 local floor = math.floor
 local setmetatable = setmetatable
-local pairs = pairs
 
 local _M = {}
 
@@ -72,14 +71,6 @@ end
 
 function Stats:latencies()
   return percentiles(self.waits), percentiles(self.services)
-end
-
-function Stats:copy_counts(t)
-  local out = {}
-  for k, v in pairs(t) do
-    out[k] = v
-  end
-  return out
 end
 
 return _M
