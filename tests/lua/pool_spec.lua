@@ -357,6 +357,95 @@ describe("sprun.pool", function()
                         { cancelled = 3 } }, r)
     end)
 
+    it("kills a worker that is not ready within start_timeout_ms (class "
+       .. "start_timeout) and starts another", function()
+      local sh = h.write_file(dir .. "/mute.sh", "exec sleep 30\n")
+      local r = h.run_tasks(function()
+        local pool = start { size = 1, cmd = { "sh", sh },
+                             start_timeout_ms = 150,
+                             restart = { backoff_ms = { 50 } } }
+        local first = pool:workers()[1].pid
+        h.wait_for("the second start", function()
+          local ws = pool:workers()
+          return ws[1] and ws[1].pid ~= first and ws[1].generation == 2
+        end)
+        local s = pool:stats()
+        pool:stop()
+        return { s.crashes, h.alive(first) }
+      end)
+      assert.are.same({ { start_timeout = 1 }, false }, r)
+    end)
+
+    it("starts startup_batch workers at a time", function()
+      local r = h.run_tasks(function()
+        local one = start { name = "one", size = 4, startup_batch = 1 }
+        local all = start { name = "all", size = 4 }
+        local at_once = { one:stats().starting, all:stats().starting }
+        h.wait_for("4 ready", function() return one:stats().ready == 4 end)
+        one:stop()
+        all:stop()
+        return at_once
+      end)
+      assert.are.same({ 1, 4 }, r)
+    end)
+
+    it("recycles after max_requests plus a jitter drawn per worker",
+      function()
+      local r = h.run_tasks(function()
+        local pool = start { size = 1, max_requests = 2,
+                             max_requests_jitter = 3 }
+        local limit, served = {}, {}
+        for _ = 1, 80 do
+          local pid = pool:call("who").pid
+          served[pid] = (served[pid] or 0) + 1
+          for _, w in ipairs(pool:workers()) do
+            limit[w.pid] = w.max_requests
+          end
+          sprun.sleep(2)
+        end
+        local last = pool:workers()[1].pid
+        pool:stop()
+        local values, n, short = {}, 0, {}
+        for pid, m in pairs(limit) do
+          n = n + 1
+          values[m] = true
+          -- A worker left before its limit only if it is the last one.
+          if pid ~= last and served[pid] and served[pid] < m then
+            short[#short + 1] = pid
+          end
+        end
+        local distinct = {}
+        for m in pairs(values) do distinct[#distinct + 1] = m end
+        table.sort(distinct)
+        return { n, distinct, short }
+      end)
+      assert.is_true(r[1] >= 8, r[1] .. " workers")
+      for _, m in ipairs(r[2]) do
+        assert.is_true(m >= 2 and m <= 5, "a limit of " .. m)
+      end
+      assert.is_true(#r[2] >= 2, "every worker had the same limit")
+      assert.are.same({}, r[3])
+    end)
+
+    it("stop sends SIGTERM, then SIGKILL after stop_timeout_ms to a worker "
+       .. "that ignores it", function()
+      local sh = h.write_file(dir .. "/stubborn.sh", [=[
+trap '' TERM
+printf '{"ready":true}\n' >&3
+while :; do sleep 0.05; done
+]=])
+      local r = h.run_tasks(function()
+        local pool = start { size = 1, cmd = { "sh", sh },
+                             stop_timeout_ms = 300 }
+        h.wait_for("ready", function() return pool:stats().ready == 1 end)
+        local pid = pool:workers()[1].pid
+        local t0 = sprun.now()
+        pool:stop()
+        return { sprun.now() - t0 >= 250, h.alive(pid) }
+      end)
+      assert.are.same({ true, false }, r)
+    end)
+
     it("logs the workers' stdout and stderr lines with their prefix",
       function()
       local r = h.sprun_run { "-e", [[

@@ -363,6 +363,7 @@ local function worker_info(w, slot, t)
   return {
     id = slot.id, pid = w.pid, generation = w.gen, state = w.state,
     requests = w.served, in_flight = w.n, rss_mb = w:rss_mb(),
+    max_requests = w.max_requests,
     started_at_ms = w.started_at, ready_at_ms = w.ready_at,
     tainted = slot.tainted_until ~= nil and slot.tainted_until > t,
     last_crash = c and { classification = c.classification, at_ms = c.at_ms,
