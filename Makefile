@@ -272,7 +272,8 @@ VALGRIND_SPECS := tests/lua/sched_spec.lua tests/lua/process_spec.lua \
   tests/lua/executor_retry_spec.lua tests/lua/executor_breaker_spec.lua \
   tests/lua/executor_timeout_spec.lua tests/lua/executor_batch_spec.lua \
   tests/lua/executor_async_spec.lua tests/lua/executor_misuse_spec.lua \
-  tests/lua/seed_document_examples_spec.lua
+  tests/lua/seed_document_examples_spec.lua tests/lua/pool_spec.lua \
+  tests/lua/pool_protocol_spec.lua tests/lua/policy_pool_spec.lua
 
 valgrind: deps
 	@$(MAKE) --no-print-directory deps DEPS=valgrind
