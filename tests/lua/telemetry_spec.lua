@@ -315,12 +315,19 @@ describe("telemetry", function()
         for _ = 1, n do hm:record_crash("w1") end
       end
       work(1000)
-      collectgarbage("collect")
-      collectgarbage("stop")
-      local before = collectgarbage("count")
-      work(10000)
-      local used = (collectgarbage("count") - before) * 1024
-      collectgarbage("restart")
+      -- The least of three measures: a trace being recorded again (after
+      -- the JIT flushed its cache, late in a long run of specs) allocates
+      -- while the interpreter runs; an emit site that builds something
+      -- allocates in all three.
+      local used = math.huge
+      for _ = 1, 3 do
+        collectgarbage("collect")
+        collectgarbage("stop")
+        local before = collectgarbage("count")
+        work(10000)
+        used = math.min(used, (collectgarbage("count") - before) * 1024)
+        collectgarbage("restart")
+      end
       assert.is_true(used < 20000, "allocated " .. used .. " bytes")
     end)
   end)
