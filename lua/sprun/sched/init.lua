@@ -29,6 +29,7 @@ local core = require "sprun.core"
 local errors = require "sprun.errors"
 local ffi = require "ffi"
 local kernel = require "sprun.sched.kernel"
+local IO_TOKEN0 = kernel.IO_TOKEN0
 local task_m = require "sprun.sched.task"
 local coro = require "sprun.sched.coro"
 local check = require "sprun.check"
@@ -156,9 +157,16 @@ end
 -- that raises is reported as the dispatcher's errors are, and the other
 -- timers still fire.
 local function fire_timers(list, n)
-  local tokens = state().tokens
+  local s = state()
+  local tokens, io_tokens = s.tokens, s.io_tokens
   for i = 1, 2 * n, 2 do
-    local obj = tokens[list[i]]
+    local t = list[i]
+    local obj
+    if t >= IO_TOKEN0 then
+      obj = io_tokens[t]
+    else
+      obj = tokens[t]
+    end
     if obj and not timer_fired(obj, list[i + 1]) then
       local ok, err = xpcall(obj._event, dispatch_traceback, obj, EV_TIMER,
                              nil, list[i + 1])
@@ -175,7 +183,13 @@ local function dispatch(token, kind, a, b, data, handle)
   if kind == EV_TIMERS then
     return fire_timers(handle, a)
   end
-  local obj = state().tokens[token]
+  local s = state()
+  local obj
+  if token >= IO_TOKEN0 then
+    obj = s.io_tokens[token]
+  else
+    obj = s.tokens[token]
+  end
   if not obj then
     return
   end
@@ -192,6 +206,7 @@ local function open(opts)
   local s = {
     virtual = virtual,
     tokens = {},
+    io_tokens = {},  -- processes, sockets, background timers, signals
     ntokens = 0,     -- task tokens handed out so far
     free = {},       -- task tokens free again (a stack)
     nfree = 0,

@@ -100,7 +100,9 @@ end
 -- timer event carries the id of the timer, and only the timer a task has
 -- armed now wakes it: a stale one never wakes the token's next owner.
 -- Other tokens (processes, sockets, background timers, signals) are never
--- reused: they count up from IO_TOKEN0, far above any task token.
+-- reused: they count up from IO_TOKEN0, far above any task token, and
+-- live in S.io_tokens (a hash part only: a table with both parts, looked
+-- up by either kind of key, keeps the JIT off the event path).
 local IO_TOKEN0 = 2 ^ 52
 _M.IO_TOKEN0 = IO_TOKEN0
 
@@ -152,7 +154,7 @@ _M.enqueue = enqueue
 local function new_token(s, obj)
   local t = s.next_token + 1
   s.next_token = t
-  s.tokens[t] = obj
+  s.io_tokens[t] = obj
   return t
 end
 
@@ -490,7 +492,11 @@ end
 -- After the object's last event (its EV_CLOSED).
 function _M.free_token(t)
   if S then
-    S.tokens[t] = nil
+    if t >= IO_TOKEN0 then
+      S.io_tokens[t] = nil
+    else
+      S.tokens[t] = nil
+    end
   end
 end
 
@@ -609,7 +615,7 @@ local Background = {}
 Background.__index = Background
 
 function Background:_event()
-  self.sched.tokens[self.token] = nil
+  self.sched.io_tokens[self.token] = nil
   self.fn(self.arg)
 end
 
