@@ -31,6 +31,9 @@ local ffi = require "ffi"
 local kernel = require "sprun.sched.kernel"
 local IO_TOKEN0 = kernel.IO_TOKEN0
 local task_m = require "sprun.sched.task"
+local shutdown = require "sprun.sched.shutdown"
+-- os.exit as it was before a run replaced it.
+local exit = shutdown.exit
 local coro = require "sprun.sched.coro"
 local check = require "sprun.check"
 local options = require "sprun.options"
@@ -252,11 +255,7 @@ local function drain(s)
   s.q_head, s.q_tail = 1, 0
 end
 
-local function cancel_all(s)
-  for t in pairs(kernel.live_tasks(s)) do
-    cancel(t)
-  end
-end
+local cancel_all = shutdown.cancel_all
 
 -- One loop for both the ready tasks and the poll (see the trap above).
 local function run_loop(s)
@@ -309,89 +308,6 @@ local function settle(s)
   end
 end
 
--- The signals a run that asks for them (sprun.main, sprun.run{ signals =
--- true }) answers. The first cancels every task and gives them the grace
--- period to end; a second one, or the end of the grace period, kills what
--- the tasks left (every child's group) and exits at once. SIGHUP reloads
--- instead, where the run was given a way to (`on_sighup`: sprun --policy).
-local STOP_SIGNALS = { "SIGINT", "SIGTERM", "SIGHUP" }
-
--- Exits the process now, from inside the loop, with the status of the
--- shutdown under way: the children's groups are killed, stdout flushed.
-local exit = os.exit
-
-local function hard_exit(s, why)
-  io_stderr:write("sprun: ", why, "; killing what is left and exiting\n")
-  io_stderr:flush()
-  s.loop:kill_children()
-  io.stdout:flush()
-  exit(s.stop_status)
-end
-
--- Begins the shutdown: every task is cancelled and has grace_ms to end,
--- after which hard_exit. The run then ends with `status`.
-local function begin_stop(s, status, name, grace_ms)
-  s.stop_status, s.stop_name = status, name
-  cancel_all(s)
-  kernel.after(grace_ms, function()
-    -- Every task may have ended already, the run settling its closing
-    -- handles (a killed child being reaped), which in virtual time lets
-    -- the clock jump here: then the run ends as it is.
-    if s.live > 0 then
-      hard_exit(s, format("tasks still running %d ms after %s", grace_ms,
-                          name))
-    end
-  end)
-end
-
-local function watch_signals(s, grace_ms, on_sighup)
-  for _, name in ipairs(STOP_SIGNALS) do
-    local signum = core.signals[name]
-    kernel.on_signal(signum, function()
-      if signum == core.signals.SIGHUP and on_sighup then
-        return on_sighup()
-      end
-      if s.stop_status == nil then
-        begin_stop(s, 128 + signum, name, grace_ms)
-      else
-        hard_exit(s, format("%s after %s", name, s.stop_name))
-      end
-    end)
-  end
-end
-
--- The status os.exit(code) exits with, as LuaJIT's: true or nothing 0,
--- false 1, a number as it is (the system keeps its low 8 bits).
-local function os_exit_status(code)
-  if code == nil or code == true then
-    return 0
-  elseif code == false then
-    return 1
-  end
-  return tonumber(code) or 1
-end
-
--- os.exit in a run that answers signals (the sprun executable): called
--- from a task, it shuts the run down as a signal does (every task
--- cancelled, their cleanup run within the grace period, the children
--- killed) and the run ends with its status; the calling task is
--- cancelled at once. Called from anywhere else (a handler the loop runs)
--- it exits at once, the children's groups killed on the way out.
-local function intercept_exit(s, grace_ms)
-  os.exit = function(code, close)
-    local task = current()
-    if task == nil or state() ~= s or not s.running then
-      io.stdout:flush()
-      return exit(code, close)
-    end
-    if s.stop_status == nil then
-      begin_stop(s, os_exit_status(code), "os.exit", grace_ms)
-    end
-    cancel(task)
-    error(task[kernel.CANCELLED], 0)
-  end
-end
-
 -- Runs `fn(...)` as the main task on a new loop until every task is done;
 -- returns the main task and the signal that stopped the run, or raises
 -- the error that broke the loop. opts: { clock, signals, shutdown_grace_ms,
@@ -403,8 +319,8 @@ local function run_main(opts, fn, args)
   s.main = main
   local signals = opts ~= nil and opts.signals
   if signals then
-    watch_signals(s, opts.shutdown_grace_ms or 5000, opts.on_sighup)
-    intercept_exit(s, opts.shutdown_grace_ms or 5000)
+    shutdown.watch_signals(s, opts.shutdown_grace_ms or 5000, opts.on_sighup)
+    shutdown.intercept_exit(s, opts.shutdown_grace_ms or 5000)
   end
   local ok, err = pcall(run_loop, s)
   s.running = false
@@ -417,7 +333,8 @@ local function run_main(opts, fn, args)
   end
   pcall(settle, s)
   _M.last_run = {
-    handles = s.loop:handle_count() - (signals and #STOP_SIGNALS or 0),
+    handles = s.loop:handle_count()
+              - (signals and #shutdown.STOP_SIGNALS or 0),
   }
   s.loop:close()
   kernel.leave()
@@ -537,7 +454,7 @@ local function exit_status(v, err)
 end
 
 -- Runs a script's chunk as the sprun executable does (sprun.cli): as the
--- main task, with signals answered (see STOP_SIGNALS). Returns the exit
+-- main task, with signals answered (see sched/shutdown.lua). Returns the exit
 -- status and, on failure, the message with its traceback. opts: those of
 -- sprun.run, and on_sighup.
 function _M.main(opts, chunk, ...)

@@ -584,59 +584,6 @@ function _M.disarm(task)
   end
 end
 
--- Runs fn(arg) once the tasks ready now have run, before the loop next
--- polls: what several tasks add to in one turn (the requests a pool
--- writes to a worker) goes out in one piece. fn must not wait.
-function _M.at_turn_end(fn, arg)
-  local s = S
-  local n = s.nturn + 1
-  s.nturn = n
-  s.turn_fn[n], s.turn_arg[n] = fn, arg
-end
-
-function _M.run_turn_end(s)
-  local fns, args = s.turn_fn, s.turn_arg
-  local i = 1
-  -- A function may add more: they run in this turn too.
-  while i <= s.nturn do
-    local fn, arg = fns[i], args[i]
-    fns[i], args[i] = nil, nil
-    fn(arg)
-    i = i + 1
-  end
-  s.nturn = 0
-end
-
--- Background timers run fn(arg) on the running loop `ms` from now, for
--- the runtime's own upkeep (a breaker's half-open transition, a monitor's
--- cleanup). Unlike a sleeping task they never keep the loop alive.
--- Returns false when no loop is running.
-local Background = {}
-Background.__index = Background
-
-function Background:_event()
-  self.sched.io_tokens[self.token] = nil
-  self.fn(self.arg)
-end
-
-function _M.after(ms, fn, arg)
-  local s = S
-  if s == nil then
-    return false
-  end
-  local b = setmetatable({ fn = fn, arg = arg, sched = s }, Background)
-  b.token = new_token(s, b)
-  t_after(s, ms, b.token)
-  return true
-end
-
--- Calls fn() whenever signal `signum` arrives while the loop runs; the
--- watcher never keeps the loop alive.
-function _M.on_signal(signum, fn)
-  local token = new_token(S, { _event = function() fn() end })
-  return S.loop:signal_watch(signum, token)
-end
-
 -- The unfinished tasks of the running loop, as a set ({} with none).
 function _M.tasks()
   if S == nil then
@@ -644,5 +591,9 @@ function _M.tasks()
   end
   return live_tasks(S)
 end
+
+-- at_turn_end, run_turn_end, after and on_signal: see sched/upkeep.lua.
+require("sprun.sched.upkeep").install(_M, function() return S end,
+                                      new_token, t_after)
 
 return _M
