@@ -470,15 +470,18 @@ end
 
 -- Writes to the channel of a child spawned with o.channel, with no event
 -- back: true, or nil, err.
-function Proc:_channel_write(data)
-  if self.closed then
-    return nil, errors.error("closed", "the process has exited")
-  end
-  local ok, ename, emsg = self.handle:channel_write(data)
+local function written(ok, ename, emsg)
   if not ok then
     return nil, errors.error("write_failed", emsg, { code = ename })
   end
   return true
+end
+
+function Proc:_channel_write(data)
+  if self.closed then
+    return nil, errors.error("closed", "the process has exited")
+  end
+  return written(self.handle:channel_write(data))
 end
 
 -- Writes to the stdin pipe with no event back (the pool's stdio channel):
@@ -487,11 +490,7 @@ function Proc:_stdin_write(data)
   if self.closed then
     return nil, errors.error("closed", "the process has exited")
   end
-  local ok, ename, emsg = self.handle:write(data, 0)
-  if not ok then
-    return nil, errors.error("write_failed", emsg, { code = ename })
-  end
-  return true
+  return written(self.handle:write(data, 0))
 end
 
 return _M

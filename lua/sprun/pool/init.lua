@@ -270,10 +270,11 @@ local function call_options(opts)
   return opts
 end
 
-local function breaker_call(self, op, json, o)
+local function breaker_call(self, op, op_json, args, o)
   local stats = self._stats
   local before = stats.requests
-  local ok, v, err = self._cb:_pcall(requests.call, self, op, json, o)
+  local ok, v, err = self._cb:_pcall(requests.call, self, op, op_json, args,
+                                     o)
   if not ok then
     error(v, 0)
   end
@@ -310,14 +311,13 @@ function Pool.call(self, op, args, opts)
     end
   end
   kernel.check_caller("pool.call")
-  local json = { op = op_json, args = a }
   local call = self._cb and breaker_call or requests.call
   -- In a task (the usual case) the call runs right here: sched.in_task's
   -- varargs would keep the JIT off this path.
   if in_context() then
-    return call(self, op, json, o)
+    return call(self, op, op_json, a, o)
   end
-  return sched.in_task(call, self, op, json, o)
+  return sched.in_task(call, self, op, op_json, a, o)
 end
 
 --- Looking at it -----------------------------------------------------------

@@ -229,18 +229,24 @@ local function await(pool, req, task)
   return true
 end
 
+-- The key a request is known by for poison: its own, or the op and its
+-- JSON args.
+local function key_of(key, op, args)
+  return key or op .. "\0" .. args
+end
+
 -- One attempt of a call: the request, done; or nil and the error it got
 -- before it could be queued.
-local function attempt(pool, task, op, json, o, n, avoid)
+local function attempt(pool, task, op, op_json, args, o, n, avoid)
   local id = pool._next_id + 1
   pool._next_id = id
   local o_pool = pool._o
   local req = {
     id = id, op = op, json = protocol.frame(o_pool.protocol,
-      '{"id":' .. id .. ',"op":' .. json.op .. ',"args":' .. json.args .. "}"),
+      '{"id":' .. id .. ',"op":' .. op_json .. ',"args":' .. args .. "}"),
     task = task, state = "queued", queued_at = now(), attempt = n,
     avoid = avoid, session = o.session, key = o.key, op = op,
-    args = json.args,
+    args = args,
     timeout_ms = o.timeout_ms or o_pool.request_timeout_ms,
   }
   if o.session ~= nil and o_pool.affinity ~= "hint" then
@@ -305,7 +311,7 @@ end
 -- The values of a call, made in the caller's task: attempts on workers
 -- until one answers, a retry after a crash only where the crash barrier
 -- allows it.
-function _M.call(pool, op, json, o)
+function _M.call(pool, op, op_json, args, o)
   local task = kernel.current()
   local stats = pool._stats
   stats.requests = stats.requests + 1
@@ -314,7 +320,7 @@ function _M.call(pool, op, json, o)
   while true do
     local err = pool:_refuse(n > 0)
     if err == nil and not pool._poison:empty() then
-      if pool._poison:is_poison(o.key or op .. "\0" .. json.args, now()) then
+      if pool._poison:is_poison(key_of(o.key, op, args), now()) then
         err = pool_error(pool, "poison_request", "the request crashed two "
           .. "workers and is refused for " .. cb.taint_ms .. " ms",
           { key = o.key, taint_ms = cb.taint_ms })
@@ -322,7 +328,7 @@ function _M.call(pool, op, json, o)
     end
     local req
     if err == nil then
-      req, err = attempt(pool, task, op, json, o, n, avoid)
+      req, err = attempt(pool, task, op, op_json, args, o, n, avoid)
     end
     if n > 0 and err ~= nil and pool._state == "draining" then
       -- A retry refused: the drain may be waiting for this call.
@@ -341,8 +347,7 @@ function _M.call(pool, op, json, o)
       local may = (cb.retry == "always"
                    or (cb.retry == "idempotent" and o.idempotent == true))
                   and n < cb.max_retries
-      if may and pool._poison:is_poison(o.key or op .. "\0" .. json.args,
-                                        now()) then
+      if may and pool._poison:is_poison(key_of(o.key, op, args), now()) then
         -- Not retried into a third worker.
         err = errors.error("poison_request", "pool '" .. pool._name
           .. "': the request crashed two workers and is refused for "
@@ -376,10 +381,7 @@ function _M.fail_queued(pool, err)
   q.head, q.tail = 1, 0
 end
 
--- The key a request is known by for poison: its own, or the op and its
--- JSON.
 function _M.poison_key(req)
-  return req.key or req.op .. "\0" .. req.args
+  return key_of(req.key, req.op, req.args)
 end
-
 return _M
