@@ -15,10 +15,14 @@ LUAJIT_CFLAGS = $(shell pkg-config --cflags luajit 2>/dev/null)
 LUAJIT_LIBS = $(shell pkg-config --libs luajit 2>/dev/null)
 UV_CFLAGS = $(shell pkg-config --cflags libuv 2>/dev/null)
 UV_LIBS = $(shell pkg-config --libs libuv 2>/dev/null)
+CURL_CFLAGS = $(shell pkg-config --cflags libcurl 2>/dev/null)
+IO_CFLAGS = $(UV_CFLAGS) $(CURL_CFLAGS)
+# libcurl is not linked: runtime/loop/curl.c loads it at its first use.
+IO_LIBS = $(UV_LIBS) -ldl
 
 # Debian packages the build and the tests need (checked by `make deps`).
 DEPS := libluajit-5.1-dev luajit libuv1-dev lua-busted pkg-config prometheus \
-        lua-cjson python3
+        lua-cjson python3 libcurl4-openssl-dev nginx-light openssl
 
 CORE_SRC := $(wildcard runtime/core/*.c)
 # The module is one translation unit: module.c #includes the other files of
@@ -30,7 +34,13 @@ LOOP_SRC := $(wildcard runtime/loop/*.c)
 CTEST_SRC := $(wildcard tests/c/*.c)
 CORE_OBJ := $(CORE_SRC:runtime/%.c=$(BUILD)/obj/%.o)
 LOOP_OBJ := $(LOOP_SRC:runtime/%.c=$(BUILD)/obj/%.o)
-MOD_OBJ := $(MOD_SRC:runtime/%.c=$(BUILD)/obj/%.o) $(LOOP_OBJ)
+# The DNS and HTTP calls of sprun.h are in libsprun.a too (they need only
+# libuv, and libcurl, which runtime/loop/curl.c loads at the first
+# request); the rest of runtime/loop is the module's own.
+IO_OBJ := $(BUILD)/obj/loop/dns.o $(BUILD)/obj/loop/http.o \
+          $(BUILD)/obj/loop/curl.o
+MOD_OBJ := $(MOD_SRC:runtime/%.c=$(BUILD)/obj/%.o) \
+           $(filter-out $(IO_OBJ),$(LOOP_OBJ))
 CTEST_OBJ := $(CTEST_SRC:tests/c/%.c=$(BUILD)/obj/tests/%.o)
 HEADERS := runtime/include/sprun.h $(wildcard runtime/core/*.h) \
            $(wildcard runtime/lua/*.h) $(wildcard runtime/loop/*.h)
@@ -90,12 +100,12 @@ $(BUILD)/obj/core/%.o: runtime/core/%.c $(HEADERS)
 
 $(BUILD)/obj/lua/%.o: runtime/lua/%.c $(HEADERS) $(MOD_INC)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS_ALL) $(LUAJIT_CFLAGS) $(UV_CFLAGS) $(WARN) $(CFLAGS) \
+	$(CC) $(CPPFLAGS_ALL) $(LUAJIT_CFLAGS) $(IO_CFLAGS) $(WARN) $(CFLAGS) \
 	  $(SAN) -fPIC -c $< -o $@
 
 $(BUILD)/obj/loop/%.o: runtime/loop/%.c $(HEADERS)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS_ALL) $(UV_CFLAGS) $(WARN) $(CFLAGS) $(SAN) -fPIC \
+	$(CC) $(CPPFLAGS_ALL) $(IO_CFLAGS) $(WARN) $(CFLAGS) $(SAN) -fPIC \
 	  -c $< -o $@
 
 $(BUILD)/obj/main.o: runtime/main.c $(HEADERS)
@@ -104,30 +114,30 @@ $(BUILD)/obj/main.o: runtime/main.c $(HEADERS)
 
 $(BUILD)/obj/tests/%.o: tests/c/%.c $(HEADERS) $(wildcard tests/c/*.h)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS_ALL) $(UV_CFLAGS) $(WARN) $(CFLAGS) $(SAN) -c $< -o $@
+	$(CC) $(CPPFLAGS_ALL) $(IO_CFLAGS) $(WARN) $(CFLAGS) $(SAN) -c $< -o $@
 
 $(SHIM): runtime/exec/sprun-exec.c
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS_ALL) $(WARN) $(CFLAGS) $(SAN) -o $@ $<
 
-$(LIB): $(CORE_OBJ)
+$(LIB): $(CORE_OBJ) $(IO_OBJ)
 	@mkdir -p $(@D)
 	rm -f $@ && ar rcs $@ $^
 
 # The classic Lua C module `sprun.core`, with the core linked in so that a
 # plain luajit can ffi.load it.
-$(MODULE): $(MOD_OBJ) $(CORE_OBJ)
+$(MODULE): $(MOD_OBJ) $(CORE_OBJ) $(IO_OBJ)
 	@mkdir -p $(@D)
-	$(CC) -shared $(CFLAGS) $(SAN) -o $@ $^ $(UV_LIBS) -lm -ldl
+	$(CC) -shared $(CFLAGS) $(SAN) -o $@ $^ $(IO_LIBS) -lm -ldl
 
 # -Wl,-E exports the sp_* symbols so ffi.C finds them in the executable.
 $(BIN): $(BUILD)/obj/main.o $(MOD_OBJ) $(LIB)
 	$(CC) $(CFLAGS) $(SAN) -Wl,-E -o $@ $(BUILD)/obj/main.o $(MOD_OBJ) \
 	  -Wl,--whole-archive $(LIB) -Wl,--no-whole-archive $(LUAJIT_LIBS) \
-	  $(UV_LIBS) -lm -ldl
+	  $(IO_LIBS) -lm -ldl
 
 $(CTEST): $(CTEST_OBJ) $(LOOP_OBJ) $(LIB)
-	$(CC) $(CFLAGS) $(SAN) -o $@ $(CTEST_OBJ) $(LOOP_OBJ) $(LIB) $(UV_LIBS) -lm
+	$(CC) $(CFLAGS) $(SAN) -o $@ $(CTEST_OBJ) $(LOOP_OBJ) $(LIB) $(IO_LIBS) -lm
 
 test: deps
 	@$(MAKE) --no-print-directory build
@@ -144,7 +154,11 @@ BENCH_ROWS := $(BUILD)/bench-rows.tsv
 
 # Each benchmark prints its cases and appends them to $(BENCH_ROWS); the
 # summary table of every case and its target comes last.
+# The HTTP case's Python peer (aiohttp) is for `make bench` only.
+BENCH_DEPS := python3-aiohttp
+
 bench: deps
+	@$(MAKE) --no-print-directory deps DEPS="$(BENCH_DEPS)"
 	@$(MAKE) --no-print-directory build
 	@rm -f $(BENCH_ROWS)
 	@for b in $(BENCHES); do echo "== $$b"; \
@@ -273,7 +287,8 @@ VALGRIND_SPECS := tests/lua/sched_spec.lua tests/lua/process_spec.lua \
   tests/lua/executor_timeout_spec.lua tests/lua/executor_batch_spec.lua \
   tests/lua/executor_async_spec.lua tests/lua/executor_misuse_spec.lua \
   tests/lua/seed_document_examples_spec.lua tests/lua/pool_spec.lua \
-  tests/lua/pool_protocol_spec.lua tests/lua/policy_pool_spec.lua
+  tests/lua/pool_protocol_spec.lua tests/lua/policy_pool_spec.lua \
+  tests/lua/http_spec.lua tests/lua/http_cancel_spec.lua
 
 valgrind: deps
 	@$(MAKE) --no-print-directory deps DEPS=valgrind
@@ -312,7 +327,7 @@ FUZZ_ENV_fuzz_options := \
 
 $(FUZZ_BUILD)/obj/%.o: runtime/%.c $(HEADERS)
 	@mkdir -p $(@D)
-	$(FUZZ_CC) $(CPPFLAGS_ALL) $(LUAJIT_CFLAGS) $(UV_CFLAGS) $(WARN) \
+	$(FUZZ_CC) $(CPPFLAGS_ALL) $(LUAJIT_CFLAGS) $(IO_CFLAGS) $(WARN) \
 	  $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -fPIC -c $< -o $@
 
 $(FUZZ_BUILD)/obj/lua/module.o: $(MOD_INC)
@@ -326,7 +341,7 @@ $(FUZZ_BUILD)/fuzz_options: tests/fuzz/fuzz_options.c $(FUZZ_MOD_OBJ) \
                             $(FUZZ_CORE_OBJ) $(HEADERS)
 	$(FUZZ_CC) $(CPPFLAGS_ALL) $(LUAJIT_CFLAGS) $(WARN) $(FUZZ_CFLAGS) \
 	  -fsanitize=fuzzer -DSPRUN_ROOT='"$(CURDIR)"' -Wl,-E -o $@ $< \
-	  $(FUZZ_MOD_OBJ) $(FUZZ_CORE_OBJ) $(LUAJIT_LIBS) $(UV_LIBS) -lm -ldl
+	  $(FUZZ_MOD_OBJ) $(FUZZ_CORE_OBJ) $(LUAJIT_LIBS) $(IO_LIBS) -lm -ldl
 
 fuzz: deps
 	@$(MAKE) --no-print-directory deps DEPS="clang libclang-rt-14-dev"

@@ -29,14 +29,16 @@ local _M = {
 -- two edits from one of these gets a warning (check.near_miss).
 _M.KINDS = {
   "address_in_use", "address_not_available", "bad_reply", "bad_request",
-  "bulkhead_full", "capacity_reached", "cancelled", "circuit_open", "closed",
-  "connection_closed", "connection_refused", "connection_reset", "eof",
-  "error", "invalid_address", "invalid_argument", "io_error", "kill_failed",
-  "not_found", "out_of_memory", "out_of_range", "poison_request",
-  "policy_error", "pool_failed", "pool_saturated", "queue_timeout",
-  "retries_exhausted", "spawn_failed", "task_crashed", "timeout",
-  "unavailable", "unknown_op", "unreachable", "worker_busy", "worker_crash",
-  "worker_error", "write_failed",
+  "bad_response", "bulkhead_full", "cancelled", "capacity_reached",
+  "circuit_open", "closed", "connect_failed", "connect_timeout",
+  "connection_closed", "connection_refused", "connection_reset", "dns_failed",
+  "eof", "error", "http_error", "http_failed", "invalid_address",
+  "invalid_argument", "io_error", "kill_failed", "not_found", "out_of_memory",
+  "out_of_range", "poison_request", "policy_error", "pool_failed",
+  "pool_saturated", "queue_timeout", "reset", "retries_exhausted",
+  "spawn_failed", "stalled", "task_crashed", "timeout", "tls_failed",
+  "too_large", "unavailable", "unknown_op", "unreachable", "worker_busy",
+  "worker_crash", "worker_error", "write_failed",
 }
 local known_kinds = {}
 for i = 1, #_M.KINDS do

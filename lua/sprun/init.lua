@@ -2,7 +2,7 @@
 -- own: require "sprun.circuit_breaker", "sprun.health_monitor",
 -- "sprun.retry_policy", "sprun.errors", "sprun.executor", "sprun.process",
 -- "sprun.tcp", "sprun.telemetry", "sprun.pipeline", "sprun.bulkhead",
--- "sprun.policy", "sprun.sched", "sprun.pool".
+-- "sprun.policy", "sprun.sched", "sprun.pool", "sprun.dns", "sprun.http".
 
 local sp = require "sprun.ffi"
 local clock = require "sprun.clock"
@@ -20,6 +20,7 @@ local _M = {
   executor = require "sprun.executor",
   process = require "sprun.process",
   tcp = require "sprun.tcp",
+  dns = require "sprun.dns",
   telemetry = require "sprun.telemetry",
   -- sprun.pipeline{...} makes a pipeline (also sprun.pipeline.new).
   pipeline = require "sprun.pipeline",
@@ -41,7 +42,7 @@ local _M = {
 -- Loaded at its first use: sprun.pool brings lua-cjson, whose buffers
 -- only a closed Lua state frees, and a script that never makes a pool
 -- need not hold them.
-local LAZY = { pool = "sprun.pool" }
+local LAZY = { pool = "sprun.pool", http = "sprun.http" }
 setmetatable(_M, { __index = function(t, k)
   local name = LAZY[k]
   if name then

@@ -284,6 +284,9 @@ local function closest(key, names)
 end
 
 
+local each_key = next
+local NONE = {}
+
 -- Checks opts against the spec: the parsed table, or nil and the option
 -- error.
 local function parse(names, spec, any_required, validate, opts)
@@ -293,7 +296,16 @@ local function parse(names, spec, any_required, validate, opts)
   if type(opts) ~= "table" then
     return nil, _M.error({}, "must be a table", describe(opts))
   end
-  local given = keys_in_order(opts)
+  -- Only options with an unknown key pay for the sort that names the
+  -- first of them (a loop over next, not pairs: see pool/protocol.lua).
+  local unknown = false
+  for k in each_key, opts do
+    if spec[k] == nil then
+      unknown = true
+      break
+    end
+  end
+  local given = unknown and keys_in_order(opts) or NONE
   for i = 1, #given do
     local k = given[i]
     if spec[k] == nil then

@@ -9,7 +9,10 @@
 -- one past the last attempt with nil, err marked details.retries_exhausted;
 -- one the budget refuses with nil, err marked details.budget_exhausted.
 -- Otherwise the loop sleeps the policy's backoff on the loop (a zero
--- backoff retries at once) and makes the next attempt.
+-- backoff retries at once) and makes the next attempt. An error that says
+-- when to come back (details.retry_after_ms: an HTTP Retry-After) makes
+-- the backoff at least that long, but never longer than the policy's
+-- max_backoff_ms.
 --
 -- The loop is two functions calling each other in tail position, its
 -- state in their parameter lists, so that an attempt allocates nothing
@@ -28,6 +31,8 @@ local kernel = require "sprun.sched.kernel"
 local clock = require "sprun.clock"
 
 local floor = math.floor
+local min = math.min
+local type = type
 local setmetatable = setmetatable
 local hrtime = clock.hrtime
 local now = clock.now
@@ -233,6 +238,14 @@ attempt_done = function(p, pool, op, budget, fname, started, k, attempt,
     return nil, with_details(err, "budget_exhausted", true, "attempts", k)
   end
   local delay = p:backoff_for_attempt(k)
+  if type(err) == "table" then
+    local d = err.details
+    local after = type(d) == "table" and d.retry_after_ms
+    if type(after) == "number" and after > delay then
+      local o = p._options
+      delay = o and min(after, o.max_backoff_ms) or after
+    end
+  end
   emit_attempt(pool, op, k, delay, err)
   -- A zero delay retries at once, without a trip through the loop.
   if delay > 0 then

@@ -401,6 +401,150 @@ void sp_retry_seed(sp_retry_t *r, uint64_t seed);
 /* A uniform double in [0, 1) from the policy's generator. */
 double sp_retry_random(sp_retry_t *r);
 
+/* ------------------------------------------------------------------------ */
+/* DNS and HTTP on a libuv loop                                              */
+/*
+ * Unlike the rest of this header, these do I/O: they run on the caller's
+ * libuv loop (they need libuv and libcurl at link time: pkg-config
+ * --static sprun names them) and report through callbacks, libuv-style.
+ * Errors are negative libuv codes (uv_err_name() and uv_strerror() describe
+ * them). A callback is never called from inside the start function, and
+ * never after its request was cancelled or freed.
+ */
+
+struct uv_loop_s;
+
+/* -- DNS: getaddrinfo on libuv's thread pool -- */
+
+typedef struct sp_dns_s sp_dns_t;
+
+enum { SP_DNS_ANY = 0, SP_DNS_INET = 4, SP_DNS_INET6 = 6 };
+
+/* status: 0, or a negative libuv code (UV_EAI_NONAME, ...). addrs: the
+ * numeric addresses in the resolver's order, each once; valid only during
+ * the call. The request is freed once the callback returns. */
+typedef void (*sp_dns_cb)(sp_dns_t *req, int status,
+                          const char *const *addrs, int count, void *data);
+
+/* Starts a lookup of `host` (family: SP_DNS_*). */
+int sp_dns_resolve(struct uv_loop_s *loop, const char *host, int family,
+                   sp_dns_cb cb, void *data, sp_dns_t **out);
+/* Gives the lookup up: the callback is not called. A lookup the thread
+ * pool already runs cannot be stopped; its result is dropped, and its
+ * memory goes when it ends (the loop stays alive until then). */
+void sp_dns_cancel(sp_dns_t *req);
+
+/* -- HTTP: libcurl's multi_socket interface driven by the loop --
+ *
+ * One sp_http_t is one connection pool: requests to the same origin reuse
+ * its connections (HTTP/1.1 keep-alive, HTTP/2 streams on one
+ * connection). It owns the sockets (curl opens and closes them through
+ * it), one uv_poll per socket and one uv_timer. No name is ever resolved
+ * by curl: a request names its host's addresses in `resolve` (or uses a
+ * numeric host), so that nothing blocks and a request is freed at once,
+ * whatever it is doing. */
+
+typedef struct sp_http_s sp_http_t;
+typedef struct sp_http_req_s sp_http_req_t;
+
+typedef enum {
+  SP_HTTP_DEFAULT = 0, /* HTTP/2 over TLS where the server offers it */
+  SP_HTTP_1_1 = 1,     /* HTTP/1.1 only */
+  SP_HTTP_2 = 2,       /* HTTP/2 over TLS, HTTP/1.1 without TLS */
+  SP_HTTP_H2C = 3      /* HTTP/2 without TLS, by prior knowledge */
+} sp_http_version_t;
+
+typedef struct sp_http_options_s {
+  const char *method;          /* NULL: GET */
+  const char *url;
+  const char *const *headers;  /* "Name: value", NULL-terminated, or NULL */
+  const char *body;            /* copied; NULL for none */
+  size_t body_len;
+  /* "host:port:addr[,addr...]" (IPv6 addresses in brackets), or NULL. */
+  const char *resolve;
+  long timeout_ms;             /* the whole transfer; 0: none */
+  long connect_timeout_ms;     /* 0: curl's default (300 s) */
+  long low_speed_bytes;        /* a transfer slower than this ... */
+  long low_speed_s;            /* ... for this many seconds fails */
+  size_t max_body_bytes;       /* 0: no limit */
+  int version;                 /* sp_http_version_t */
+  int verify;                  /* 1: verify the peer's certificate */
+  const char *ca_file;         /* NULL: the system's CAs */
+  /* 1: the body is handed over in pieces (SP_HTTP_EV_BODY and
+   * sp_http_take_body) instead of kept whole; max_body_bytes applies to
+   * what is held at once. */
+  int stream;
+} sp_http_options_t;
+
+enum {
+  SP_HTTP_EV_BODY = 1, /* a streamed request holds new body bytes */
+  SP_HTTP_EV_DONE = 2  /* the request ended: see sp_http_result */
+};
+
+typedef void (*sp_http_cb)(sp_http_req_t *req, int event, void *data);
+
+/* How a request ended. */
+typedef enum {
+  SP_HTTP_OK = 0,
+  SP_HTTP_TIMEOUT,          /* timeout_ms passed */
+  SP_HTTP_CONNECT_TIMEOUT,  /* connect_timeout_ms passed, not connected */
+  SP_HTTP_REFUSED,          /* the connection was refused */
+  SP_HTTP_UNREACHABLE,      /* no route to the host or network */
+  SP_HTTP_CONNECT_FAILED,   /* connecting failed otherwise */
+  SP_HTTP_TLS_FAILED,       /* handshake or certificate verification */
+  SP_HTTP_RESET,            /* the connection broke or closed early */
+  SP_HTTP_TOO_LARGE,        /* the body passed max_body_bytes */
+  SP_HTTP_STALLED,          /* slower than low_speed_bytes for too long */
+  SP_HTTP_BAD_RESPONSE,     /* not HTTP (status line, chunk sizes, ...) */
+  SP_HTTP_FAILED            /* anything else (the message says what) */
+} sp_http_outcome_t;
+
+typedef struct sp_http_result_s {
+  int outcome;               /* sp_http_outcome_t */
+  const char *message;       /* what curl said, "" on success */
+  long status;               /* 0 when no response came */
+  int http_version;          /* 10, 11, 20, 30; 0 when none */
+  /* The last response's header block as received ("HTTP/1.1 200 OK\r\n
+   * Name: value\r\n...\r\n"), and the body (all of it, or what streaming
+   * left untaken). Valid until the request is freed. */
+  const char *head;
+  size_t head_len;
+  const char *body;
+  size_t body_len;
+  long retry_after_s;        /* Retry-After in seconds, -1 without one */
+  /* Milliseconds from the start: connected, TLS done, first byte, end. */
+  double connect_ms, tls_ms, ttfb_ms, total_ms;
+} sp_http_result_t;
+
+int sp_http_new(struct uv_loop_s *loop, sp_http_t **out);
+/* Ends every request (no callback), closes every connection and frees the
+ * pool once the loop has run the handles' close callbacks. Requests not
+ * freed yet stay valid for sp_http_req_free and nothing else. */
+void sp_http_close(sp_http_t *http);
+
+/* Starts a request; cb(req, SP_HTTP_EV_*, data) reports it. */
+int sp_http_start(sp_http_t *http, const sp_http_options_t *options,
+                  sp_http_cb cb, void *data, sp_http_req_t **out);
+/* After SP_HTTP_EV_DONE: how it ended (SP_ENOENT before). */
+int sp_http_result(const sp_http_req_t *req, sp_http_result_t *out);
+/* A streamed request's body bytes held so far (*len 0: none); the next
+ * call or sp_http_take_done hands them back, and a transfer paused
+ * because too much was held resumes. */
+const char *sp_http_take_body(sp_http_req_t *req, size_t *len);
+void sp_http_take_done(sp_http_req_t *req);
+/* Frees a request; one still running is aborted at once and its
+ * connection closed (an HTTP/2 stream is reset instead). */
+void sp_http_req_free(sp_http_req_t *req);
+
+typedef struct sp_http_stats_s {
+  unsigned running;  /* started, not done */
+  unsigned live;     /* not freed */
+  unsigned sockets;  /* open sockets (connections, idle ones too) */
+  unsigned polls;    /* uv_poll handles open */
+} sp_http_stats_t;
+
+void sp_http_stats(const sp_http_t *http, sp_http_stats_t *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -327,3 +327,25 @@ int sp__timer_cancel(sp_loop_t *loop, uint64_t id) {
     disarm(loop);
   return err;
 }
+
+/* ---- I/O run for others (DNS, HTTP) --------------------------------------- */
+
+struct uv_loop_s *sp__loop_uv(sp_loop_t *loop) {
+  return &loop->uv;
+}
+
+/* Such I/O may report from a uv timer's callback, which libuv runs before
+ * it polls: uv_stop keeps that poll from waiting (it returns at once and
+ * uv_run with it), so that the task the event woke runs now, not at the
+ * next unrelated I/O. */
+void sp__loop_report(sp_loop_t *loop, uint64_t token, int type, int64_t a,
+                     int64_t b, const char *data, size_t len, void *handle) {
+  if (loop->cb == NULL)
+    return;
+  sp__emit(loop, token, type, a, b, data, len, handle);
+  uv_stop(&loop->uv);
+}
+
+void sp__loop_io(sp_loop_t *loop, int delta) {
+  loop->inflight += delta;
+}

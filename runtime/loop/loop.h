@@ -53,7 +53,16 @@ typedef enum {
   SP_EV_SIGNAL,
   /* A handle was closed and its memory freed. handle: the dead pointer,
    * only for identification. */
-  SP_EV_CLOSED
+  SP_EV_CLOSED,
+  /* The owners of these are the Lua binding's (runtime/lua/ldns.c,
+   * lhttp.c), on the public sp_dns_* and sp_http_* calls: reported with
+   * sp__loop_report. A lookup ended: a = 0 or a negative libuv code, data:
+   * the addresses, one per line. */
+  SP_EV_DNS,
+  /* A streamed HTTP request holds body bytes to take. */
+  SP_EV_HTTP_BODY,
+  /* An HTTP request ended. */
+  SP_EV_HTTP_DONE
 } sp_event_type_t;
 
 typedef struct sp_event_s {
@@ -108,6 +117,15 @@ unsigned sp__loop_handle_count(const sp_loop_t *loop);
 /* Of those, the ones being closed (their SP_EV_CLOSED is still to come). */
 unsigned sp__loop_closing_count(const sp_loop_t *loop);
 unsigned sp__loop_timer_count(const sp_loop_t *loop);
+
+/* For I/O the loop does not own but runs (DNS lookups, HTTP transfers):
+ * the libuv loop under it, a way to report an event as its own handles
+ * do (so that virtual time treats it alike), and the count of such I/O a
+ * task awaits (while it is above 0, virtual time follows the real clock). */
+struct uv_loop_s *sp__loop_uv(sp_loop_t *loop);
+void sp__loop_report(sp_loop_t *loop, uint64_t token, int type, int64_t a,
+                     int64_t b, const char *data, size_t len, void *handle);
+void sp__loop_io(sp_loop_t *loop, int delta);
 
 /* Closes a handle of any kind (a process, a socket) as its own sp__*_close
  * does, for a caller that treats them alike. */

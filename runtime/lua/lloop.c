@@ -51,6 +51,9 @@ static const struct {
   { "EV_TCP_ACCEPT", SP_EV_TCP_ACCEPT },
   { "EV_SIGNAL", SP_EV_SIGNAL },
   { "EV_CLOSED", SP_EV_CLOSED },
+  { "EV_DNS", SP_EV_DNS },
+  { "EV_HTTP_BODY", SP_EV_HTTP_BODY },
+  { "EV_HTTP_DONE", SP_EV_HTTP_DONE },
   { "EV_TIMERS", L_EV_TIMERS },
   { NULL, 0 }
 };
@@ -268,6 +271,11 @@ static int l_loop_close(lua_State *L) {
   if (ll->L != NULL)
     return luaL_error(L, "sprun.core: loop:close() called inside "
                          "loop:step()");
+  /* Its connections and polls go before the loop does. */
+  if (ll->http != NULL) {
+    sp_http_close(ll->http);
+    ll->http = NULL;
+  }
   sp__loop_free(ll->loop);
   ll->loop = NULL;
   if (ll->prev != NULL)
@@ -326,7 +334,16 @@ static int l_loop_kill_children(lua_State *L) {
 }
 
 static int l_loop_handle_count(lua_State *L) {
-  lua_pushnumber(L, sp__loop_handle_count(l_check_loop(L, 1)->loop));
+  l_loop_t *ll = l_check_loop(L, 1);
+  sp_http_stats_t hs;
+  unsigned n = sp__loop_handle_count(ll->loop);
+
+  /* HTTP requests not freed count as handles too. */
+  if (ll->http != NULL) {
+    sp_http_stats(ll->http, &hs);
+    n += hs.live;
+  }
+  lua_pushnumber(L, n);
   return 1;
 }
 

@@ -29,6 +29,8 @@
 #include "ltimer.c"
 #include "lprocess.c"
 #include "ltcp.c"
+#include "ldns.c"
+#include "lhttp.c"
 #include "lsignal.c"
 #include "llayout.c"
 
@@ -60,6 +62,9 @@ static const luaL_Reg l_loop_methods[] = {
   { "tcp_connect", l_loop_tcp_connect },
   { "tcp_listen", l_loop_tcp_listen },
   { "pipe_open", l_loop_pipe_open },
+  { "dns_resolve", l_loop_dns_resolve },
+  { "http_request", l_loop_http_request },
+  { "http_stats", l_loop_http_stats },
   { "signal_watch", l_loop_signal_watch },
   { "kill_children", l_loop_kill_children },
   { "close", l_loop_close },
@@ -73,6 +78,7 @@ static const luaL_Reg l_functions[] = {
   { "uv_err_name", l_uv_err_name },
   { "uv_strerror", l_uv_strerror },
   { "stdio_take", l_stdio_take },
+  { "url_parse", l_url_parse },
   { NULL, NULL }
 };
 
@@ -83,6 +89,8 @@ int luaopen_sprun_core(lua_State *L) {
   l_new_metatable(L, LOOP_MT, l_loop_methods, l_loop_tostring, l_loop_close);
   l_new_metatable(L, PROC_MT, l_proc_methods, l_proc_tostring, NULL);
   l_new_metatable(L, TCP_MT, l_tcp_methods, l_tcp_tostring, NULL);
+  l_new_metatable(L, DNS_MT, l_dns_methods, l_dns_tostring, l_dns_cancel);
+  l_new_metatable(L, HTTP_MT, l_http_methods, l_http_tostring, l_http_close);
 
   lua_newtable(L);
   luaL_register(L, NULL, l_functions);

@@ -1,8 +1,8 @@
 /* Private to the module sprun.core: what its binding files share.
  *
  * module.c is the one translation unit of the module; it #includes util.c,
- * lhandle.c, lloop.c, ltimer.c, lprocess.c, ltcp.c, lsignal.c and
- * llayout.c, and everything in them is static. Only the entry points are
+ * lhandle.c, lloop.c, ltimer.c, lprocess.c, ltcp.c, ldns.c, lhttp.c,
+ * lsignal.c and llayout.c, and everything in them is static. Only the entry points are
  * exported, each declared in the header its callers read: sprun_lua.h for
  * the program that embeds the module (luaopen_sprun_core and the clocks),
  * loop.h for the loop's FFI surface (sp_loop_now_ms, sp_loop_clock and the
@@ -52,6 +52,9 @@ typedef struct l_loop_s {
    * is dispatched as an SP_EV_TIMER. */
   uint64_t first_token;
   sp_event_t first;
+  /* The loop's HTTP connection pool (lhttp.c), made at the first request
+   * and closed with the loop; NULL until then. */
+  sp_http_t *http;
   struct l_loop_s *prev;
   struct l_loop_s *next;
 } l_loop_t;

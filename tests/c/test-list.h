@@ -101,6 +101,10 @@
   XX(loop_tcp_connection_refused)                                            \
   XX(loop_tcp_close_cancels_writes)                                          \
   XX(loop_signal_watch)                                                      \
-  XX(loop_free_with_open_handles)
+  XX(loop_free_with_open_handles)                                            \
+  XX(dns_resolve_localhost_and_invalid)                                      \
+  XX(dns_cancel_drops_the_result)                                            \
+  XX(http_get_reuses_the_connection)                                         \
+  XX(http_refused_and_freed_while_running)
 
 #endif /* TEST_LIST_H */

@@ -303,13 +303,15 @@ describe("sprun.tcp", function()
       assert.are.same({ nil, "cancelled", "cancelled" }, r)
     end)
 
-    it("to an address that is not numeric: invalid_address", function()
-      local v, err = run(function()
-        return sp.tcp.connect("not-an-ip", 80)
+    it("to a name that does not resolve: dns_failed, naming the host",
+      function()
+        local v, err = run(function()
+          return sp.tcp.connect("not-an-ip.invalid", 80)
+        end)
+        assert.is_nil(v)
+        assert.are.equal("dns_failed", kind(err))
+        assert.matches("^dns_failed: not%-an%-ip%.invalid: ", tostring(err))
       end)
-      assert.is_nil(v)
-      assert.are.equal("invalid_address", kind(err))
-    end)
 
     it("rejects a bad host or port at once, at the caller's line",
       function()

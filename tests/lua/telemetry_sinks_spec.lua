@@ -508,8 +508,9 @@ return 7
           .. "port from 1 to 65535, got '' (see sprun -h)\n" },
         { "--metrics", "sprun: option '--metrics' must be HOST:PORT with a "
           .. "port from 1 to 65535, got 's.lua' (see sprun -h)\n", true },
-        { "--metrics=not-an-ip:9464", "sprun: --metrics=not-an-ip:9464: "
-          .. "listen on not-an-ip:9464: invalid argument\n" },
+        { "--metrics=not-an-ip.invalid:9464", "sprun: "
+          .. "--metrics=not-an-ip.invalid:9464: not-an-ip.invalid: unknown "
+          .. "node or service\n" },
       } do
         local r = h.sprun_run { c[1], script }
         -- A bare --metrics takes the next word as its value.

@@ -722,6 +722,7 @@ print(cb:state(), table.concat(seen, ","))
         "sprun.retry.budget_exhausted warning",
         "sprun.bulkhead.rejected debug",
         "sprun.pool.worker_output debug",
+        "sprun.http.request debug",
       }, got)
     end)
 

@@ -22,6 +22,8 @@ local stream = require "sprun.io.stream"
 local errors = require "sprun.errors"
 local check = require "sprun.check"
 local options = require "sprun.options"
+local dns = require "sprun.io.dns"
+local clock = require "sprun.clock"
 
 local type = type
 local pcall = pcall
@@ -29,6 +31,8 @@ local tostring = tostring
 local error = error
 local setmetatable = setmetatable
 local format = string.format
+local max = math.max
+local now = clock.now
 
 local EV_TCP_CONNECT = core.EV_TCP_CONNECT
 local EV_TCP_DATA = core.EV_TCP_DATA
@@ -193,19 +197,21 @@ local parse_connect = options.parser("tcp.connect", {
   timeout_ms = { "number", min = 0, limit = check.MS_MAX },
 })
 
-local function connect_in_task(host, port, o)
+-- One connect to one numeric address, within `ms` (nil: no limit);
+-- `what` names it in errors ("host:port").
+local function connect_addr(what, addr, port, ms, timeout_ms)
   local task = kernel.current()
   local self = new_conn(nil, task)
-  local handle, ename, emsg = kernel.loop():tcp_connect(host, port,
+  local handle, ename, emsg = kernel.loop():tcp_connect(addr, port,
                                                         self.token)
   if handle == nil then
     kernel.free_token(self.token)
     kernel.disown(task, self)
-    return nil, io_error(format("connect to %s:%d", host, port), ename, emsg)
+    return nil, io_error("connect to " .. what, ename, emsg)
   end
   self.handle = handle
-  if o.timeout_ms then
-    kernel.arm(task, o.timeout_ms)
+  if ms then
+    kernel.arm(task, ms)
   end
   while self.connect_result == nil do
     local ok, why = pcall(kernel.block, self, task)
@@ -216,22 +222,44 @@ local function connect_in_task(host, port, o)
     if why == WAKE_TIMER and self.connect_result == nil then
       self:close()
       return nil, errors.error(errors.TIMEOUT, format(
-        "connect to %s:%d did not finish within %d ms", host, port,
-        o.timeout_ms), { timeout_ms = o.timeout_ms })
+        "connect to %s did not finish within %d ms", what, timeout_ms),
+        { timeout_ms = timeout_ms })
     end
   end
   kernel.disarm(task)
   if self.connect_result ~= 0 then
     local r = self.connect_result
     self:close()
-    return nil, io_error(format("connect to %s:%d", host, port),
-                         core.uv_err_name(r), core.uv_strerror(r))
+    return nil, io_error("connect to " .. what, core.uv_err_name(r),
+                         core.uv_strerror(r))
   end
   return self
 end
 
--- Connects; returns a connection or nil, err (kind "connection_refused",
--- "timeout", ...).
+-- Resolves the host (sprun.dns) and tries its addresses in order until
+-- one connects, all within timeout_ms.
+local function connect_in_task(host, port, o)
+  local what = format("%s:%d", host, port)
+  local limit = o.timeout_ms
+  local deadline = limit and now() + limit
+  local addrs, err = dns.lookup(host, "any", limit)
+  if addrs == nil then
+    return nil, err
+  end
+  for i = 1, #addrs do
+    local left = deadline and max(0, deadline - now())
+    local conn
+    conn, err = connect_addr(what, addrs[i], port, left, limit)
+    if conn or errors.kind(err) == errors.TIMEOUT then
+      return conn, err
+    end
+  end
+  return nil, err
+end
+
+-- Connects to a numeric address or a host name (resolved by sprun.dns,
+-- its addresses tried in order); returns a connection or nil, err (kind
+-- "connection_refused", "timeout", "dns_failed", ...).
 function _M.connect(host, port, opts)
   -- Checked here, not in a helper: misuse is reported at the user's line.
   if type(host) ~= "string" or host == "" then
@@ -306,7 +334,8 @@ function Server:wait()
   return true
 end
 
--- Listens on host:port (port 0 picks a free one, see server.port) and runs
+-- Listens on host:port (a name listens on its first address; port 0
+-- picks a free one, see server.port) and runs
 -- handler(conn) as a new task for every connection, closing the
 -- connection when the handler returns.
 function _M.listen(host, port, handler)
@@ -316,11 +345,15 @@ function _M.listen(host, port, handler)
   check.integer("tcp.listen", "port", port, 0, 65535)
   check.func("tcp.listen", "handler", handler)
   local task = current("tcp.listen")
+  local addrs, err = dns.lookup(host, "any")
+  if addrs == nil then
+    return nil, err
+  end
   local self = setmetatable({ handler = handler, owner = task, closed = false },
                             Server)
   self.token = kernel.new_token(self)
-  local handle, bound, emsg = kernel.loop():tcp_listen(host, port, BACKLOG,
-                                                       self.token)
+  local handle, bound, emsg = kernel.loop():tcp_listen(addrs[1], port,
+                                                       BACKLOG, self.token)
   if handle == nil then
     kernel.free_token(self.token)
     return nil, io_error(format("listen on %s:%d", host, port), bound, emsg)

@@ -78,6 +78,7 @@ local EVENTS = {
   { "sprun.retry.budget_exhausted", "warning" },
   { "sprun.bulkhead.rejected", "debug" },
   { "sprun.pool.worker_output", "debug" },
+  { "sprun.http.request", "debug" },
 }
 
 local LEVELS = { debug = 1, info = 2, warning = 3 }

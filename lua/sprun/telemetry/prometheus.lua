@@ -32,6 +32,8 @@ local tostring = tostring
 local tonumber = tonumber
 local setmetatable = setmetatable
 local huge = math.huge
+local floor = math.floor
+local match = string.match
 local gsub = string.gsub
 local sub = string.sub
 local concat = table.concat
@@ -70,7 +72,7 @@ local PROMETHEUS_EVENTS = {
   "snakepit.circuit_breaker.call.success",
   "snakepit.circuit_breaker.call.failure",
   "snakepit.retry.attempt", "snakepit.retry.success",
-  "snakepit.retry.exhausted", "snakepit.worker.crash",
+  "snakepit.retry.exhausted", "snakepit.worker.crash", "sprun.http.request",
 }
 
 local function new_collector()
@@ -82,6 +84,8 @@ local function new_collector()
     exhausted = {},
     crashes = {},
     durations = {},    -- pool -> { counts = { per bucket }, sum, count }
+    http = {},         -- "origin status_class outcome" -> count
+    http_durations = {}, -- origin -> as durations
   }
 end
 
@@ -97,14 +101,15 @@ local function bump(t, key)
   t[key] = (t[key] or 0) + 1
 end
 
-local function observe(c, pool, seconds)
-  local h = c.durations[pool]
+local function observe(c, pool, seconds, into)
+  local hs = into or c.durations
+  local h = hs[pool]
   if h == nil then
     h = { counts = {}, sum = 0, count = 0 }
     for i = 1, #BUCKETS do
       h.counts[i] = 0
     end
-    c.durations[pool] = h
+    hs[pool] = h
   end
   local counts = h.counts
   for i = #BUCKETS, 1, -1 do
@@ -135,6 +140,16 @@ local COLLECT = {
   end,
   ["snakepit.worker.crash"] = function(c, m, md)
     bump(c.crashes, pool_label(md))
+  end,
+  -- Requests by origin, status class ("2xx", ..., "none" without a
+  -- response) and outcome ("ok" or the error's kind).
+  ["sprun.http.request"] = function(c, m, md)
+    local origin = tostring(md.origin)
+    local status = tonumber(m.status) or 0
+    local class = status > 0 and (floor(status / 100) .. "xx") or "none"
+    bump(c.http, origin .. "\0" .. class .. "\0" .. tostring(md.outcome))
+    observe(c, origin, (tonumber(m.duration_ms) or 0) / 1000,
+            c.http_durations)
   end,
 }
 COLLECT["snakepit.circuit_breaker.call.failure"] =
@@ -332,19 +347,22 @@ local function render(c)
          "Calls rejected by a circuit breaker without running.")
   per_pool("sprun_circuit_breaker_rejected_calls_total", c.rejected)
 
-  local hist = "sprun_circuit_breaker_call_duration_seconds"
-  family(hist, "histogram",
-         "Duration of the calls a circuit breaker admitted, in seconds.")
-  for _, pool in ipairs(sorted_keys(c.durations)) do
-    local h, labels = c.durations[pool], pool_only(pool)
-    for i = 1, #BUCKETS do
-      sample(hist .. "_bucket", labels .. ',le="' .. BUCKET_TEXT[i] .. '"',
-             h.counts[i])
+  local function histogram(name, help, hs, label)
+    family(name, "histogram", help)
+    for _, key in ipairs(sorted_keys(hs)) do
+      local h, labels = hs[key], label .. '="' .. label_value(key) .. '"'
+      for i = 1, #BUCKETS do
+        sample(name .. "_bucket", labels .. ',le="' .. BUCKET_TEXT[i] .. '"',
+               h.counts[i])
+      end
+      sample(name .. "_bucket", labels .. ',le="+Inf"', h.count)
+      sample(name .. "_sum", labels, h.sum)
+      sample(name .. "_count", labels, h.count)
     end
-    sample(hist .. "_bucket", labels .. ',le="+Inf"', h.count)
-    sample(hist .. "_sum", labels, h.sum)
-    sample(hist .. "_count", labels, h.count)
   end
+  histogram("sprun_circuit_breaker_call_duration_seconds",
+            "Duration of the calls a circuit breaker admitted, in seconds.",
+            c.durations, "pool")
 
   family("sprun_retry_attempts_total", "counter",
          "Failed attempts that the executor retried.")
@@ -439,6 +457,18 @@ local function render(c)
       sample(l[1], pool_only(pool), latency_seconds(ps[pool][l[3]], l[4]))
     end
   end
+
+  family("sprun_http_requests_total", "counter", "HTTP requests made with "
+         .. "sprun.http, by origin, status class and outcome.")
+  for _, key in ipairs(sorted_keys(c.http)) do
+    local origin, class, outcome = match(key, "^(.-)%z(.-)%z(.*)$")
+    sample("sprun_http_requests_total", 'origin="' .. label_value(origin)
+           .. '",status_class="' .. class .. '",outcome="'
+           .. label_value(outcome) .. '"', c.http[key])
+  end
+  histogram("sprun_http_request_duration_seconds", "Duration of the HTTP "
+            .. "requests made with sprun.http (name lookup included), in "
+            .. "seconds.", c.http_durations, "origin")
   return concat(out)
 end
 

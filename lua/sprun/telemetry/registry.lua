@@ -19,6 +19,10 @@ function _M.add_breaker(cb)
   breakers[cb] = next_registered
 end
 
+function _M.remove_breaker(cb)
+  breakers[cb] = nil
+end
+
 function _M.add_monitor(hm)
   next_registered = next_registered + 1
   monitors[hm] = next_registered

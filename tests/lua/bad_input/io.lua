@@ -163,9 +163,13 @@ return {
       { timeout_ms = -1 } end,
     raises = "tcp.connect: option 'timeout_ms' must be a number >= 0, got "
       .. "-1" },
-  { id = "tcp.connect: a host name (names are not resolved)", task = true,
-    call = function() return tcp.connect, "not-an-ip", 80 end,
-    returns = { nil, "invalid_address: connect to not-an-ip:80: invalid "
+  { id = "tcp.connect: a host name that does not resolve", task = true,
+    call = function() return tcp.connect, "not-an-ip.invalid", 80 end,
+    returns = { nil, "dns_failed: not-an-ip.invalid: unknown node or "
+      .. "service" } },
+  { id = "tcp.connect: a numeric address that is not one", task = true,
+    call = function() return tcp.connect, "300.1.2.3", 80 end,
+    returns = { nil, "invalid_address: connect to 300.1.2.3:80: invalid "
       .. "argument" } },
   { id = "tcp.connect: a port nobody listens on", task = true,
     call = function()

@@ -1,0 +1,2 @@
+-- require "sprun.dns": name lookups (lua/sprun/io/dns.lua).
+return require "sprun.io.dns"
