@@ -221,6 +221,17 @@ describe("sprun.http against nginx", function()
   end)
 end)
 
+describe("sprun -e", function()
+  it("prints the status of a GET to localhost", function()
+    local r = with_nginx({}, function(srv)
+      return sprun.process.run { h.sprun, "-e",
+        'print(require("sprun").http.get("http://localhost:' .. srv.port
+        .. '/small").status)', timeout_ms = 10000 }
+    end)
+    assert.are.same({ 0, "200\n", "" }, { r.code, r.stdout, r.stderr })
+  end)
+end)
+
 describe("sprun.http against the fault server", function()
   it("parses the request it sends: method, headers, body", function()
     local r = with_fault(function(fs)
@@ -407,5 +418,50 @@ describe("sprun.http cancellation", function()
     for i = 1, 10 do
       assert.are.equal(i % 2 == 0 and "timeout" or 200, r[i])
     end
+  end)
+end)
+
+describe("sprun.http connect timeouts", function()
+  it("a listener whose queue is full never answers the handshake: "
+    .. "connect_timeout, or timeout when that comes first", function()
+    local ffi = require "ffi"
+    pcall(ffi.cdef, [[
+      int socket(int, int, int);
+      int bind(int, const void *, unsigned);
+      int listen(int, int);
+      int getsockname(int, void *, unsigned *);
+      int close(int);
+      struct sp_test_sin { uint16_t family; uint16_t port; uint32_t addr;
+                           uint8_t zero[8]; };
+    ]])
+    -- A socket that listens with a queue of one and never accepts.
+    local fd = ffi.C.socket(2, 1, 0)
+    assert(fd >= 0)
+    local sin = ffi.new("struct sp_test_sin")
+    sin.family, sin.addr = 2, 0x0100007f
+    assert(ffi.C.bind(fd, sin, ffi.sizeof(sin)) == 0)
+    assert(ffi.C.listen(fd, 0) == 0)
+    local len = ffi.new("unsigned[1]", ffi.sizeof(sin))
+    assert(ffi.C.getsockname(fd, sin, len) == 0)
+    local port = bit.rshift(bit.bswap(sin.port), 16)
+    local r = h.run_tasks(function()
+      local url = "http://127.0.0.1:" .. port .. "/"
+      -- Fill the queue: these handshakes complete, the next ones do not.
+      local fill = {}
+      for i = 1, 4 do
+        fill[i] = sprun.spawn(http.get, url, { timeout_ms = 2000 })
+      end
+      sprun.sleep(100)
+      local _, a = http.get(url, { connect_timeout_ms = 200,
+                                   timeout_ms = 2000 })
+      local _, b = http.get(url, { connect_timeout_ms = 2000,
+                                   timeout_ms = 200 })
+      for i = 1, 4 do
+        fill[i]:cancel()
+      end
+      return { kind(a), kind(b) }
+    end)
+    ffi.C.close(fd)
+    assert.are.same({ "connect_timeout", "timeout" }, r)
   end)
 end)

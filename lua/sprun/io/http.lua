@@ -68,6 +68,39 @@ local _M = {}
 
 local VERSIONS = { ["1.1"] = 1, ["2"] = 2, h2c = 3 }
 
+-- URLs parsed by curl's own parser (core.url_parse), kept: a request's
+-- URL is read by its check, its lookup, its origin and its event. At
+-- most URL_CACHE_MAX are kept; past that the table starts over.
+local URL_CACHE_MAX = 1024
+local url_scheme, url_host, url_port, url_why = {}, {}, {}, {}
+local urls_kept = 0
+
+-- scheme, host (IPv6 without brackets), port; or nil, why.
+local function parse_url(url)
+  local scheme = url_scheme[url]
+  if scheme then
+    return scheme, url_host[url], url_port[url]
+  end
+  local why = url_why[url]
+  if why then
+    return nil, why
+  end
+  if urls_kept >= URL_CACHE_MAX then
+    url_scheme, url_host, url_port, url_why = {}, {}, {}, {}
+    urls_kept = 0
+  end
+  urls_kept = urls_kept + 1
+  local host, port
+  scheme, host, port = core.url_parse(url)
+  if scheme == nil then
+    url_why[url] = host
+    return nil, host
+  end
+  url_scheme[url], url_host[url], url_port[url] = scheme, host, port
+  return scheme, host, port
+end
+_M._parse_url = parse_url
+
 --- Options ----------------------------------------------------------------
 
 local function check_headers(v)
@@ -149,7 +182,7 @@ local function check_url(v)
   if type(v) ~= "string" or v == "" then
     return "must be an http:// or https:// URL"
   end
-  local scheme, why = core.url_parse(v)
+  local scheme, why = parse_url(v)
   if scheme == nil then
     return "must be an http:// or https:// URL (" .. why .. ")"
   end
@@ -300,7 +333,7 @@ _M._origin = origin
 -- sprun.http.request: one per request that reached the network (a name
 -- that did not resolve included), at the debug level.
 local function report(o, method, status, outcome, timings)
-  local scheme, host, port = core.url_parse(o.url)
+  local scheme, host, port = parse_url(o.url)
   emit(REQUEST_EVENT, {
     status = status, duration_ms = timings.total, dns_ms = timings.dns,
     connect_ms = timings.connect, tls_ms = timings.tls,
@@ -322,7 +355,7 @@ local function perform(o)
   local task = kernel.current()
   local t0 = hrtime()
   local method = o.method and upper(o.method) or "GET"
-  local _, host, port = core.url_parse(o.url)
+  local _, host, port = parse_url(o.url)
   local deadline = o.timeout_ms and now() + o.timeout_ms
   local loop = kernel.loop()
   local resolve, key, mine

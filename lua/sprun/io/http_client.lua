@@ -35,7 +35,6 @@ local errors = require "sprun.errors"
 local check = require "sprun.check"
 local options = require "sprun.options"
 local clock = require "sprun.clock"
-local core = require "sprun.core"
 local sched = require "sprun.sched"
 local kernel = require "sprun.sched.kernel"
 
@@ -113,7 +112,7 @@ local function check_base_url(v)
   if v == nil then
     return nil
   end
-  if type(v) ~= "string" or core.url_parse(v) == nil then
+  if type(v) ~= "string" or http._parse_url(v) == nil then
     return "must be an http:// or https:// URL"
   end
   return nil
@@ -169,7 +168,7 @@ local BREAKER_KEYS = { name = true, clock = false }
 --- Origins ----------------------------------------------------------------
 
 local function origin_of(url)
-  return http._origin(core.url_parse(url))
+  return http._origin(http._parse_url(url))
 end
 
 -- Forgets origins idle for idle_origin_ms, then the longest idle ones
