@@ -274,13 +274,15 @@ check: deps
 # memcheck, with the plain build: any error, and any definite or indirect
 # leak, fails. Children the specs start are not traced. JIT-compiled code
 # is patched in place, hence --smc-check (see tests/valgrind/luajit.supp,
-# which is for LuaJIT's own false positives only).
+# which is for LuaJIT's own false positives only); glibc.supp covers the
+# resolver state glibc keeps per thread of libuv's pool (sprun.dns).
 VALGRIND := valgrind
 VALGRIND_FLAGS := -q --leak-check=full \
   --errors-for-leak-kinds=definite,indirect \
   --show-leak-kinds=definite,indirect --error-exitcode=1 \
   --trace-children=no --smc-check=all-non-file --num-callers=40 \
-  --suppressions=$(CURDIR)/tests/valgrind/luajit.supp
+  --suppressions=$(CURDIR)/tests/valgrind/luajit.supp \
+  --suppressions=$(CURDIR)/tests/valgrind/glibc.supp
 VALGRIND_SPECS := tests/lua/sched_spec.lua tests/lua/process_spec.lua \
   tests/lua/tcp_spec.lua tests/lua/virtual_time_spec.lua \
   tests/lua/executor_retry_spec.lua tests/lua/executor_breaker_spec.lua \

@@ -42,8 +42,8 @@ describe("sprun.http under cancellation", function()
       -- connecting, waiting for headers, or in the middle of a body.
       local slow = {
         srv:url("/limited/large.bin"),
-        fs:url("/drip?bytes=50&ms=5"),
-        fs:url("/slow-headers?ms=50"),
+        fs:url("/drip?bytes=50&ms=20"),
+        fs:url("/slow-headers?ms=2000"),
         fs:url("/never"),
       }
       local rng = 12345
@@ -68,8 +68,10 @@ describe("sprun.http under cancellation", function()
                   or slow[random(#slow) + 1]
           end
           local n = i
+          -- A request to be cancelled cannot time out first.
+          local limit = cancel_at[k] and 10000 or 300
           tasks[k] = sprun.spawn(function()
-            local v, err = http.get(url, { timeout_ms = 300,
+            local v, err = http.get(url, { timeout_ms = limit,
                                            dns_cache_ms = 0 })
             outcomes[n] = (outcomes[n] or 0) + 1
             return v, err
@@ -119,9 +121,11 @@ describe("sprun.http under cancellation", function()
     local c = r.counts
     assert.are.equal(1000, c.done + c.cancelled + c.other)
     assert.are.equal(0, r.twice)
-    -- The 500 cancels each landed before their request ended.
+    -- The 500 cancels each landed before their request ended; the others
+    -- got a response or an error (timeouts, for the slow ones).
     assert.are.equal(500, c.cancelled)
-    assert.is_true(c.done > 100, c.done)
+    assert.are.equal(500, c.done + c.other)
+    assert.is_true(c.done > 0, c.done)
     assert.are.same({ running = 0, live = 0 },
                     { running = r.stats.running, live = r.stats.live })
     -- The pool's connections went with the loop.

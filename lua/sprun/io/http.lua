@@ -351,6 +351,8 @@ local function done(o, method, r, err, timings)
   return r, err
 end
 
+local START = {}
+
 local function perform(o)
   local task = kernel.current()
   local t0 = hrtime()
@@ -397,17 +399,20 @@ local function perform(o)
   local stall, tls, on_body = o.stall, o.tls, o.on_body
   local self = setmetatable({ done = false }, Request)
   self.token = kernel.new_token(self)
-  local req, ename, emsg = loop:http_request({
-    method = method, url = o.url, headers = header_list(o.headers),
-    body = o.body, resolve = resolve, timeout_ms = left,
-    connect_timeout_ms = o.connect_timeout_ms,
-    low_speed_bytes = stall and stall.min_bytes_per_s,
-    low_speed_s = stall and ceil(stall.for_ms / 1000),
-    max_body_bytes = on_body and STREAM_HOLD or o.max_body_bytes,
-    version = VERSIONS[o.http_version],
-    verify = not tls or tls.verify ~= false, ca_file = tls and tls.ca_file,
-    stream = on_body ~= nil,
-  }, self.token)
+  -- One table for every start: C copies what it reads before it returns.
+  local c = START
+  c.method, c.url, c.headers = method, o.url, header_list(o.headers)
+  c.body, c.resolve, c.timeout_ms = o.body, resolve, left
+  c.connect_timeout_ms = o.connect_timeout_ms
+  c.low_speed_bytes = stall and stall.min_bytes_per_s or nil
+  c.low_speed_s = stall and ceil(stall.for_ms / 1000) or nil
+  c.max_body_bytes = on_body and STREAM_HOLD or o.max_body_bytes
+  c.version = VERSIONS[o.http_version]
+  c.verify = not tls or tls.verify ~= false
+  c.ca_file = tls and tls.ca_file or nil
+  c.stream = on_body ~= nil
+  local req, ename, emsg = loop:http_request(c, self.token)
+  c.headers, c.body, c.resolve = nil, nil, nil
   if req == nil then
     kernel.free_token(self.token)
     return nil, fail("http_failed", o, method, emsg, { code = ename })
