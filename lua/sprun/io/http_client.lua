@@ -310,14 +310,17 @@ local function request_options(self, opts, path, body)
   for k, v in pairs(given) do
     o[k] = v
   end
-  local headers = {}
-  for k, v in pairs(self.defaults.headers or {}) do
-    headers[k] = v
+  local dh, gh = self.defaults.headers, given.headers
+  if dh or gh or self.deadline_header then
+    local headers = {}
+    for k, v in pairs(dh or {}) do
+      headers[k] = v
+    end
+    for k, v in pairs(gh or {}) do
+      headers[k] = v
+    end
+    o.headers = headers
   end
-  for k, v in pairs(given.headers or {}) do
-    headers[k] = v
-  end
-  o.headers = headers
   if path ~= nil then
     o.url = path
   end
@@ -331,28 +334,22 @@ local function request_options(self, opts, path, body)
   return o
 end
 
-local function run(self, fname, o)
-  local origin = self:_origin(origin_of(o.url))
-  origin.inflight = origin.inflight + 1
-  origin.requests = origin.requests + 1
-  local raise = o.raise_for_status
-  o.raise_for_status = false
-  o.method = o.method and upper(o.method) or "GET"
-  local start_ms = now()
-  local r, err
+-- The attempts of one request: retried when the policy and the method
+-- allow it.
+local function attempts(self, fname, origin, name, o, start_ms)
   local p = self.policy
-  local done, e = pcall(function()
-    if p and self.retry_methods[o.method] then
-      r, err = retry.run(p, origin_of(o.url), o.method, self.budget, fname,
-                         pcall, attempt, self, origin, o, start_ms)
-    else
-      r, err = attempt(self, origin, o, start_ms)
-    end
-  end)
+  if p and self.retry_methods[o.method] then
+    return retry.run(p, name, o.method, self.budget, fname, pcall, attempt,
+                     self, origin, o, start_ms)
+  end
+  return attempt(self, origin, o, start_ms)
+end
+
+local function finish(origin, raise, ok, r, err)
   origin.inflight = origin.inflight - 1
   origin.last_used = now()
-  if not done then
-    error(e, 0)
+  if not ok then
+    error(r, 0)
   end
   if r == nil and errors.kind(err) == "http_error" and not raise then
     local d = err.details
@@ -364,6 +361,18 @@ local function run(self, fname, o)
     return nil, status_error(r)
   end
   return r, err
+end
+
+local function run(self, fname, o)
+  local name = origin_of(o.url)
+  local origin = self:_origin(name)
+  origin.inflight = origin.inflight + 1
+  origin.requests = origin.requests + 1
+  local raise = o.raise_for_status
+  o.raise_for_status = false
+  o.method = o.method and upper(o.method) or "GET"
+  return finish(origin, raise, pcall(attempts, self, fname, origin, name, o,
+                                     now()))
 end
 
 --- The API ----------------------------------------------------------------
