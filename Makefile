@@ -19,10 +19,13 @@ CURL_CFLAGS = $(shell pkg-config --cflags libcurl 2>/dev/null)
 IO_CFLAGS = $(UV_CFLAGS) $(CURL_CFLAGS)
 # libcurl is not linked: runtime/loop/curl.c loads it at its first use.
 IO_LIBS = $(UV_LIBS) -ldl
+# The RESP reader and formatter of sprun.core (runtime/lua/lresp.c).
+HIREDIS_LIBS = $(shell pkg-config --libs hiredis 2>/dev/null)
 
 # Debian packages the build and the tests need (checked by `make deps`).
 DEPS := libluajit-5.1-dev luajit libuv1-dev lua-busted pkg-config prometheus \
-        lua-cjson python3 libcurl4-openssl-dev nginx-light openssl
+        lua-cjson python3 libcurl4-openssl-dev nginx-light openssl \
+        libhiredis-dev redis-server
 
 CORE_SRC := $(wildcard runtime/core/*.c)
 # The module is one translation unit: module.c #includes the other files of
@@ -128,13 +131,13 @@ $(LIB): $(CORE_OBJ) $(IO_OBJ)
 # plain luajit can ffi.load it.
 $(MODULE): $(MOD_OBJ) $(CORE_OBJ) $(IO_OBJ)
 	@mkdir -p $(@D)
-	$(CC) -shared $(CFLAGS) $(SAN) -o $@ $^ $(IO_LIBS) -lm -ldl
+	$(CC) -shared $(CFLAGS) $(SAN) -o $@ $^ $(IO_LIBS) $(HIREDIS_LIBS) -lm -ldl
 
 # -Wl,-E exports the sp_* symbols so ffi.C finds them in the executable.
 $(BIN): $(BUILD)/obj/main.o $(MOD_OBJ) $(LIB)
 	$(CC) $(CFLAGS) $(SAN) -Wl,-E -o $@ $(BUILD)/obj/main.o $(MOD_OBJ) \
 	  -Wl,--whole-archive $(LIB) -Wl,--no-whole-archive $(LUAJIT_LIBS) \
-	  $(IO_LIBS) -lm -ldl
+	  $(IO_LIBS) $(HIREDIS_LIBS) -lm -ldl
 
 $(CTEST): $(CTEST_OBJ) $(LOOP_OBJ) $(LIB)
 	$(CC) $(CFLAGS) $(SAN) -o $@ $(CTEST_OBJ) $(LOOP_OBJ) $(LIB) $(IO_LIBS) -lm
@@ -290,7 +293,8 @@ VALGRIND_SPECS := tests/lua/sched_spec.lua tests/lua/process_spec.lua \
   tests/lua/executor_async_spec.lua tests/lua/executor_misuse_spec.lua \
   tests/lua/seed_document_examples_spec.lua tests/lua/pool_spec.lua \
   tests/lua/pool_protocol_spec.lua tests/lua/policy_pool_spec.lua \
-  tests/lua/http_spec.lua tests/lua/http_cancel_spec.lua
+  tests/lua/http_spec.lua tests/lua/http_cancel_spec.lua \
+  tests/lua/redis_spec.lua
 
 valgrind: deps
 	@$(MAKE) --no-print-directory deps DEPS=valgrind
@@ -343,7 +347,8 @@ $(FUZZ_BUILD)/fuzz_options: tests/fuzz/fuzz_options.c $(FUZZ_MOD_OBJ) \
                             $(FUZZ_CORE_OBJ) $(HEADERS)
 	$(FUZZ_CC) $(CPPFLAGS_ALL) $(LUAJIT_CFLAGS) $(WARN) $(FUZZ_CFLAGS) \
 	  -fsanitize=fuzzer -DSPRUN_ROOT='"$(CURDIR)"' -Wl,-E -o $@ $< \
-	  $(FUZZ_MOD_OBJ) $(FUZZ_CORE_OBJ) $(LUAJIT_LIBS) $(IO_LIBS) -lm -ldl
+	  $(FUZZ_MOD_OBJ) $(FUZZ_CORE_OBJ) $(LUAJIT_LIBS) $(IO_LIBS) \
+	  $(HIREDIS_LIBS) -lm -ldl
 
 fuzz: deps
 	@$(MAKE) --no-print-directory deps DEPS="clang libclang-rt-14-dev"

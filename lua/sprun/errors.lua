@@ -35,8 +35,8 @@ _M.KINDS = {
   "eof", "error", "http_error", "http_failed", "invalid_address",
   "invalid_argument", "io_error", "kill_failed", "not_found", "out_of_memory",
   "out_of_range", "poison_request", "policy_error", "pool_failed",
-  "pool_saturated", "queue_timeout", "reset", "retries_exhausted",
-  "spawn_failed", "stalled", "task_crashed", "timeout", "tls_failed",
+  "pool_saturated", "queue_timeout", "redis_error", "reset",
+  "retries_exhausted", "spawn_failed", "stalled", "task_crashed", "timeout", "tls_failed",
   "too_large", "unavailable", "unknown_op", "unreachable", "worker_busy",
   "worker_crash", "worker_error", "write_failed",
 }

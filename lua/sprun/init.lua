@@ -2,7 +2,8 @@
 -- own: require "sprun.circuit_breaker", "sprun.health_monitor",
 -- "sprun.retry_policy", "sprun.errors", "sprun.executor", "sprun.process",
 -- "sprun.tcp", "sprun.telemetry", "sprun.pipeline", "sprun.bulkhead",
--- "sprun.policy", "sprun.sched", "sprun.pool", "sprun.dns", "sprun.http".
+-- "sprun.policy", "sprun.sched", "sprun.pool", "sprun.dns", "sprun.http",
+-- "sprun.redis".
 
 local sp = require "sprun.ffi"
 local clock = require "sprun.clock"
@@ -42,7 +43,8 @@ local _M = {
 -- Loaded at its first use: sprun.pool brings lua-cjson, whose buffers
 -- only a closed Lua state frees, and a script that never makes a pool
 -- need not hold them.
-local LAZY = { pool = "sprun.pool", http = "sprun.http" }
+local LAZY = { pool = "sprun.pool", http = "sprun.http",
+               redis = "sprun.redis" }
 setmetatable(_M, { __index = function(t, k)
   local name = LAZY[k]
   if name then

@@ -31,6 +31,7 @@
 #include "ltcp.c"
 #include "ldns.c"
 #include "lhttp.c"
+#include "lresp.c"
 #include "lsignal.c"
 #include "llayout.c"
 
@@ -79,6 +80,8 @@ static const luaL_Reg l_functions[] = {
   { "uv_strerror", l_uv_strerror },
   { "stdio_take", l_stdio_take },
   { "url_parse", l_url_parse },
+  { "resp_reader", l_resp_reader },
+  { "resp_command", l_resp_command },
   { NULL, NULL }
 };
 
@@ -91,6 +94,7 @@ int luaopen_sprun_core(lua_State *L) {
   l_new_metatable(L, TCP_MT, l_tcp_methods, l_tcp_tostring, NULL);
   l_new_metatable(L, DNS_MT, l_dns_methods, l_dns_tostring, l_dns_cancel);
   l_new_metatable(L, HTTP_MT, l_http_methods, l_http_tostring, l_http_close);
+  l_new_metatable(L, RESP_MT, l_resp_methods, l_resp_tostring, l_resp_close);
 
   lua_newtable(L);
   luaL_register(L, NULL, l_functions);

@@ -2,7 +2,7 @@
  *
  * module.c is the one translation unit of the module; it #includes util.c,
  * lhandle.c, lloop.c, ltimer.c, lprocess.c, ltcp.c, ldns.c, lhttp.c,
- * lsignal.c and llayout.c, and everything in them is static. Only the entry points are
+ * lresp.c, lsignal.c and llayout.c, and everything in them is static. Only the entry points are
  * exported, each declared in the header its callers read: sprun_lua.h for
  * the program that embeds the module (luaopen_sprun_core and the clocks),
  * loop.h for the loop's FFI surface (sp_loop_now_ms, sp_loop_clock and the

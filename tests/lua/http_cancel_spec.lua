@@ -11,12 +11,14 @@ local fault = require "httpd.fault_server"
 local http = sprun.http
 local kind = sprun.error_kind
 
--- The descriptors open in this process, by name ("0", "1", ...), and
--- how many (the listing's own pipe is closed before it returns).
+-- The descriptors open in this process, listed by `ls` into a file (a
+-- pipe from io.popen would be in the list, and its other end too while
+-- the child starts), and how many.
 local function open_fds()
-  local f = io.popen("ls -l /proc/" .. h.getpid() .. "/fd")
-  local names = f:read("*a")
-  f:close()
+  local out = os.tmpname()
+  os.execute("ls -l /proc/" .. h.getpid() .. "/fd > " .. out)
+  local names = h.read_file(out)
+  os.remove(out)
   local n = 0
   for _ in names:gmatch(" %d+ %->") do
     n = n + 1

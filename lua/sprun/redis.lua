@@ -1,0 +1,2 @@
+-- require "sprun.redis": Redis connections (lua/sprun/io/redis.lua).
+return require "sprun.io.redis"
