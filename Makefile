@@ -151,7 +151,8 @@ demo: deps
 	$(BIN) scripts/demo.lua
 	$(BIN) scripts/pool_demo.lua
 
-BENCHES := $(filter-out scripts/bench/harness.lua scripts/bench/summary.lua,\
+BENCHES := $(filter-out scripts/bench/harness.lua scripts/bench/summary.lua \
+             scripts/bench/procs.lua,\
              $(wildcard scripts/bench/*.lua))
 BENCH_ROWS := $(BUILD)/bench-rows.tsv
 

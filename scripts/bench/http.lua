@@ -71,7 +71,6 @@ local HERE = arg[0]:match("^(.*)/[^/]*$") or "."
 package.path = HERE .. "/?.lua;" .. HERE .. "/../../tests/lua/?.lua;"
                .. package.path
 local sprun = require "sprun"
-local ffi = require "ffi"
 local cjson = require("cjson").new()
 
 local fmt = string.format
@@ -94,67 +93,19 @@ local CANCEL_WARM = 200
 local LARGE = 4 * 1024 * 1024
 local BODY = "ok\n"
 
--- The sprun executable running this script (for the cases): the first
--- word of the command line.
-local SPRUN = (function()
-  local i = -1
-  while arg[i - 1] do
-    i = i - 1
-  end
-  return arg[i] or "sprun"
-end)()
+local P = require "procs"
+local SPRUN, alive, median = P.SPRUN, P.alive, P.median
+local rss_kb, thousands = P.rss_kb, P.thousands
+local RUSAGE_SELF, RUSAGE_CHILDREN = P.RUSAGE_SELF, P.RUSAGE_CHILDREN
+local CLK_TCK = P.CLK_TCK
+local cpu = P.rusage
 
-pcall(ffi.cdef, [[
-typedef struct { long tv_sec; long tv_usec; } sp_bench_http_timeval_t;
-typedef struct {
-  sp_bench_http_timeval_t ru_utime, ru_stime;
-  long ru_maxrss, ru_ixrss, ru_idrss, ru_isrss, ru_minflt, ru_majflt,
-       ru_nswap, ru_inblock, ru_oublock, ru_msgsnd, ru_msgrcv, ru_nsignals,
-       ru_nvcsw, ru_nivcsw;
-} sp_bench_http_rusage_t;
-int getrusage(int who, sp_bench_http_rusage_t *usage);
-long sysconf(int name);
-int kill(int pid, int sig);
-]])
-local C = ffi.C
 
-local RUSAGE_SELF, RUSAGE_CHILDREN = 0, -1
-
-local function alive(pid)
-  return C.kill(pid, 0) == 0
-end
-
-local function median(list)
-  local t = {}
-  for i, v in ipairs(list) do
-    t[i] = v
-  end
-  table.sort(t)
-  local mid = (#t + 1) / 2
-  return (t[math.floor(mid)] + t[math.ceil(mid)]) / 2
-end
-
-local ru = ffi.new("sp_bench_http_rusage_t")
 
 -- User and sys CPU in ns of this process (RUSAGE_SELF, every thread) or
 -- of its children reaped so far (RUSAGE_CHILDREN).
-local function cpu(who)
-  assert(C.getrusage(who, ru) == 0)
-  local user = tonumber(ru.ru_utime.tv_sec) * 1e9
-               + tonumber(ru.ru_utime.tv_usec) * 1e3
-  local sys = tonumber(ru.ru_stime.tv_sec) * 1e9
-              + tonumber(ru.ru_stime.tv_usec) * 1e3
-  return user, sys
-end
 
 -- Resident memory (now, and the peak) of this process in KiB.
-local function rss_kb()
-  local f = assert(io.open("/proc/self/status"))
-  local s = f:read("*a")
-  f:close()
-  return tonumber(s:match("VmRSS:%s*(%d+)")),
-         tonumber(s:match("VmHWM:%s*(%d+)"))
-end
 
 -- A string quoted on one line.
 local function show(v)
@@ -310,14 +261,9 @@ end
 local H = require "harness"
 local nginx = require "httpd.nginx"
 
-local CLK_TCK = tonumber(C.sysconf(2)) -- _SC_CLK_TCK
 -- The peers run as they are, without what a sanitizer build preloads.
 local ENV = { LD_PRELOAD = false }
 
-local function thousands(x)
-  local s = fmt("%.0f", x)
-  return (s:reverse():gsub("(%d%d%d)", "%1,"):reverse():gsub("^,", ""))
-end
 
 local function read_file(path)
   local f = io.open(path, "rb")

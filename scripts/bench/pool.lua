@@ -43,7 +43,6 @@
 -- skips the Python peers.
 package.path = arg[0]:match("^(.*)/[^/]*$") .. "/?.lua;" .. package.path
 local sprun = require "sprun"
-local ffi = require "ffi"
 local cjson = require("cjson").new()
 
 local fmt = string.format
@@ -56,73 +55,25 @@ local WARM = 5000       -- calls before the clock starts
 local ALLOC_N = 5000    -- calls of the allocation pass
 local PEERS = os.getenv("SPRUN_BENCH_POOL_PEERS") ~= "0"
 
--- The sprun executable running this script (for the cases and the Lua
--- workers): the first word of the command line.
-local SPRUN = (function()
-  local i = -1
-  while arg[i - 1] do
-    i = i - 1
-  end
-  return arg[i] or "sprun"
-end)()
-
-pcall(ffi.cdef, [[
-typedef struct { long tv_sec; long tv_usec; } sp_bench_pool_timeval_t;
-typedef struct {
-  sp_bench_pool_timeval_t ru_utime, ru_stime;
-  long ru_maxrss, ru_ixrss, ru_idrss, ru_isrss, ru_minflt, ru_majflt,
-       ru_nswap, ru_inblock, ru_oublock, ru_msgsnd, ru_msgrcv, ru_nsignals,
-       ru_nvcsw, ru_nivcsw;
-} sp_bench_pool_rusage_t;
-int getrusage(int who, sp_bench_pool_rusage_t *usage);
-long sysconf(int name);
-int kill(int pid, int sig);
-]])
-local C = ffi.C
-
-local function alive(pid)
-  return C.kill(pid, 0) == 0
-end
-
-local function median(list)
-  local t = {}
-  for i, v in ipairs(list) do
-    t[i] = v
-  end
-  table.sort(t)
-  return t[math.floor((#t + 1) / 2)]
-end
+local P = require "procs"
+local SPRUN, alive, median = P.SPRUN, P.alive, P.median
+local rss_kb, thousands = P.rss_kb, P.thousands
+local CLK_TCK = P.CLK_TCK
 
 --- One case, in a process of its own --------------------------------------
-
-local ru = ffi.new("sp_bench_pool_rusage_t")
-local CLK_TCK = tonumber(C.sysconf(2)) -- _SC_CLK_TCK
 
 -- This process so far: user and sys CPU in ns, context switches
 -- (voluntary, involuntary), read and write syscalls.
 local function usage()
-  assert(C.getrusage(0, ru) == 0) -- RUSAGE_SELF
+  local user, sys, vcsw, ivcsw = P.rusage(P.RUSAGE_SELF)
   local f = assert(io.open("/proc/self/io"))
   local io_text = f:read("*a")
   f:close()
   return {
-    user = tonumber(ru.ru_utime.tv_sec) * 1e9
-           + tonumber(ru.ru_utime.tv_usec) * 1e3,
-    sys = tonumber(ru.ru_stime.tv_sec) * 1e9
-          + tonumber(ru.ru_stime.tv_usec) * 1e3,
-    vcsw = tonumber(ru.ru_nvcsw), ivcsw = tonumber(ru.ru_nivcsw),
+    user = user, sys = sys, vcsw = vcsw, ivcsw = ivcsw,
     reads = tonumber(io_text:match("syscr:%s*(%d+)")),
     writes = tonumber(io_text:match("syscw:%s*(%d+)")),
   }
-end
-
--- Resident memory (now, and the peak) of this process in KiB.
-local function rss_kb()
-  local f = assert(io.open("/proc/self/status"))
-  local s = f:read("*a")
-  f:close()
-  return tonumber(s:match("VmRSS:%s*(%d+)")),
-         tonumber(s:match("VmHWM:%s*(%d+)"))
 end
 
 -- The CPU (user + sys) the processes `pids` used so far, in ns.
@@ -249,10 +200,6 @@ end
 
 local H = require "harness"
 
-local function thousands(x)
-  local s = fmt("%.0f", x)
-  return (s:reverse():gsub("(%d%d%d)", "%1,"):reverse():gsub("^,", ""))
-end
 
 -- A child process to completion, its stdout's JSON lines decoded.
 local function run_json(cmd, timeout_ms)

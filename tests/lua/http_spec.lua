@@ -222,6 +222,34 @@ describe("sprun.http against nginx", function()
   end)
 end)
 
+describe("sprun.http cancellation over HTTP/2", function()
+  it("a cancelled stream is reset: the other on the same connection goes "
+    .. "on", function()
+    local r = with_nginx({ tls = true, large_bytes = 512 * 1024 },
+      function(srv)
+        local tls = { ca_file = srv.ca_file }
+        assert(http.get(srv:url("/small", "tls"), { tls = tls }))
+        local sockets = http.pool_stats().sockets
+        -- 512 KiB at 256 KiB/s: both streams run for 2 s.
+        local url = srv:url("/limited/large.bin", "tls")
+        local a = sprun.spawn(http.get, url, { tls = tls, timeout_ms = 10000 })
+        local b = sprun.spawn(http.get, url, { tls = tls, timeout_ms = 10000 })
+        sprun.sleep(300)
+        local during = http.pool_stats()
+        a:cancel()
+        local _, ea = a:await()
+        local rb = b:await()
+        return { kind(ea), rb.status, #rb.body, rb.http_version,
+                 during.sockets - sockets, http.pool_stats().sockets,
+                 sockets }
+      end)
+    assert.are.same({ "cancelled", 200, 512 * 1024, "2", 0 },
+                    { r[1], r[2], r[3], r[4], r[5] })
+    -- The connection the two streams shared is still the pool's.
+    assert.are.equal(r[7], r[6])
+  end)
+end)
+
 describe("sprun -e", function()
   it("prints the status of a GET to localhost", function()
     local r = with_nginx({}, function(srv)
