@@ -180,4 +180,34 @@ describe("sprun.redis", function()
     ok, err = pcall(sprun.redis.connect, { url = "redis://h/x" })
     assert.matches("has a database that is not a number", err)
   end)
+
+  it("through a proxy that drops, delays and cuts the traffic (a "
+    .. "partition): timeouts and closes, never a hang", function()
+    local proxy = require "tcp_proxy"
+    local r = with_redis({}, function(srv)
+      local p = proxy.start("127.0.0.1", srv.port)
+      local url = "redis://127.0.0.1:" .. p.port
+      local c = assert(sprun.redis.connect { url = url, timeout_ms = 300 })
+      local out = { c:call("PING") }
+      p:set("delay", 100)
+      local t0 = sprun.now()
+      out[#out + 1] = c:call("PING")
+      out[#out + 1] = sprun.now() - t0 >= 95
+      p:set("drop")
+      local _, e = c:call("PING")
+      out[#out + 1] = kind(e)
+      p:set("pass")
+      local c2 = assert(sprun.redis.connect { url = url, timeout_ms = 300 })
+      out[#out + 1] = c2:call("PING")
+      p:cut()
+      local _, e2 = c2:call("PING")
+      out[#out + 1] = kind(e2)
+      out[#out + 1] = p.connections
+      out[#out + 1] = p.dropped > 0
+      p:close()
+      return out
+    end)
+    assert.are.same({ "PONG", "PONG", true, "timeout", "PONG", "closed", 2,
+                      true }, r)
+  end)
 end)
