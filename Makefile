@@ -41,6 +41,7 @@ LOOP_OBJ := $(LOOP_SRC:runtime/%.c=$(BUILD)/obj/%.o)
 # libuv, and libcurl, which runtime/loop/curl.c loads at the first
 # request); the rest of runtime/loop is the module's own.
 IO_OBJ := $(BUILD)/obj/loop/dns.o $(BUILD)/obj/loop/http.o \
+          $(BUILD)/obj/loop/http_transfer.o \
           $(BUILD)/obj/loop/curl.o
 MOD_OBJ := $(MOD_SRC:runtime/%.c=$(BUILD)/obj/%.o) \
            $(filter-out $(IO_OBJ),$(LOOP_OBJ))
