@@ -96,6 +96,7 @@ local BODY = "ok\n"
 local P = require "procs"
 local SPRUN, alive, median = P.SPRUN, P.alive, P.median
 local rss_kb, thousands = P.rss_kb, P.thousands
+local runs = P.runs
 local RUSAGE_SELF, RUSAGE_CHILDREN = P.RUSAGE_SELF, P.RUSAGE_CHILDREN
 local CLK_TCK = P.CLK_TCK
 local cpu = P.rusage
@@ -315,8 +316,13 @@ local function procs_cpu(pids)
   return t
 end
 
--- A child process to completion (its process group checked empty after);
--- a peer (not this script's own cases) without LD_PRELOAD.
+-- A child's stdout's JSON lines decoded; raises if it failed. A peer
+-- (not this script's own cases) runs without LD_PRELOAD.
+local function run_json(cmd, timeout_ms, peer)
+  return P.run_json(cmd, timeout_ms, peer and ENV or nil)
+end
+
+-- A child process to completion (its process group checked empty after).
 local function run(cmd, timeout_ms, peer)
   cmd.timeout_ms = timeout_ms
   cmd.env = peer and ENV or nil
@@ -326,28 +332,6 @@ local function run(cmd, timeout_ms, peer)
   return r
 end
 
--- A child's stdout's JSON lines decoded; raises if it failed.
-local function run_json(cmd, timeout_ms, peer)
-  local r = run(cmd, timeout_ms, peer)
-  if r.code ~= 0 then
-    io.stderr:write(r.stderr or "")
-    error(fmt("%s exited with %s", table.concat(cmd, " "),
-              tostring(r.code or r.signal)))
-  end
-  local out = {}
-  for line in r.stdout:gmatch("[^\n]+") do
-    out[#out + 1] = cjson.decode(line)
-  end
-  return out
-end
-
-local function runs(list, f)
-  local out = {}
-  for i, v in ipairs(list) do
-    out[i] = f(v)
-  end
-  return table.concat(out, "/")
-end
 
 local function req_s_list(walls)
   return runs(walls, function(w) return thousands(1e9 / w) end)

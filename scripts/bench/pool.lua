@@ -58,6 +58,7 @@ local PEERS = os.getenv("SPRUN_BENCH_POOL_PEERS") ~= "0"
 local P = require "procs"
 local SPRUN, alive, median = P.SPRUN, P.alive, P.median
 local rss_kb, thousands = P.rss_kb, P.thousands
+local run_json, runs = P.run_json, P.runs
 local CLK_TCK = P.CLK_TCK
 
 --- One case, in a process of its own --------------------------------------
@@ -202,23 +203,6 @@ local H = require "harness"
 
 
 -- A child process to completion, its stdout's JSON lines decoded.
-local function run_json(cmd, timeout_ms)
-  cmd.timeout_ms = timeout_ms
-  local r, err = sprun.process.run(cmd)
-  assert(r, tostring(err))
-  if r.code ~= 0 then
-    io.stderr:write(r.stderr or "")
-    error(fmt("%s exited with %s", table.concat(cmd, " "),
-              tostring(r.code or r.signal)))
-  end
-  -- Its process group is empty: nothing it started outlived it.
-  assert(not alive(-r.pid), cmd[2] .. " left a process behind")
-  local out = {}
-  for line in r.stdout:gmatch("[^\n]+") do
-    out[#out + 1] = cjson.decode(line)
-  end
-  return out
-end
 
 local function case(kind, concurrency)
   local r = run_json({ SPRUN, arg[0], "case", kind, concurrency },
@@ -243,13 +227,6 @@ local function case(kind, concurrency)
   return m
 end
 
-local function runs(list, f)
-  local out = {}
-  for i, v in ipairs(list) do
-    out[i] = f(v)
-  end
-  return table.concat(out, "/")
-end
 
 -- The rows of a case: wall per request, sprun CPU per request.
 local function report(m, targets)

@@ -79,4 +79,35 @@ function _M.thousands(x)
   return (s:reverse():gsub("(%d%d%d)", "%1,"):reverse():gsub("^,", ""))
 end
 
+-- Runs `cmd` (a sprun.process.run table, with timeout_ms, env) to its
+-- end and returns its stdout's lines decoded as JSON; raises if it failed
+-- or left a process of its group behind.
+function _M.run_json(cmd, timeout_ms, env)
+  local sprun = require "sprun"
+  local cjson = require("cjson").new()
+  cmd.timeout_ms, cmd.env = timeout_ms, env
+  local r, err = sprun.process.run(cmd)
+  assert(r, tostring(err))
+  assert(not _M.alive(-r.pid), cmd[1] .. " left a process behind")
+  if r.code ~= 0 then
+    io.stderr:write(r.stderr or "")
+    error(fmt("%s exited with %s", table.concat(cmd, " "),
+              tostring(r.code or r.signal)))
+  end
+  local out = {}
+  for line in r.stdout:gmatch("[^\n]+") do
+    out[#out + 1] = cjson.decode(line)
+  end
+  return out
+end
+
+-- f(v) of each value of `list`, joined by "/" (the rounds of a note).
+function _M.runs(list, f)
+  local out = {}
+  for i, v in ipairs(list) do
+    out[i] = f(v)
+  end
+  return table.concat(out, "/")
+end
+
 return _M
