@@ -9,7 +9,7 @@ local tables = require "sprun.tables"
 
 local type = type
 local pcall = pcall
-local pairs = pairs
+local each_key = next -- never `pairs` in a loop: see tables.lua
 local tostring = tostring
 local getmetatable = getmetatable
 local setmetatable = setmetatable
@@ -181,12 +181,12 @@ function _M.with_details(err, k1, v1, k2, v2)
     return err
   end
   local copy = {}
-  for k, v in pairs(err) do
+  for k, v in each_key, err do
     copy[k] = v
   end
   local d = {}
   if type(err.details) == "table" then
-    for k, v in pairs(err.details) do
+    for k, v in each_key, err.details do
       d[k] = v
     end
   elseif err.details ~= nil then

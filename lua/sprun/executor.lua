@@ -25,7 +25,7 @@ local retry_run = require("sprun.retry").run
 
 local type = type
 local pcall = pcall
-local pairs = pairs
+local each_key = next -- never `pairs` in a loop: see tables.lua
 local select = select
 local unpack = unpack
 local error = error
@@ -248,7 +248,7 @@ local function check_fns(fns)
                  check.describe(fns)), 3)
   end
   local n = #fns
-  for k in pairs(fns) do
+  for k in each_key, fns do
     if type(k) ~= "number" or k < 1 or k > n or k % 1 ~= 0 then
       error(format("%s: fns must be a list of functions, got key %s", fname,
                    check.describe(k)), 3)

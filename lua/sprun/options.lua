@@ -30,7 +30,7 @@ local check = require "sprun.check"
 local tables = require "sprun.tables"
 
 local type = type
-local pairs = pairs
+local each_key = next -- never `pairs` in a loop: see tables.lua
 local error = error
 local pcall = pcall
 local tostring = tostring
@@ -90,7 +90,7 @@ local function prefixed(prefix, e)
     return e
   end
   local out = {}
-  for k, v in pairs(e) do
+  for k, v in each_key, e do
     out[k] = v
   end
   local path = {}
@@ -284,7 +284,6 @@ local function closest(key, names)
 end
 
 
-local each_key = next
 local NONE = {}
 
 -- Checks opts against the spec: the parsed table, or nil and the option
@@ -297,7 +296,7 @@ local function parse(names, spec, any_required, validate, opts)
     return nil, _M.error({}, "must be a table", describe(opts))
   end
   -- Only options with an unknown key pay for the sort that names the
-  -- first of them (a loop over next, not pairs: see pool/protocol.lua).
+  -- first of them.
   local unknown = false
   for k in each_key, opts do
     if spec[k] == nil then
@@ -359,7 +358,7 @@ end
 function _M.parser(fname, spec, validate)
   local names = keys_in_order(spec)
   local any_required = false
-  for _, s in pairs(spec) do
+  for _, s in each_key, spec do
     any_required = any_required or s.required == true
   end
   return function(opts)

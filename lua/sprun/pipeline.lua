@@ -33,7 +33,7 @@ local tables = require "sprun.tables"
 local retry = require "sprun.retry"
 
 local type = type
-local pairs = pairs
+local each_key = next -- never `pairs` in a loop: see tables.lua
 local pcall = pcall
 local error = error
 local select = select
@@ -109,7 +109,7 @@ local function ref(names, section, what, path, v)
     return { ref = v }
   end
   local known, best, best_d = {}, nil, nil
-  for k in pairs(set) do
+  for k in each_key, set do
     known[#known + 1] = k
     local d = check.distance(v, k)
     if d <= 2 and (best_d == nil or d < best_d) then
@@ -147,7 +147,7 @@ local function parse_retry_stage(v, names, path)
   end
   if v.policy ~= nil then
     local keys = {}
-    for k in pairs(v) do
+    for k in each_key, v do
       if not NOT_POLICY[k] then
         keys[#keys + 1] = k
       end

@@ -49,6 +49,7 @@ local sched = require "sprun.sched"
 
 local type = type
 local pairs = pairs
+local each_key = next -- never `pairs` in a loop: see tables.lua
 local ipairs = ipairs
 local pcall = pcall
 local error = error
@@ -225,7 +226,7 @@ local function compile(t)
   local names = {}
   for _, section in ipairs { "breakers", "retry_policies", "bulkheads" } do
     names[section] = copy(broken[section])
-    for k, v in pairs(new[section]) do
+    for k, v in each_key, new[section] do
       names[section][k] = v
     end
   end
@@ -314,7 +315,7 @@ local function apply(self, new)
   local out = { breakers = {}, retry_policies = new.retry_policies,
                 health_monitors = {}, bulkheads = {}, pools = {},
                 pipelines = {} }
-  for name, fresh in pairs(new.breakers) do
+  for name, fresh in each_key, new.breakers do
     local old = live.breakers[name]
     if old then
       reconfigure_breaker(old, fresh)
@@ -323,11 +324,11 @@ local function apply(self, new)
       out.breakers[name] = fresh
     end
   end
-  for name, fresh in pairs(new.health_monitors) do
+  for name, fresh in each_key, new.health_monitors do
     local old = live.health_monitors[name]
     out.health_monitors[name] = old and merge_monitor(old, fresh) or fresh
   end
-  for name, fresh in pairs(new.bulkheads) do
+  for name, fresh in each_key, new.bulkheads do
     local old = live.bulkheads[name]
     if old then
       bulkhead._reconfigure(old, new.bulkhead_opts[name])
@@ -337,7 +338,7 @@ local function apply(self, new)
     end
   end
   -- A pool is { spec, live = the pool once started }.
-  for name, spec in pairs(new.pools) do
+  for name, spec in each_key, new.pools do
     local o = spec.o
     o.breaker = spec.refs.breaker and out.breakers[spec.refs.breaker]
     o.health = spec.refs.health and out.health_monitors[spec.refs.health]
@@ -353,7 +354,7 @@ local function apply(self, new)
     end
     out.pools[name] = entry
   end
-  for name, entry in pairs(live.pools) do
+  for name, entry in each_key, live.pools do
     if out.pools[name] == nil and entry.live then
       local p = entry.live
       sched.spawn(function() p:drain() end)
@@ -362,7 +363,7 @@ local function apply(self, new)
   local function lookup(section, name)
     return out[section][name]
   end
-  for name, spec in pairs(new.pipelines) do
+  for name, spec in each_key, new.pipelines do
     local p = live.pipelines[name]
     if p == nil then
       p = pipeline._blank()
@@ -370,7 +371,7 @@ local function apply(self, new)
     pipeline._configure(p, spec, lookup, reconfigure_breaker)
     out.pipelines[name] = p
   end
-  for name, p in pairs(live.pipelines) do
+  for name, p in each_key, live.pipelines do
     if out.pipelines[name] == nil then
       p._closed = true
     end
@@ -464,7 +465,7 @@ function Registry.pool(self, name)
   if p == nil or p._state == "stopped" then
     kernel.need_task("policy.pool")
     local o = {}
-    for k, v in pairs(entry.o) do
+    for k, v in each_key, entry.o do
       o[k] = v
     end
     p = pool._start(o, nil)

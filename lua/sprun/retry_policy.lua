@@ -18,7 +18,7 @@ local errors = require "sprun.errors"
 local ffi = sp.ffi
 local C = sp.C
 local type = type
-local pairs = pairs
+local each_key = next -- never `pairs` in a loop: see tables.lua
 local format = string.format
 local setmetatable = setmetatable
 local getmetatable = getmetatable
@@ -52,7 +52,7 @@ local mt = { __index = _M }
 -- The number of items of t if it is a list (keys 1..n only), else nil.
 local function list_length(t)
   local n = 0
-  for _ in pairs(t) do
+  for _ in each_key, t do
     n = n + 1
   end
   if n ~= #t then
@@ -138,10 +138,10 @@ local SPEC = {
 -- `validate` (for other modules that take retry options).
 function _M._options_parser(fname, extra, validate)
   local spec = {}
-  for k, v in pairs(SPEC) do
+  for k, v in each_key, SPEC do
     spec[k] = v
   end
-  for k, v in pairs(extra or {}) do
+  for k, v in each_key, extra or {} do
     spec[k] = v
   end
   return options.parser(fname, spec, validate)
@@ -161,7 +161,7 @@ end
 -- (keys other than the policy's are ignored).
 function _M._from_options(parsed)
   local o = {}
-  for k in pairs(SPEC) do
+  for k in each_key, SPEC do
     o[k] = parsed[k]
   end
   o.seed = o.seed or fresh_seed()
@@ -240,7 +240,7 @@ end
 function _M.config(self)
   check_self(self, mt, "retry_policy.config", WHAT)
   local o, out = self._options, {}
-  for k, v in pairs(o) do
+  for k, v in each_key, o do
     out[k] = v
   end
   out.backoff_ms = copy(o.backoff_ms)

@@ -19,7 +19,7 @@ local errors = require "sprun.errors"
 local ffi = sp.ffi
 local C = sp.C
 local type = type
-local pairs = pairs
+local each_key = next -- never `pairs` in a loop: see tables.lua
 local ipairs = ipairs
 local tostring = tostring
 local tonumber = tonumber
@@ -45,7 +45,7 @@ local function check_window(w)
   if kind ~= "count" and kind ~= "time" then
     return 'must be "count" or "time"', "window.type", describe(kind)
   end
-  for k, v in pairs(w) do
+  for k, v in each_key, w do
     if not WINDOW_KEYS[kind][k] then
       return "is not a key of a " .. kind .. " window (valid keys: "
              .. WINDOW_VALID[kind] .. ")", "window." .. tostring(k),

@@ -36,7 +36,7 @@ local telemetry = require "sprun.telemetry"
 
 local type = type
 local pcall = pcall
-local pairs = pairs
+local each_key = next -- never `pairs` in a loop: see tables.lua
 local error = error
 local setmetatable = setmetatable
 local tostring = tostring
@@ -110,7 +110,7 @@ local function check_headers(v)
   if type(v) ~= "table" then
     return "must be a table of header names to values"
   end
-  for k, val in pairs(v) do
+  for k, val in each_key, v do
     if type(k) ~= "string" or not find(k, "^[!#$%%&'*+.^_`|~%w-]+$") then
       return "must have header names made of token characters",
              "headers", check.describe(k)
@@ -138,7 +138,7 @@ local function check_stall(v)
   if type(v) ~= "table" then
     return "must be a table { min_bytes_per_s, for_ms }"
   end
-  for k in pairs(v) do
+  for k in each_key, v do
     if k ~= "min_bytes_per_s" and k ~= "for_ms" then
       return "has no option " .. check.describe(k)
              .. " (min_bytes_per_s and for_ms are)", "stall"
@@ -163,7 +163,7 @@ local function check_tls(v)
   if type(v) ~= "table" then
     return "must be a table { verify, ca_file }"
   end
-  for k in pairs(v) do
+  for k in each_key, v do
     if k ~= "verify" and k ~= "ca_file" then
       return "has no option " .. check.describe(k)
              .. " (verify and ca_file are)", "tls"
@@ -271,7 +271,7 @@ local function header_list(h)
     return nil
   end
   local out = {}
-  for k, v in pairs(h) do
+  for k, v in each_key, h do
     if type(v) == "table" then
       for i = 1, #v do
         out[#out + 1] = k .. ": " .. tostring(v[i])
@@ -520,7 +520,7 @@ local function shortcut(name, method, with_body)
     end
     local o = {}
     if opts then
-      for k, v in pairs(opts) do
+      for k, v in each_key, opts do
         o[k] = v
       end
     end

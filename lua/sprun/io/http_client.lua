@@ -39,7 +39,7 @@ local sched = require "sprun.sched"
 local kernel = require "sprun.sched.kernel"
 
 local type = type
-local pairs = pairs
+local each_key = next -- never `pairs` in a loop: see tables.lua
 local pcall = pcall
 local setmetatable = setmetatable
 local format = string.format
@@ -175,14 +175,14 @@ end
 -- while more than max_origins - 1 are kept. An origin in flight stays.
 local function sweep(self, t)
   local idle_ms = self.idle_origin_ms
-  for name, o in pairs(self.origins) do
+  for name, o in each_key, self.origins do
     if o.inflight == 0 and t - o.last_used >= idle_ms then
       self:_forget(name, o)
     end
   end
   while self.norigins >= self.max_origins do
     local oldest, oname
-    for name, o in pairs(self.origins) do
+    for name, o in each_key, self.origins do
       if o.inflight == 0 and (oldest == nil or o.last_used < oldest.last_used)
       then
         oldest, oname = o, name
@@ -215,7 +215,7 @@ function Client:_origin(name)
     o = { inflight = 0, last_used = t, requests = 0 }
     if self.breaker_opts then
       local bo = { name = name }
-      for k, v in pairs(self.breaker_opts) do
+      for k, v in each_key, self.breaker_opts do
         if BREAKER_KEYS[k] == nil then
           bo[k] = v
         end
@@ -228,7 +228,7 @@ function Client:_origin(name)
     end
     if self.bulkhead_opts then
       local bo = { name = name }
-      for k, v in pairs(self.bulkhead_opts) do
+      for k, v in each_key, self.bulkhead_opts do
         if k ~= "name" then
           bo[k] = v
         end
@@ -307,16 +307,16 @@ local function request_options(self, opts, path, body)
     local k = DEFAULTS[i]
     o[k] = self.defaults[k]
   end
-  for k, v in pairs(given) do
+  for k, v in each_key, given do
     o[k] = v
   end
   local dh, gh = self.defaults.headers, given.headers
   if dh or gh or self.deadline_header then
     local headers = {}
-    for k, v in pairs(dh or {}) do
+    for k, v in each_key, dh or {} do
       headers[k] = v
     end
-    for k, v in pairs(gh or {}) do
+    for k, v in each_key, gh or {} do
       headers[k] = v
     end
     o.headers = headers
@@ -434,7 +434,7 @@ end
 function Client:stats()
   check.self(self, Client, "http.client.stats", CLIENT)
   local out = { origins = {}, evicted = self.evicted, count = self.norigins }
-  for name, o in pairs(self.origins) do
+  for name, o in each_key, self.origins do
     out.origins[name] = {
       inflight = o.inflight, requests = o.requests,
       state = o.breaker and o.breaker:state() or nil,
@@ -465,7 +465,7 @@ function _M.client(opts)
   if self.breaker_opts then
     -- Checked now, with the name every origin's breaker gets.
     local probe = { name = "http.client" }
-    for k, v in pairs(self.breaker_opts) do
+    for k, v in each_key, self.breaker_opts do
       probe[k] = v
     end
     local ok, cb = options.capture({ "breaker_per_origin" },

@@ -25,7 +25,7 @@ local ffi = require "ffi"
 
 local type = type
 local pcall = pcall
-local pairs = pairs
+local each_key = next -- never `pairs` in a loop: see tables.lua
 local tostring = tostring
 local error = error
 local setmetatable = setmetatable
@@ -61,7 +61,7 @@ local function environment(env)
     end
     i = i + 1
   end
-  for k, v in pairs(env) do
+  for k, v in each_key, env do
     if vars[k] == nil then
       order[#order + 1] = k
     end
@@ -80,7 +80,7 @@ local function check_env(v)
   if type(v) ~= "table" then
     return "must be a table of NAME = value"
   end
-  for k, x in pairs(v) do
+  for k, x in each_key, v do
     if type(k) ~= "string" or k == "" or find(k, "=", 1, true) then
       return "must be a table of NAME = value", "env", "key " .. check.describe(k)
     end
@@ -133,7 +133,7 @@ local function make_parser(fname, with_timeout)
             .. check.describe(cmd), 3)
     end
     local args, named = { cmd }, {}
-    for k, v in pairs(opts) do
+    for k, v in each_key, opts do
       if type(k) == "number" then
         if k % 1 ~= 0 or k < 1 or k > #opts then
           error(format("%s: arguments must be a list, got key %s", fname,

@@ -17,7 +17,7 @@
 
 local errors = require "sprun.errors"
 
-local pairs = pairs
+local each_key = next -- never `pairs` in a loop: see tables.lua
 local setmetatable = setmetatable
 local tonumber = tonumber
 local open = io.open
@@ -171,7 +171,7 @@ end
 
 function Poison:size()
   local n = 0
-  for _ in pairs(self.keys) do
+  for _ in each_key, self.keys do
     n = n + 1
   end
   return n

@@ -33,7 +33,7 @@ local Pool = require "sprun.pool.supervise"
 local reconfigure = require "sprun.pool.reconfigure"
 
 local type = type
-local pairs = pairs
+local each_key = next -- never `pairs` in a loop: see tables.lua
 local next = next
 local ipairs = ipairs
 local error = error
@@ -183,7 +183,7 @@ function _M._start(o, task)
   local cb = o.breaker
   if cb ~= nil and not circuit_breaker.is_breaker(cb) then
     local bo = {}
-    for k, v in pairs(cb) do
+    for k, v in each_key, cb do
       bo[k] = v
     end
     bo.name = bo.name or o.name
@@ -243,7 +243,7 @@ local function call_options(opts)
   if type(opts) ~= "table" then
     return nil, "options must be a table, got " .. describe(opts)
   end
-  for k in pairs(opts) do
+  for k in each_key, opts do
     if not CALL_KEYS[k] then
       return nil, "unknown option " .. describe(k) .. " (valid options: "
                   .. "idempotent, key, session, timeout_ms)"
@@ -431,7 +431,7 @@ end
 -- Every worker process still alive (serving, replacing or draining).
 local function live_workers(self)
   local list = {}
-  for w in pairs(self._live) do
+  for w in each_key, self._live do
     list[#list + 1] = w
   end
   return list

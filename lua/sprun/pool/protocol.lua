@@ -26,12 +26,7 @@ local sub = string.sub
 local floor = math.floor
 local pcall = pcall
 local type = type
--- Tables are walked with `for k, v in each_key, t`: a loop over `next`
--- or `pairs` (by those names) compiles to ITERN, which the LuaJIT 2.1 of
--- Debian 12 (2.1.0~beta3+git20220320) can end early inside a trace
--- (LuaJIT issue #827, fixed upstream later): a table then encodes as {}.
--- Under another name the loop calls next itself, which is never wrong.
-local each_key = next
+local each_key = next -- never `pairs` in a loop: see tables.lua
 local error = error
 local tostring = tostring
 local concat = table.concat

@@ -22,7 +22,7 @@ local kernel = require "sprun.sched.kernel"
 local requests = require "sprun.pool.requests"
 local Pool = require "sprun.pool.supervise"
 
-local pairs = pairs
+local each_key = next -- never `pairs` in a loop: see tables.lua
 local ipairs = ipairs
 local type = type
 local remove = table.remove
@@ -36,12 +36,12 @@ local function same(a, b)
   if type(a) ~= "table" or type(b) ~= "table" then
     return a == b
   end
-  for k, v in pairs(a) do
+  for k, v in each_key, a do
     if not same(v, b[k]) then
       return false
     end
   end
-  for k in pairs(b) do
+  for k in each_key, b do
     if a[k] == nil then
       return false
     end
@@ -134,7 +134,7 @@ local function shrink(self, size)
     end
   end
   -- Sessions bound to a slot that left are forgotten.
-  for session, slot in pairs(self._sessions) do
+  for session, slot in each_key, self._sessions do
     if gone[slot] then
       self._sessions[session] = nil
       self._nsessions = self._nsessions - 1
@@ -163,7 +163,7 @@ function Pool:_reconfigure(o, hm, cb)
   end
   if roll then
     local stale = self._stale or {}
-    for w in pairs(self._live) do
+    for w in each_key, self._live do
       if w.state ~= "draining" then
         stale[w] = true
       end

@@ -25,7 +25,7 @@ local tcp = require "sprun.io.tcp"
 local protocol = require "sprun.pool.protocol"
 
 local type = type
-local pairs = pairs
+local each_key = next -- never `pairs` in a loop: see tables.lua
 local pcall = pcall
 local error = error
 local tostring = tostring
@@ -139,7 +139,7 @@ local function serve_in_task(handlers)
     local fn = handlers[op]
     if fn == nil then
       local known = {}
-      for k in pairs(handlers) do
+      for k in each_key, handlers do
         known[#known + 1] = tostring(k)
       end
       table.sort(known)
@@ -186,7 +186,7 @@ function _M.serve(handlers)
     check.arg_error("pool.serve", "handlers", "must be a table of op = "
                     .. "function", handlers)
   end
-  for k, v in pairs(handlers) do
+  for k, v in each_key, handlers do
     if type(k) ~= "string" or type(v) ~= "function" then
       check.arg_error("pool.serve", "handlers", "must map op names to "
                       .. "functions, got " .. check.describe(k) .. " = ",

@@ -28,7 +28,7 @@ local worker = require "sprun.pool.worker"
 local requests = require "sprun.pool.requests"
 
 local type = type
-local pairs = pairs
+local each_key = next -- never `pairs` in a loop: see tables.lua
 local ipairs = ipairs
 local tostring = tostring
 local random = math.random
@@ -295,7 +295,7 @@ function Pool:_exit(w, code, signal)
   -- The requests in flight there get the crash (their callers decide on
   -- a retry), or the end when the pool stopped the worker itself.
   local proc_id = slot.id .. "#" .. w.gen
-  for id, req in pairs(w.inflight) do
+  for id, req in each_key, w.inflight do
     w.inflight[id] = nil
     self._inflight = self._inflight - 1
     if intentional then

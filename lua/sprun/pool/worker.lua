@@ -28,7 +28,7 @@ local sub = string.sub
 local format = string.format
 local match = string.match
 local tonumber = tonumber
-local pairs = pairs
+local each_key = next -- never `pairs` in a loop: see tables.lua
 local tostring = tostring
 local setmetatable = setmetatable
 local io_stderr = io.stderr
@@ -158,7 +158,7 @@ function _M.start(pool, slot, gen, o)
     end,
   }
   local env = {}
-  for k, v in pairs(o.env or {}) do
+  for k, v in each_key, o.env or {} do
     env[k] = v
   end
   env.SPRUN_POOL = pool._name

@@ -45,7 +45,7 @@ local type = type
 local tonumber = tonumber
 local error = error
 local unpack = unpack
-local pairs = pairs
+local each_key = next -- never `pairs` in a loop: see tables.lua
 local ipairs = ipairs
 local pcall = pcall
 local format = string.format
@@ -459,7 +459,7 @@ end
 -- sprun.run, and on_sighup.
 function _M.main(opts, chunk, ...)
   local o = {}
-  for k, v in pairs(opts) do
+  for k, v in each_key, opts do
     o[k] = v
   end
   o.signals = true

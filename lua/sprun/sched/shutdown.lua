@@ -13,7 +13,7 @@ local core = require "sprun.core"
 local kernel = require "sprun.sched.kernel"
 local task_m = require "sprun.sched.task"
 
-local pairs = pairs
+local each_key = next -- never `pairs` in a loop: see tables.lua
 local ipairs = ipairs
 local tonumber = tonumber
 local error = error
@@ -26,7 +26,7 @@ local cancel = task_m.cancel
 local _M = {}
 
 function _M.cancel_all(s)
-  for t in pairs(kernel.live_tasks(s)) do
+  for t in each_key, kernel.live_tasks(s) do
     cancel(t)
   end
 end

@@ -22,7 +22,7 @@ local errors = require "sprun.errors"
 local co_resume = coroutine.resume
 local getmetatable = getmetatable
 local error = error
-local pairs = pairs
+local each_key = next -- never `pairs` in a loop: see tables.lua
 local unpack = unpack
 local tostring = tostring
 local format = string.format
@@ -184,7 +184,7 @@ local function release(task)
     child = older
   end
   if task.resources then
-    for res in pairs(task.resources) do
+    for res in each_key, task.resources do
       res:_abort()
     end
     task.resources = nil

@@ -20,7 +20,7 @@
 -- every attach and detach, so emit sites may keep them in upvalues.
 
 local type = type
-local pairs = pairs
+local each_key = next -- never `pairs` in a loop: see tables.lua
 local ipairs = ipairs
 local pcall = pcall
 local error = error
@@ -162,13 +162,13 @@ local next_seq = 0
 local cleanups = {}
 
 local function refresh_flags()
-  for k in pairs(enabled) do
+  for k in each_key, enabled do
     enabled[k] = nil
   end
-  for k in pairs(observed) do
+  for k in each_key, observed do
     observed[k] = nil
   end
-  for name in pairs(by_name) do
+  for name in each_key, by_name do
     enabled[name] = true
     observed[name] = true
     local pos = 1
@@ -195,7 +195,7 @@ local function bad_event(fname, what, event)
                   describe(event))
   end
   local n = #event
-  for k in pairs(event) do
+  for k in each_key, event do
     if type(k) ~= "number" or k < 1 or k > n or k % 1 ~= 0 then
       return format("%s: %s %s, got key %s", fname, what, EVENT_EXPECTED,
                     describe(k))
@@ -353,7 +353,7 @@ function _M.list_handlers(prefix)
     end
   end
   local all = {}
-  for _, records in pairs(by_id) do
+  for _, records in each_key, by_id do
     for _, r in ipairs(records) do
       local ok = #prefix <= #r.event
       for i = 1, #prefix do

@@ -22,9 +22,7 @@ local cjson = require("cjson").new()
 local shortest = require("sprun.check").shortest
 
 local type = type
--- Not `pairs` or `next` by name in the loops: see pool/protocol.lua
--- (LuaJIT's ITERN can end a loop early in Debian 12's LuaJIT).
-local each_key = next
+local each_key = next -- never `pairs` in a loop: see tables.lua
 local pcall = pcall
 local tostring = tostring
 local getmetatable = getmetatable

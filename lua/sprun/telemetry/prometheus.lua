@@ -24,7 +24,7 @@ local http_server = require "sprun.io.http_server"
 local barrier = require "sprun.pool.barrier"
 
 local type = type
-local pairs = pairs
+local each_key = next -- never `pairs` in a loop: see tables.lua
 local ipairs = ipairs
 local pcall = pcall
 local error = error
@@ -154,7 +154,7 @@ local COLLECT = {
 }
 COLLECT["snakepit.circuit_breaker.call.failure"] =
   COLLECT["snakepit.circuit_breaker.call.success"]
-for name, state in pairs(TRANSITION_STATE) do
+for name, state in each_key, TRANSITION_STATE do
   COLLECT[name] = function(c, m, md)
     local pool = pool_label(md)
     local by_state = c.transitions[pool]
@@ -316,11 +316,11 @@ local function render(c)
   local stats = monitor_stats()
   -- Counters of the breakers alive start at 0, so rates work from the
   -- first scrape.
-  for pool in pairs(states) do
+  for pool in each_key, states do
     c.transitions[pool] = c.transitions[pool] or {}
     c.rejected[pool] = c.rejected[pool] or 0
   end
-  for pool in pairs(stats) do
+  for pool in each_key, stats do
     c.crashes[pool] = c.crashes[pool] or 0
   end
 
@@ -442,7 +442,7 @@ local function render(c)
     for _, class in ipairs(barrier.CLASSES) do
       classes[class] = by_class[class] or 0
     end
-    for class, n in pairs(by_class) do
+    for class, n in each_key, by_class do
       classes[class] = n
     end
     for _, class in ipairs(sorted_keys(classes)) do

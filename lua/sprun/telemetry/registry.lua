@@ -2,7 +2,7 @@
 -- them (the Prometheus gauges). Registering keeps nothing alive: the sets
 -- are weak, and an object that is collected leaves them.
 
-local pairs = pairs
+local each_key = next -- never `pairs` in a loop: see tables.lua
 local setmetatable = setmetatable
 local sort = table.sort
 
@@ -39,7 +39,7 @@ end
 
 local function in_order(set)
   local list = {}
-  for obj in pairs(set) do
+  for obj in each_key, set do
     list[#list + 1] = obj
   end
   sort(list, function(a, b) return set[a] < set[b] end)

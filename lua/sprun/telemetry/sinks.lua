@@ -19,7 +19,7 @@ local errors = require "sprun.errors"
 local options = require "sprun.options"
 
 local type = type
-local pairs = pairs
+local each_key = next -- never `pairs` in a loop: see tables.lua
 local ipairs = ipairs
 local pcall = pcall
 local tostring = tostring
@@ -176,7 +176,7 @@ local LOG_LINES = {
 
 local function sorted_fields(t, prefix, out)
   local keys = {}
-  for k in pairs(t) do
+  for k in each_key, t do
     keys[#keys + 1] = tostring(k)
   end
   sort(keys)
