@@ -198,7 +198,7 @@ local OBJECT_NAMES = {
   circuit_breaker = "cb", health_monitor = "hm", retry_policy = "policy",
   bulkhead = "bulkhead", pipeline = "pipeline", policy = "reg",
   process = "proc", tcp = "conn", ["tcp.server"] = "server", task = "task",
-  ["telemetry.prometheus"] = "endpoint",
+  ["telemetry.prometheus"] = "endpoint", fleet = "f",
 }
 
 -- Misuse of a method: raises at the level of its caller. A function or
@@ -228,6 +228,13 @@ function _M.integer(fname, name, v, lo, limit)
   if type(v) ~= "number" or v % 1 ~= 0 or v < lo or v > limit then
     error(format("%s: %s %s, got %s", fname, name,
                  expect_integer(v, lo, limit), describe(v)), 3)
+  end
+end
+
+function _M.string(fname, name, v)
+  if type(v) ~= "string" or v == "" then
+    error(fname .. ": " .. name .. " must be a non-empty string, got "
+          .. describe(v), 3)
   end
 end
 

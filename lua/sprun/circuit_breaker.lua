@@ -65,6 +65,7 @@ local U64 = ffi.typeof("uint64_t")
 local SUCCESS = sp.SP_OUTCOME_SUCCESS
 local FAILURE = sp.SP_OUTCOME_FAILURE
 local NEUTRAL = sp.SP_OUTCOME_NEUTRAL
+local FLEET_REASON = sp.SP_OPEN_REASON_FLEET
 
 local STATE_NAMES = struct.STATE_NAMES
 local OPEN_REASONS = struct.OPEN_REASONS
@@ -126,6 +127,10 @@ function _M.start_link(opts)
                                { name = o.name }),
   }, mt)
   registry.add_breaker(cb)
+  if o.fleet ~= nil then
+    cb._fleet = o.fleet
+    o.fleet:_join("b", o.name, cb)
+  end
   return cb
 end
 
@@ -163,10 +168,7 @@ local function transitions(self, mask)
       hook(self, "opened", failures)
     end
     if enabled[OPENED_EVENT] then
-      local reason = "failures"
-      if self._window then
-        reason = OPEN_REASONS[self._b.open_reason] or reason
-      end
+      local reason = OPEN_REASONS[self._b.open_reason] or "failures"
       emit(OPENED_EVENT, { failure_count = failures },
            { pool = self._name, reason = reason })
     end
@@ -533,6 +535,28 @@ function _M.isolate(self)
   if mask > 0 then
     transitions(self, mask)
   end
+end
+
+-- For sprun.fleet (fleet/members.lua): opens the breaker on the fleet's
+-- evidence, or closes it because a probe elsewhere succeeded.
+function _M._fleet_trip(self)
+  local mask = C.sp_breaker_trip(self._b, self._clock(), FLEET_REASON)
+  if mask > 0 then
+    transitions(self, mask)
+  end
+end
+
+function _M._fleet_recover(self)
+  local mask = C.sp_breaker_recover(self._b)
+  if mask > 0 then
+    transitions(self, mask)
+  end
+end
+
+-- The fleet the breaker is in, or nil.
+function _M.fleet(self)
+  check_self(self, mt, "circuit_breaker.fleet", WHAT)
+  return self._fleet
 end
 
 function _M.is_breaker(v)

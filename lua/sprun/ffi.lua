@@ -70,7 +70,8 @@ typedef enum {
   SP_OPEN_REASON_NONE = 0,
   SP_OPEN_REASON_FAILURES = 1,
   SP_OPEN_REASON_FAILURE_RATE = 2,
-  SP_OPEN_REASON_SLOW_CALL_RATE = 3
+  SP_OPEN_REASON_SLOW_CALL_RATE = 3,
+  SP_OPEN_REASON_FLEET = 4
 } sp_open_reason_t;
 
 enum {
@@ -118,6 +119,8 @@ typedef struct sp_breaker_s {
   int open_reason;
   uint32_t half_open_admitted;
   uint64_t failures_since_close;
+  uint64_t total_slow;
+  uint32_t held;
   uint32_t head_;
   uint64_t epoch_;
   unsigned char *ring_;
@@ -137,6 +140,8 @@ int sp_breaker_reset(sp_breaker_t *b);
 int sp_breaker_force_open(sp_breaker_t *b);
 int sp_breaker_disable(sp_breaker_t *b);
 int sp_breaker_isolate(sp_breaker_t *b);
+int sp_breaker_trip(sp_breaker_t *b, uint64_t now_ms, int reason);
+int sp_breaker_recover(sp_breaker_t *b);
 uint64_t sp_breaker_half_open_at(const sp_breaker_t *b);
 const char *sp_breaker_state_name(int state);
 
@@ -281,6 +286,7 @@ for _, name in ipairs {
   "SP_WINDOW_CONSECUTIVE", "SP_WINDOW_COUNT", "SP_WINDOW_TIME",
   "SP_OPEN_REASON_NONE", "SP_OPEN_REASON_FAILURES",
   "SP_OPEN_REASON_FAILURE_RATE", "SP_OPEN_REASON_SLOW_CALL_RATE",
+  "SP_OPEN_REASON_FLEET",
   "SP_BREAKER_MAX_WINDOW_SIZE", "SP_BREAKER_MAX_BUCKETS",
   "SP_RETRY_MAX_BACKOFF",
   "SP_BACKOFF_LIST", "SP_BACKOFF_EXPONENTIAL",

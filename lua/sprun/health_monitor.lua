@@ -18,6 +18,7 @@ local kernel = require "sprun.sched.kernel"
 local errors = require "sprun.errors"
 local telemetry = require "sprun.telemetry"
 local registry = require "sprun.telemetry.registry"
+local fleet_kind = require "sprun.fleet.kind"
 
 local ffi = sp.ffi
 local C = sp.C
@@ -56,6 +57,7 @@ local parse_options = options.parser("health_monitor.start_link", {
   max_workers = { "integer", min = 1, limit = check.UINT32_MAX,
                   default = 1024 },
   clock = { "function" },
+  fleet = { check = fleet_kind.check },
 })
 
 function _M.start_link(opts)
@@ -83,6 +85,10 @@ function _M.start_link(opts)
     _worker_out = ffi.new("sp_worker_stats_t"),
   }, mt)
   registry.add_monitor(hm)
+  if o.fleet ~= nil then
+    hm._fleet = o.fleet
+    o.fleet:_join("m", hm._name, hm)
+  end
   return hm
 end
 
@@ -209,7 +215,7 @@ function _M.stats(self)
   check_self(self, mt, "health_monitor.stats", WHAT)
   local h = self._h
   local in_window = C.sp_health_expire(h, self._clock())
-  return {
+  local s = {
     pool = self._pool,
     name = self._name,
     total_crashes = tonumber(h.total_crashes),
@@ -219,6 +225,17 @@ function _M.stats(self)
     crash_window_ms = tonumber(h.config.crash_window_ms),
     is_healthy = in_window < h.config.max_crashes,
   }
+  if self._fleet ~= nil then
+    -- In a fleet: its crashes in the window beside these (fleet/members).
+    return self._fleet:_monitor_stats(self, s)
+  end
+  return s
+end
+
+-- The fleet the monitor is in, or nil.
+function _M.fleet(self)
+  check_self(self, mt, "health_monitor.fleet", WHAT)
+  return self._fleet
 end
 
 function _M.is_monitor(v)

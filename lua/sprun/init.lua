@@ -3,7 +3,7 @@
 -- "sprun.retry_policy", "sprun.errors", "sprun.executor", "sprun.process",
 -- "sprun.tcp", "sprun.telemetry", "sprun.pipeline", "sprun.bulkhead",
 -- "sprun.policy", "sprun.sched", "sprun.pool", "sprun.dns", "sprun.http",
--- "sprun.redis".
+-- "sprun.redis", "sprun.fleet".
 
 local sp = require "sprun.ffi"
 local clock = require "sprun.clock"
@@ -44,7 +44,7 @@ local _M = {
 -- only a closed Lua state frees, and a script that never makes a pool
 -- need not hold them.
 local LAZY = { pool = "sprun.pool", http = "sprun.http",
-               redis = "sprun.redis" }
+               redis = "sprun.redis", fleet = "sprun.fleet" }
 setmetatable(_M, { __index = function(t, k)
   local name = LAZY[k]
   if name then

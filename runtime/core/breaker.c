@@ -229,6 +229,8 @@ static int breaker_count(sp_breaker_t *b, int outcome, uint64_t now_ms,
   if (counting && rate_window(b)) {
     slow = b->config.slow_call_ms > 0 && duration_ms >= b->config.slow_call_ms;
     window_add(b, outcome == SP_OUTCOME_FAILURE, slow, now_ms);
+    if (slow)
+      b->total_slow = inc64(b->total_slow);
   }
 
   if (outcome == SP_OUTCOME_SUCCESS) {
@@ -338,6 +340,8 @@ int sp_breaker_init(sp_breaker_t *b, const sp_breaker_config_t *config) {
   b->ignored_count = 0;
   b->half_open_admitted = 0;
   b->failures_since_close = 0;
+  b->total_slow = 0;
+  b->held = 0;
   b->window_calls = 0;
   b->window_failures = 0;
   b->window_slow = 0;
@@ -361,7 +365,7 @@ int sp_breaker_tick(sp_breaker_t *b, uint64_t now_ms) {
    * as of now_ms. Expiry alone never opens the breaker. */
   if (b->buckets_ != NULL && b->state != SP_BREAKER_STATE_ISOLATED)
     window_rotate(b, now_ms);
-  if (b->state != SP_BREAKER_STATE_OPEN)
+  if (b->state != SP_BREAKER_STATE_OPEN || b->held)
     return 0;
   /* A clock that went backwards (now before opened_at) must not make the
    * unsigned difference wrap into a huge elapsed time. */
@@ -468,9 +472,26 @@ int sp_breaker_reset(sp_breaker_t *b) {
   b->ignored_count = 0;
   b->half_open_admitted = 0;
   b->failures_since_close = 0;
+  b->total_slow = 0;
+  b->held = 0;
   b->open_reason = SP_OPEN_REASON_NONE;
   window_clear(b);
   return was_closed ? 0 : SP_BREAKER_CLOSED;
+}
+
+int sp_breaker_trip(sp_breaker_t *b, uint64_t now_ms, int reason) {
+  if (b->state != SP_BREAKER_STATE_CLOSED &&
+      b->state != SP_BREAKER_STATE_HALF_OPEN)
+    return 0;
+  b->failure_count = 0;
+  return breaker_open(b, now_ms, reason);
+}
+
+int sp_breaker_recover(sp_breaker_t *b) {
+  if (b->state != SP_BREAKER_STATE_OPEN &&
+      b->state != SP_BREAKER_STATE_HALF_OPEN)
+    return 0;
+  return breaker_close(b);
 }
 
 int sp_breaker_force_open(sp_breaker_t *b) {
@@ -489,6 +510,8 @@ int sp_breaker_isolate(sp_breaker_t *b) {
 uint64_t sp_breaker_half_open_at(const sp_breaker_t *b) {
   if (b->state != SP_BREAKER_STATE_OPEN)
     return 0;
+  if (b->held)
+    return UINT64_MAX;
   if (b->config.reset_timeout_ms > UINT64_MAX - b->opened_at_ms)
     return UINT64_MAX;
   return b->opened_at_ms + b->config.reset_timeout_ms;

@@ -123,7 +123,8 @@ typedef enum {
   SP_OPEN_REASON_NONE = 0,
   SP_OPEN_REASON_FAILURES = 1,      /* consecutive failures, failed probe */
   SP_OPEN_REASON_FAILURE_RATE = 2,  /* rate window: failure rate */
-  SP_OPEN_REASON_SLOW_CALL_RATE = 3 /* rate window: slow-call rate */
+  SP_OPEN_REASON_SLOW_CALL_RATE = 3, /* rate window: slow-call rate */
+  SP_OPEN_REASON_FLEET = 4           /* sp_breaker_trip: evidence elsewhere */
 } sp_open_reason_t;
 
 #define SP_BREAKER_MAX_WINDOW_SIZE 100000 /* count window */
@@ -202,6 +203,13 @@ typedef struct sp_breaker_s {
   /* read-only: every failure counted since the breaker last closed or was
    * reset, in every state (Snakepit's failure_count). */
   uint64_t failures_since_close;
+  /* read-only: running total of the slow calls a rate window counted
+   * (never reset except by sp_breaker_reset). */
+  uint64_t total_slow;
+  /* read-write: while non-zero, an open breaker stays open past its reset
+   * timeout (sp_breaker_tick does not half-open it). A fleet holds the
+   * breakers of the nodes that wait for another node's probe. */
+  uint32_t held;
   /* private */
   uint32_t head_;                  /* COUNT: the slot of the next call */
   uint64_t epoch_;                 /* TIME: epoch of the newest bucket */
@@ -262,7 +270,18 @@ int sp_breaker_force_open(sp_breaker_t *b);
 int sp_breaker_disable(sp_breaker_t *b);
 int sp_breaker_isolate(sp_breaker_t *b);
 
-/* When the open breaker turns half-open; 0 when it is not open. */
+/* Opens a closed or half-open breaker on evidence from elsewhere (a fleet's
+ * quorum): as if its own failures had, with open_reason `reason`. Returns
+ * SP_BREAKER_OPENED, or 0 in any other state (open already, manual). */
+int sp_breaker_trip(sp_breaker_t *b, uint64_t now_ms, int reason);
+
+/* Closes an open or half-open breaker at once (a probe elsewhere
+ * succeeded); unlike sp_breaker_reset the running totals stay. Returns
+ * SP_BREAKER_CLOSED, or 0 in any other state. */
+int sp_breaker_recover(sp_breaker_t *b);
+
+/* When the open breaker turns half-open; 0 when it is not open (a held
+ * breaker gives UINT64_MAX). */
 uint64_t sp_breaker_half_open_at(const sp_breaker_t *b);
 
 /* "closed", "open", "half_open", "forced_open", "disabled", "isolated";

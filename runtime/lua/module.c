@@ -82,6 +82,8 @@ static const luaL_Reg l_functions[] = {
   { "url_parse", l_url_parse },
   { "resp_reader", l_resp_reader },
   { "resp_command", l_resp_command },
+  { "hostname", l_hostname },
+  { "pid", l_pid },
   { NULL, NULL }
 };
 

@@ -109,6 +109,29 @@ static int l_uv_strerror(lua_State *L) {
   return l_push_uv_text(L, uv_strerror);
 }
 
+/* core.hostname(): this machine's host name (uv_os_gethostname), or nil
+ * and the libuv error's text. */
+static int l_hostname(lua_State *L) {
+  char name[UV_MAXHOSTNAMESIZE];
+  size_t size = sizeof(name);
+  int rc;
+
+  rc = uv_os_gethostname(name, &size);
+  if (rc < 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, uv_strerror(rc));
+    return 2;
+  }
+  lua_pushlstring(L, name, size);
+  return 1;
+}
+
+/* core.pid(): this process's id. */
+static int l_pid(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer) uv_os_getpid());
+  return 1;
+}
+
 /* The methods get the metatable as their one upvalue (see l_check_loop in
  * lloop.c). */
 static void l_new_metatable(lua_State *L, const char *name,

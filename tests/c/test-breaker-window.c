@@ -267,6 +267,8 @@ TEST_IMPL(breaker_window_slow_call_rate) {
   ASSERT_EQ(ev, SP_BREAKER_OPENED);       /* 2 slow of 4 */
   ASSERT_EQ(b.open_reason, SP_OPEN_REASON_SLOW_CALL_RATE);
   ASSERT_UINT64_EQ(b.window_slow, 0);
+  /* The running total keeps the two slow calls the window let go. */
+  ASSERT_UINT64_EQ(b.total_slow, 2);
   sp_breaker_close(&b);
 
   /* Without slow_call_ms no call is slow, however long. */

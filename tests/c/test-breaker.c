@@ -743,3 +743,61 @@ TEST_IMPL(breaker_mask_half_open_closed_opened) {
   ASSERT_EQ(b.failure_count, 1);
   return 0;
 }
+
+/* A fleet's three levers: trip opens a closed or half-open breaker with
+ * the reason given, recover closes an open or half-open one keeping the
+ * totals, and a held breaker stays open past its reset timeout until it
+ * is let go. Manual states ignore trip and recover. */
+TEST_IMPL(breaker_trip_recover_hold) {
+  sp_breaker_t b;
+  int events;
+  uint32_t gen;
+
+  ASSERT_PASS(breaker_start(&b, 5, 1, 100));
+  ASSERT_PASS(breaker_call(&b, 0, SP_OUTCOME_SUCCESS, &events));
+  ASSERT_PASS(breaker_call(&b, 0, SP_OUTCOME_FAILURE, &events));
+  gen = b.generation;
+  ASSERT_EQ(sp_breaker_trip(&b, 50, SP_OPEN_REASON_FLEET), SP_BREAKER_OPENED);
+  ASSERT_EQ(b.state, SP_BREAKER_STATE_OPEN);
+  ASSERT_EQ(b.open_reason, SP_OPEN_REASON_FLEET);
+  ASSERT_UINT64_EQ(b.opened_at_ms, 50);
+  ASSERT_EQ(b.generation, gen + 1);
+  /* Open already: nothing to do. */
+  ASSERT_EQ(sp_breaker_trip(&b, 60, SP_OPEN_REASON_FLEET), 0);
+  ASSERT_UINT64_EQ(b.opened_at_ms, 50);
+
+  /* Held: the reset timeout passes and it stays open, rejecting. */
+  b.held = 1;
+  ASSERT_EQ(sp_breaker_tick(&b, 500), 0);
+  ASSERT_EQ(sp_breaker_acquire(&b, 500), SP_ECIRCUITOPEN);
+  ASSERT_UINT64_EQ(sp_breaker_half_open_at(&b), UINT64_MAX);
+  b.held = 0;
+  ASSERT_EQ(sp_breaker_tick(&b, 500), SP_BREAKER_HALF_OPENED);
+
+  /* Half-open: trip opens it again, from that moment. */
+  ASSERT_EQ(sp_breaker_trip(&b, 510, SP_OPEN_REASON_FLEET), SP_BREAKER_OPENED);
+  ASSERT_UINT64_EQ(b.opened_at_ms, 510);
+
+  /* Recover closes it and keeps the totals. */
+  ASSERT_EQ(sp_breaker_recover(&b), SP_BREAKER_CLOSED);
+  ASSERT_EQ(b.state, SP_BREAKER_STATE_CLOSED);
+  ASSERT_UINT64_EQ(b.total_successes, 1);
+  ASSERT_UINT64_EQ(b.total_failures, 1);
+  ASSERT_UINT64_EQ(b.rejected_count, 1);
+  ASSERT_EQ(sp_breaker_recover(&b), 0);
+
+  /* Manual states are the operator's: neither lever moves them. */
+  ASSERT_EQ(sp_breaker_force_open(&b), SP_BREAKER_FORCED_OPENED);
+  ASSERT_EQ(sp_breaker_trip(&b, 600, SP_OPEN_REASON_FLEET), 0);
+  ASSERT_EQ(sp_breaker_recover(&b), 0);
+  ASSERT_EQ(b.state, SP_BREAKER_STATE_FORCED_OPEN);
+  ASSERT_EQ(sp_breaker_disable(&b), SP_BREAKER_DISABLED);
+  ASSERT_EQ(sp_breaker_trip(&b, 600, SP_OPEN_REASON_FLEET), 0);
+  ASSERT_EQ(b.state, SP_BREAKER_STATE_DISABLED);
+
+  /* Reset lets go of a hold. */
+  b.held = 1;
+  sp_breaker_reset(&b);
+  ASSERT_EQ(b.held, 0);
+  return 0;
+}

@@ -33,6 +33,7 @@
   XX(breaker_counts_saturate)                                                \
   XX(breaker_generation_changes_at_every_transition)                         \
   XX(breaker_mask_half_open_closed_opened)                                   \
+  XX(breaker_trip_recover_hold)                                              \
   XX(breaker_window_init_validation)                                     \
   XX(breaker_window_count_failure_rate_exact)                            \
   XX(breaker_window_min_calls)                                           \

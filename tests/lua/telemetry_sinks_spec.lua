@@ -137,12 +137,13 @@ describe("telemetry sinks", function()
       }, lines)
     end)
 
-    it("at level warning logs only opened, exhausted, tainted and "
-       .. "budget_exhausted", function()
+    it("at level warning logs only opened, exhausted, tainted, "
+       .. "budget_exhausted and degraded", function()
       local w = writer()
       telemetry.logger { level = "warning", io = w }
       every_event()
-      assert.are.same({ "opened", "exhausted", "tainted", "budget_exhausted" },
+      assert.are.same({ "opened", "exhausted", "tainted", "budget_exhausted",
+                        "degraded" },
         (function()
         local l = {}
         for _, r in ipairs(telemetry.list_handlers({})) do

@@ -723,6 +723,8 @@ print(cb:state(), table.concat(seen, ","))
         "sprun.bulkhead.rejected debug",
         "sprun.pool.worker_output debug",
         "sprun.http.request debug",
+        "sprun.fleet.degraded warning",
+        "sprun.fleet.recovered info",
       }, got)
     end)
 

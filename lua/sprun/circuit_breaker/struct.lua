@@ -15,6 +15,7 @@ local sp = require "sprun.ffi"
 local check = require "sprun.check"
 local options = require "sprun.options"
 local errors = require "sprun.errors"
+local fleet_kind = require "sprun.fleet.kind"
 
 local ffi = sp.ffi
 local C = sp.C
@@ -110,6 +111,7 @@ _M.parse_options = options.parser("circuit_breaker.start_link", {
   is_failure = { "function" },
   clock = { "function" },
   window = { check = check_window },
+  fleet = { check = fleet_kind.check },
   -- No defaults here, so that giving one without `window` can be told
   -- apart; new() fills them in.
   failure_rate = { "number", min = 0, max = 1 },
@@ -174,6 +176,7 @@ local OPEN_REASONS = {
   [sp.SP_OPEN_REASON_FAILURES] = "failures",
   [sp.SP_OPEN_REASON_FAILURE_RATE] = "failure_rate",
   [sp.SP_OPEN_REASON_SLOW_CALL_RATE] = "slow_call_rate",
+  [sp.SP_OPEN_REASON_FLEET] = "fleet",
 }
 _M.OPEN_REASONS = OPEN_REASONS
 

@@ -254,6 +254,16 @@ function Redis:_abort()
   self:close()
 end
 
+-- For what outlives the task that connected (sprun.fleet's sync, a task
+-- per interval): the connection then belongs to no task, and whoever
+-- holds it closes it.
+function Redis:_detach()
+  kernel.disown(self.owner, self)
+  kernel.disown(self.conn.owner, self.conn)
+  self.conn.owner = nil
+  self.owner = nil
+end
+
 local parse_connect = options.parser("redis.connect", {
   url = { check = function(v)
     if v == nil then
@@ -288,8 +298,9 @@ local function connect_in_task(o)
   local self = setmetatable({
     conn = conn, reader = core.resp_reader(), timeout_ms = o.timeout_ms,
     closed = false, busy = false, host = host, port = port,
+    owner = kernel.current(),
   }, Redis)
-  kernel.own(kernel.current(), self)
+  kernel.own(self.owner, self)
   if password then
     local ok, e
     if user then

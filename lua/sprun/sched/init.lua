@@ -221,6 +221,7 @@ local function open(opts)
     -- Work to do once the ready tasks have run, before the loop polls
     -- (kernel.at_turn_end): fn[i](arg[i]) for i = 1, nturn.
     nturn = 0, turn_fn = {}, turn_arg = {},
+    run_end = {},    -- { fn, arg } to call when the run ends (at_run_end)
     stop_status = nil, -- the exit status once a shutdown began (signal, os.exit)
     stop_name = nil,   -- what began it: "SIGINT", ..., "os.exit"
     cur = false,     -- the task whose coroutine runs now (see current)
@@ -331,6 +332,8 @@ local function run_main(opts, fn, args)
     cancel_all(s)
     pcall(drain, s)
   end
+  kernel.run_end(s)
+  pcall(drain, s)
   pcall(settle, s)
   _M.last_run = {
     handles = s.loop:handle_count()

@@ -1,11 +1,12 @@
 -- The loop's upkeep (internal), part of sched/kernel.lua's API:
 -- kernel.at_turn_end / run_turn_end (work gathered over one turn, done
--- once before the loop polls), kernel.after (background timers) and
--- kernel.on_signal. Installed into the kernel table when it loads, with
--- the kernel's own state and token functions (requiring the kernel from
--- here would be a cycle).
+-- once before the loop polls), kernel.after (background timers),
+-- kernel.at_run_end / run_end and kernel.on_signal. Installed into the
+-- kernel table when it loads, with the kernel's own state and token
+-- functions (requiring the kernel from here would be a cycle).
 
 local setmetatable = setmetatable
+local pcall = pcall
 
 local _M = {}
 
@@ -54,6 +55,28 @@ function _M.install(K, get_state, new_token, t_after)
     b.token = new_token(s, b)
     t_after(s, ms, b.token)
     return true
+  end
+
+  -- Runs fn(arg) once when the running loop's run ends (its tasks are
+  -- done), before its handles settle and the loop closes: what lives
+  -- across tasks without keeping the run alive (a fleet's connection)
+  -- closes there. Returns false when no loop is running.
+  function K.at_run_end(fn, arg)
+    local s = get_state()
+    if s == nil then
+      return false
+    end
+    local list = s.run_end
+    list[#list + 1] = { fn, arg }
+    return true
+  end
+
+  function K.run_end(s)
+    local list = s.run_end
+    s.run_end = {}
+    for i = 1, #list do
+      pcall(list[i][1], list[i][2])
+    end
   end
 
   -- Calls fn() whenever signal `signum` arrives while the loop runs; the

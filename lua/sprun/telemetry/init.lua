@@ -79,6 +79,8 @@ local EVENTS = {
   { "sprun.bulkhead.rejected", "debug" },
   { "sprun.pool.worker_output", "debug" },
   { "sprun.http.request", "debug" },
+  { "sprun.fleet.degraded", "warning" },
+  { "sprun.fleet.recovered", "info" },
 }
 
 local LEVELS = { debug = 1, info = 2, warning = 3 }

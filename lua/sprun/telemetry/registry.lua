@@ -1,5 +1,5 @@
--- The breakers, health monitors and worker pools alive now, for what reports on all of
--- them (the Prometheus gauges). Registering keeps nothing alive: the sets
+-- The breakers, health monitors, worker pools and fleets alive now, for
+-- what reports on all of them (the Prometheus gauges). Registering keeps nothing alive: the sets
 -- are weak, and an object that is collected leaves them.
 
 local each_key = next -- never `pairs` in a loop: see tables.lua
@@ -12,6 +12,7 @@ local _M = {}
 local breakers = setmetatable({}, { __mode = "k" })
 local monitors = setmetatable({}, { __mode = "k" })
 local pools = setmetatable({}, { __mode = "k" })
+local fleets = setmetatable({}, { __mode = "k" })
 local next_registered = 0
 
 function _M.add_breaker(cb)
@@ -37,6 +38,15 @@ function _M.remove_pool(pool)
   pools[pool] = nil
 end
 
+function _M.add_fleet(f)
+  next_registered = next_registered + 1
+  fleets[f] = next_registered
+end
+
+function _M.remove_fleet(f)
+  fleets[f] = nil
+end
+
 local function in_order(set)
   local list = {}
   for obj in each_key, set do
@@ -59,6 +69,11 @@ end
 -- The live pools, oldest first.
 function _M.pools()
   return in_order(pools)
+end
+
+-- The open fleets, oldest first.
+function _M.fleets()
+  return in_order(fleets)
 end
 
 return _M
