@@ -293,7 +293,8 @@ local function control(self, fname, name, value)
   check.string(fname, "name", name)
   local task = kernel.need_task(fname)
   if self.closed then
-    return nil, errors.error("closed", "fleet: closed")
+    return nil, errors.error("closed", "fleet " .. self.node_id
+                                       .. " is closed")
   end
   while self.syncing do
     kernel.block(self, task)

@@ -24,8 +24,9 @@
 --   was applied, then sent again, adds nothing twice; one that was lost
 --   is carried by the next. Totals that went down (a reset breaker)
 --   count from zero.
--- * A vote counts only if the node saw the current epoch: a vote cast
---   before the fleet closed is not a vote to open it again.
+-- * A vote counts only if the node saw the current epoch (or none yet, a
+--   node new to the fleet): a vote cast before the fleet closed is not a
+--   vote to open it again.
 -- * Closed, the fleet opens on a quorum: at least min_nodes live nodes,
 --   at least 2 open votes, and votes >= min_share of the live nodes; or
 --   (rate windows) when the fleet's window reaches the breaker's failure
@@ -117,7 +118,7 @@ for i = 1, #KEYS do
   local open = s[1] == '1'
   local since, epoch = tonumber(s[2]) or 0, tonumber(s[3]) or 0
   local vote, seen, probe = st[1], st[2], st[3]
-  if vote == 1 and seen == epoch then
+  if vote == 1 and (seen == epoch or seen < 0) then
     redis.call('ZADD', kv, d(now + expire), node)
   else
     redis.call('ZREM', kv, node)

@@ -243,7 +243,7 @@ function _M.once(f)
     kernel.block(f, task)
   end
   if f.closed then
-    return nil, errors.error("closed", "fleet: closed")
+    return nil, errors.error("closed", "fleet " .. f.node_id .. " is closed")
   end
   f.syncing = task
   local ok, a, b = pcall(f.guard.call, f.guard, round, f)

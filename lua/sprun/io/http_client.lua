@@ -26,6 +26,7 @@
 -- unless raise_for_status asks for an error.
 
 local http = require "sprun.io.http"
+local fleet_kind = require "sprun.fleet.kind"
 local circuit_breaker = require "sprun.circuit_breaker"
 local bulkhead = require "sprun.bulkhead"
 local retry_policy = require "sprun.retry_policy"
@@ -201,6 +202,10 @@ function Client:_forget(name, o)
   self.evicted = self.evicted + 1
   if o.breaker then
     registry.remove_breaker(o.breaker)
+    local fleet = o.breaker._fleet
+    if fleet ~= nil then
+      fleet:leave(o.breaker)
+    end
   end
 end
 
@@ -463,10 +468,18 @@ function _M.client(opts)
     self.defaults[DEFAULTS[i]] = opts and opts[DEFAULTS[i]]
   end
   if self.breaker_opts then
-    -- Checked now, with the name every origin's breaker gets.
+    -- Checked now, with the name every origin's breaker gets (outside
+    -- any fleet: its own check is the option's, below).
     local probe = { name = "http.client" }
     for k, v in each_key, self.breaker_opts do
-      probe[k] = v
+      if k ~= "fleet" then
+        probe[k] = v
+      end
+    end
+    local fleet = self.breaker_opts.fleet
+    if fleet ~= nil and not fleet_kind.is_fleet(fleet) then
+      error(options.message(options.error({ "breaker_per_origin", "fleet" },
+        fleet_kind.check(fleet), check.describe(fleet)), "http.client"), 2)
     end
     local ok, cb = options.capture({ "breaker_per_origin" },
                                    circuit_breaker.start_link, probe)

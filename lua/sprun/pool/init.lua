@@ -178,7 +178,7 @@ function _M._start(o, task)
   if not health_monitor.is_monitor(hm) then
     hm = health_monitor.start_link { name = o.name, pool = o.name,
       crash_window_ms = o.health and o.health.crash_window_ms,
-      max_crashes = o.health and o.health.max_crashes }
+      max_crashes = o.health and o.health.max_crashes, fleet = o.fleet }
   end
   local cb = o.breaker
   if cb ~= nil and not circuit_breaker.is_breaker(cb) then
@@ -187,6 +187,9 @@ function _M._start(o, task)
       bo[k] = v
     end
     bo.name = bo.name or o.name
+    if bo.fleet == nil then
+      bo.fleet = o.fleet
+    end
     if bo.is_failure == nil then
       bo.is_failure = pool_failure
     end
@@ -446,6 +449,16 @@ function Pool:_stop_now()
   self._state = "stopped"
   registry.remove_pool(self)
   kernel.disown(self._owner, self)
+  -- The monitor and breaker it made from options leave their fleet.
+  local fleet = self._o.fleet
+  if fleet ~= nil then
+    if not health_monitor.is_monitor(self._o.health) then
+      fleet:leave(self._hm)
+    end
+    if self._cb and not circuit_breaker.is_breaker(self._o.breaker) then
+      fleet:leave(self._cb)
+    end
+  end
   requests.fail_queued(self, requests.error(self, "closed",
                                             "the pool was stopped"))
   local list = live_workers(self)

@@ -3,6 +3,7 @@
 -- name for an unknown key. parse(opts) returns the full set, nested
 -- sections included, or raises at the caller's line.
 
+local fleet_kind = require "sprun.fleet.kind"
 local check = require "sprun.check"
 local options = require "sprun.options"
 local process = require "sprun.io.process"
@@ -93,6 +94,7 @@ local parse_top = options.parser("pool.start", {
   crash_barrier = ANY,
   health = ANY,
   breaker = ANY,
+  fleet = { check = fleet_kind.check },
   affinity = { "choice", values = { "hint", "strict_queue",
                                     "strict_fail_fast" }, default = "hint" },
   startup_batch = { "integer", min = 1, limit = 4096, default = 8 },

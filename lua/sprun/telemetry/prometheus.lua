@@ -229,6 +229,25 @@ local function pool_stats()
   return stats
 end
 
+-- Each fleet's families, from its stats: name, type, help, value (nil:
+-- no sample, as the staleness before the first sync).
+local FLEET_SERIES = {
+  { "sprun_fleet_staleness_seconds", "gauge", "Age of a fleet's view: "
+    .. "time since the sync it came from was sent, in seconds.",
+    function(s) return s.staleness_ms and s.staleness_ms / 1000 end },
+  { "sprun_fleet_degraded", "gauge", "1 while a fleet acts locally (no "
+    .. "sync for 3 intervals), else 0.",
+    function(s) return s.state == "degraded" and 1 or 0 end },
+  { "sprun_fleet_live_nodes", "gauge", "Nodes a fleet saw sync within 3 "
+    .. "intervals (the most over its members).",
+    function(s) return s.live_nodes end },
+  { "sprun_fleet_syncs_total", "counter", "Syncs of a fleet with Redis "
+    .. "that worked.", function(s) return s.syncs end },
+  { "sprun_fleet_sync_failures_total", "counter", "Syncs of a fleet with "
+    .. "Redis that failed or were held back by its breaker.",
+    function(s) return s.sync_failures end },
+}
+
 -- Each pool's gauge families, from its stats: name, help, value.
 local POOL_GAUGES = {
   { "sprun_pool_size", "Worker slots of a pool (its size).",
@@ -469,6 +488,25 @@ local function render(c)
   histogram("sprun_http_request_duration_seconds", "Duration of the HTTP "
             .. "requests made with sprun.http (name lookup included), in "
             .. "seconds.", c.http_durations, "origin")
+
+  -- Fleets: one series per node of this process (node_id).
+  local fs = {}
+  for _, f in ipairs(registry.fleets()) do
+    local ok, st = pcall(f.stats, f)
+    if ok then
+      fs[st.node_id] = st
+    end
+  end
+  local nodes = sorted_keys(fs)
+  for _, g in ipairs(FLEET_SERIES) do
+    family(g[1], g[2], g[3])
+    for _, node in ipairs(nodes) do
+      local v = g[4](fs[node])
+      if v ~= nil then
+        sample(g[1], 'node="' .. label_value(node) .. '"', v)
+      end
+    end
+  end
   return concat(out)
 end
 
