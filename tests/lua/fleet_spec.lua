@@ -163,6 +163,30 @@ describe("sprun.fleet", function()
     end)
   end)
 
+  it("syncs 450 breakers in 3 EVALSHAs of at most 200, each counted",
+    function()
+    with_redis(function(srv)
+      -- No sync on the timer but the first: the count is of this one.
+      local f = connect(srv, "n1", { interval_ms = 60000 })
+      assert(f:sync())
+      local cbs = {}
+      for i = 1, 450 do
+        cbs[i] = cb_new { name = "b" .. i, fleet = f }
+        for _ = 1, i % 3 do cbs[i]:call(succeed) end
+      end
+      local r = redis_conn(srv)
+      assert(r:call("CONFIG", "RESETSTAT"))
+      assert(f:sync())
+      local info = r:call("INFO", "commandstats")
+      assert.are.equal("3", info:match("cmdstat_evalsha:calls=(%d+)"))
+      for _, i in ipairs { 1, 200, 201, 400, 401, 450 } do
+        assert.are.equal(i % 3, f:view("b" .. i).calls, i)
+      end
+      r:close()
+      f:close()
+    end)
+  end)
+
   it("reloads its script when Redis forgot it (NOSCRIPT)", function()
     with_redis(function(srv)
       local f = connect(srv, "n1")

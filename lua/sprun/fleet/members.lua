@@ -103,9 +103,12 @@ function _M.config(m, f)
 end
 
 -- Lets the breaker act alone again: no hold, no probe, no manual state
--- of the fleet's.
-function _M.release(m)
-  m.view = nil
+-- of the fleet's. keep_view keeps the last view (a degraded fleet shows
+-- it, marked stale).
+function _M.release(m, keep_view)
+  if not keep_view then
+    m.view = nil
+  end
   m.probing = nil
   if m.kind ~= "b" then
     return
@@ -161,7 +164,10 @@ function _M.apply(m, r, node)
     cb:state()
     return
   end
-  if b.state == STATE_CLOSED then
+  -- Closed, or half-open on its own timer before it learnt the fleet is
+  -- open: only the lease holder may probe.
+  if b.state == STATE_CLOSED
+     or (b.state == STATE_HALF_OPEN and r.lease ~= node) then
     cb:_fleet_trip()
   end
   if r.lease == node then

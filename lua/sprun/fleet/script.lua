@@ -130,7 +130,7 @@ for i = 1, #KEYS do
 
   if not open then
     local quorum = live >= min_nodes and votes >= 2
-                   and votes >= min_share * live
+                   and votes >= min_share * live - 1e-9
     local calls = sums[1]
     local rate = frate >= 0 and live >= min_nodes and failing >= 2
                  and calls > 0 and calls >= min_calls

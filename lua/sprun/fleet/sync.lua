@@ -37,10 +37,12 @@ local RECOVERED_EVENT = "sprun.fleet.recovered"
 
 -- Missed intervals after which the fleet's signals have expired.
 local MISSED = 3
--- Members per EVALSHA: a longer list goes in several, pipelined in one
--- write (LuaJIT unpacks at most a few thousand arguments, and one short
--- script at a time keeps Redis answering others).
-local CHUNK = 1000
+-- Members per EVALSHA (6 + 5 per member arguments: a command takes at
+-- most 1,024). A longer list goes in several, one after the other, each
+-- within timeout_ms: one script of ~5 ms at a time keeps Redis answering
+-- others, and a fleet of thousands of breakers is never one reply too
+-- long to wait for.
+local CHUNK = 200
 
 local _M = { MISSED = MISSED, CHUNK = CHUNK }
 
@@ -91,15 +93,25 @@ local function commands(f, list)
   return cmds
 end
 
+-- The replies of the commands, sent one at a time; an error reply is
+-- { err = e } in its place (NOSCRIPT is told apart by the caller).
 local function send(f, cmds)
-  if #cmds == 1 then
-    local reply, err = f.conn:call(unpack(cmds[1]))
+  local out = {}
+  for i = 1, #cmds do
+    local reply, err = f.conn:call(unpack(cmds[i]))
     if reply == nil then
-      return nil, err
+      if errors.kind(err) ~= "redis_error" then
+        return nil, err
+      end
+      out[i] = { err = err }
+      if i == 1 then
+        return out
+      end
+    else
+      out[i] = reply
     end
-    return { reply }
   end
-  return f.conn:pipeline(cmds)
+  return out
 end
 
 -- The replies' lines in one list, or nil and the first error.
@@ -203,7 +215,7 @@ local function degrade(f, reason)
   f.degraded_at = now()
   f.degradations = f.degradations + 1
   for _, m in ipairs(f:_list()) do
-    members.release(m)
+    members.release(m, true)
   end
   if enabled[DEGRADED_EVENT] then
     emit(DEGRADED_EVENT, { missed_intervals = MISSED },
