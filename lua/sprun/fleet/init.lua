@@ -349,7 +349,8 @@ function Fleet:disable(name)
   return control(self, "fleet.disable", name, "disable")
 end
 
--- Ends a fleet-wide force_open or disable: every node's breaker closes.
+-- Ends a fleet-wide force_open or disable: every node's breaker closes,
+-- then follows the fleet's evidence again (an open fleet stays open).
 function Fleet:release(name)
   check.self(self, Fleet, "fleet.release", WHAT)
   return control(self, "fleet.release", name, nil)
