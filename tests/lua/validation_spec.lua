@@ -10,7 +10,7 @@ local hm = health_monitor.start_link {}
 local rp = retry_policy.new {}
 local function noop() end
 
-local CB_OPTIONS = "clock, failure_rate, failure_threshold, "
+local CB_OPTIONS = "clock, failure_rate, failure_threshold, fleet, "
   .. "half_open_max_calls, is_failure, min_calls, name, reset_timeout_ms, "
   .. "slow_call_ms, slow_call_rate, window"
 
@@ -163,7 +163,7 @@ local cases = {
     .. "(did you mean 'max_crashes'?)",
     health_monitor.start_link, { max_crash = 3 } },
   { "health_monitor.start_link: unknown option 'window' (valid options: "
-    .. "check_interval_ms, clock, crash_window_ms, max_crashes, "
+    .. "check_interval_ms, clock, crash_window_ms, fleet, max_crashes, "
     .. "max_workers, name, pool)", health_monitor.start_link, { window = 1 } },
 
   -- health monitor methods
