@@ -12,17 +12,7 @@ local cb_new = sprun.circuit_breaker.start_link
 local hm_new = sprun.health_monitor.start_link
 
 local function with_redis(fn, opts)
-  local pid
-  local r = h.run_tasks(function()
-    local srv = redisd.start(opts)
-    pid = srv.pid
-    local ok, v = pcall(fn, srv)
-    srv:stop()
-    assert(ok, v)
-    return v
-  end)
-  assert.is_false(h.alive(pid), "redis-server " .. pid .. " is left")
-  return r
+  return redisd.with(opts, fn)
 end
 
 local function fail() return nil, sprun.error("unavailable", "down") end

@@ -8,19 +8,7 @@ local redisd = require "redisd"
 
 local kind = sprun.error_kind
 
-local function with_redis(opts, fn)
-  local pid
-  local r = h.run_tasks(function()
-    local srv = redisd.start(opts)
-    pid = srv.pid
-    local ok, v = pcall(fn, srv)
-    srv:stop()
-    assert(ok, v)
-    return v
-  end)
-  assert.is_false(h.alive(pid), "redis-server " .. pid .. " is left")
-  return r
-end
+local with_redis = redisd.with
 
 describe("RESP (libhiredis)", function()
   it("formats commands binary-safe", function()

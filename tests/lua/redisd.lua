@@ -74,4 +74,21 @@ function _M.start(opts)
   error("redis-server did not start on 127.0.0.1", 2)
 end
 
+-- Runs fn(srv) in a run of its own (h.run_tasks: no handle may be left)
+-- with a server started for it, stops the server whatever fn did, raises
+-- fn's error, and checks that no redis-server process is left.
+function _M.with(opts, fn)
+  local pid
+  local r = h.run_tasks(function()
+    local srv = _M.start(opts)
+    pid = srv.pid
+    local ok, v = pcall(fn, srv)
+    srv:stop()
+    assert(ok, v)
+    return v
+  end)
+  assert(not h.alive(pid), "redis-server " .. tostring(pid) .. " is left")
+  return r
+end
+
 return _M
