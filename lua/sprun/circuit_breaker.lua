@@ -188,6 +188,11 @@ local function transitions(self, mask)
       emit(event, {}, { pool = self._name })
     end
   end
+  -- A probe's outcome is the fleet's news: it syncs at once.
+  local fleet = self._fleet
+  if fleet ~= nil and band(mask, CLOSED + OPENED) ~= 0 then
+    fleet:_settled(self)
+  end
 end
 
 -- How the breaker counts a failure with error value err: as a failure unless

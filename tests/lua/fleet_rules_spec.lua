@@ -493,11 +493,15 @@ describe("sprun.fleet rules (virtual time, fake Redis)", function()
       local mark = #env.fake.evals
       n1.cb:record_success()
       assert.are.equal("closed", n1.cb:state())
-      -- n1's next sync (t0 + 11000) reports the probe: the fleet closes.
-      env:at(11050)
+      -- n1 reports its probe at once (t0 + 10250, not at its next
+      -- interval, t0 + 11000): the fleet closes.
+      local success_at = sprun.now()
+      env:at(10350)
       local log = env:log("b{db}", mark + 1)
+      assert.are.equal(1, #log)
       local closing = log[1]
       assert.are.equal("n1", closing.node)
+      assert.is_true(closing.time - success_at <= SLACK)
       assert.are.same({ false, 1, 0, nil, 0 },
                       { closing.m.open, closing.m.epoch, closing.m.votes,
                         closing.m.lease, closing.m.open_ms })
@@ -524,31 +528,38 @@ describe("sprun.fleet rules (virtual time, fake Redis)", function()
     end)
   end)
 
-  it("the probe lease: a failed probe keeps the fleet open, restarts "
-     .. "open_ms from 0 and frees the lease, taken again after "
-     .. "reset_timeout_ms", function()
+  it("the probe lease: a failed probe is published at once, keeps the "
+     .. "fleet open, restarts open_ms from 0 and frees the lease, taken "
+     .. "again after reset_timeout_ms", function()
     scenario(function(env)
       local n1, n2, n3 = open_and_lease(env)
       local mark = #env.fake.evals
+      -- At t0 + 6250, between n1's syncs: the probe fails and n1 syncs
+      -- at once rather than at t0 + 7000.
       n1.cb:record_failure()
       assert.are.equal("open", n1.cb:state())
-      env:at(7050)
+      env:at(6350)
       local log = env:log("b{db}", mark + 1)
+      assert.are.equal(1, #log)
       local failed = log[1]
       assert.are.same({ "n1", true, 0, nil, 0 },
                       { failed.node, failed.m.open, failed.m.open_ms,
                         failed.m.lease, failed.m.epoch })
+      assert.are.equal("1 0 2", failed.argv[4 + (failed.j - 1) * 4 + 2])
       local S = failed.time
       local v = n1.f:view("db")
       assert.are.same({ "open", 0, nil }, { v.state, v.open_ms, v.probe_node })
       assert.are.same({ "open", "open", "open" }, states(env.nodes))
       env:at(7150)
       assert.are.equal(env:log("b{db}", failed.i + 1)[1].time - S,
+                       n1.f:view("db").open_ms)
+      assert.are.equal(env:log("b{db}", failed.i + 1)[2].time - S,
                        n2.f:view("db").open_ms)
-      -- n1's own reset timeout passes at t0 + 10550: held, it waits.
-      env:at(11950)
+      -- The lease is free again S + RESET = t0 + 10750: n2 and n3 sync
+      -- just before it, n1 (t0 + 11000) is the first after it.
+      env:at(10950)
       assert.are.same({ "open", "open", "open" }, states(env.nodes))
-      env:at(12050)
+      env:at(11050)
       log = env:log("b{db}", failed.i + 1)
       local again = first(log, function(e) return e.m.lease ~= nil end)
       assert.are.same({ "n1", "n1" }, { again.node, again.m.lease })

@@ -163,6 +163,22 @@ function _M.wait_until(fn, limit_ms)
   return fn()
 end
 
+-- CLOCK_MONOTONIC in ms (fractional): one clock for every process on the
+-- machine, so that times taken in different sprun processes compare.
+local mono_ts
+function _M.mono_ms()
+  local ffi = require "ffi"
+  if mono_ts == nil then
+    pcall(ffi.cdef, [[
+      typedef struct { long tv_sec; long tv_nsec; } helpers_timespec;
+      int clock_gettime(int clk, helpers_timespec *ts);
+    ]])
+    mono_ts = ffi.new("helpers_timespec")
+  end
+  ffi.C.clock_gettime(1, mono_ts) -- CLOCK_MONOTONIC
+  return tonumber(mono_ts.tv_sec) * 1000 + tonumber(mono_ts.tv_nsec) / 1e6
+end
+
 --- The scheduler ------------------------------------------------------------
 
 -- Inside a task: sleeps 5 ms at a time until cond() is true, and raises

@@ -225,6 +225,16 @@ function Fleet:leave(obj)
   return true
 end
 
+-- Breaker `obj` closed or opened: if it was the fleet's probe, the
+-- outcome is published now rather than at the next interval, so that the
+-- other nodes close within one interval of the probe's success.
+function Fleet:_settled(obj)
+  local m = self._by_obj[obj]
+  if m ~= nil and m.probing ~= nil then
+    sync.soon(self)
+  end
+end
+
 function Fleet:_monitor_stats(hm, s)
   local m = self._by_obj[hm]
   if m == nil or self.degraded or self.closed then

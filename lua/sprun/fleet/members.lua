@@ -166,6 +166,9 @@ function _M.apply(m, r, node)
   end
   -- Closed, or half-open on its own timer before it learnt the fleet is
   -- open: only the lease holder may probe.
+  if r.lease ~= node then
+    m.probing = nil
+  end
   if b.state == STATE_CLOSED
      or (b.state == STATE_HALF_OPEN and r.lease ~= node) then
     cb:_fleet_trip()

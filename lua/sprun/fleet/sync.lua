@@ -275,6 +275,24 @@ end
 
 local function run(f)
   _M.once(f)
+  -- News that came while that sync was out goes in one more.
+  while f.again and not f.closed do
+    f.again = false
+    _M.once(f)
+  end
+end
+
+-- A sync as soon as possible (a probe's outcome): now, or right after the
+-- one in flight.
+function _M.soon(f)
+  if f.closed or f.degraded then
+    return
+  end
+  if f.syncing then
+    f.again = true
+  else
+    kernel.spawn(nil, run, f)
+  end
 end
 
 -- The timer: starts a sync unless one runs, and tells when the fleet's
