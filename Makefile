@@ -77,6 +77,7 @@ help:
 	@echo "  make install    install under PREFIX (default /usr/local)"
 	@echo "  make uninstall  remove what make install put under PREFIX"
 	@echo "  make check      the whole suite under ASan + UBSan ($(CHECK_BUILD))"
+	@echo "                 (SPECS="tests/lua/x_spec.lua ..." for some specs only)"
 	@echo "  make valgrind   the demo, C tests and scheduler specs under valgrind"
 	@echo "  make fuzz       each libFuzzer target for FUZZ_SECONDS (default 60)"
 	@echo "  make clean      remove $(BUILD)/"
@@ -274,6 +275,8 @@ $(CHECK_BUILD)/bin/redis-server: Makefile
 # install` run by a spec builds (if it must) with the same flags. The
 # plain build is made too: the README's shell examples, which
 # readme_code_blocks_spec runs as they are written, call build/sprun.
+# SPECS (spec files) runs those only.
+SPECS ?=
 check: deps
 	@$(MAKE) --no-print-directory build
 	@$(MAKE) --no-print-directory build BUILD=$(CHECK_BUILD) \
@@ -282,7 +285,7 @@ check: deps
 	  $(CHECK_BUILD)/bin/redis-server
 	@# sprun finds its Lua library at <bindir>/../lua.
 	@ln -sfn $(CURDIR)/lua $(CHECK_BUILD)/../lua
-	@$(CHECK_ENV) BUILD=$(CHECK_BUILD) tests/run
+	@$(CHECK_ENV) BUILD=$(CHECK_BUILD) tests/run $(SPECS)
 
 # `make valgrind`: the demo, the C tests and the scheduler specs under
 # memcheck, with the plain build: any error, and any definite or indirect

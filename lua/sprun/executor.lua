@@ -70,13 +70,34 @@ end
 local parse_retry = retry_parser("executor.execute_with_retry")
 local parse_protection = retry_parser("executor.execute_with_protection")
 
--- The policy, pool and operation of retry options `o` as a parser
--- checked them, or (o false) of a policy given as the options themselves.
-local function retry_setup(opts, o)
-  if not o then
-    return opts
+-- The seed's call form writes its options as a table literal at every
+-- call: the policy made from one is kept (options.memo) for the next
+-- table holding the same. A kept policy with a seed of its own is
+-- reseeded at each use, so that its delays are those a new one would
+-- give; one without continues its random sequence, as good as a fresh
+-- seed.
+local memo_get, memo_put = options.memo_get, options.memo_put
+local retry_memo = options.memo(8)
+local protection_memo = options.memo(8)
+
+-- What options `o` (checked by a parser) make: { policy, pool,
+-- operation, seeded }, stored for `opts` when they can be kept.
+local function retry_entry(memo, opts, o)
+  local entry = { o.policy or retry_policy._from_options(o), o.pool,
+                  o.operation, o.policy == nil and o.seed ~= nil }
+  if o.policy == nil then
+    memo_put(memo, opts, entry)
   end
-  return o.policy or retry_policy._from_options(o), o.pool, o.operation
+  return entry
+end
+
+-- The policy, pool and operation of a kept entry.
+local function retry_setup(entry)
+  local policy = entry[1]
+  if entry[4] then
+    retry_policy._reseed(policy)
+  end
+  return policy, entry[2], entry[3]
 end
 
 -- The outcome of one attempt: ok (a success), or false and the error.
@@ -147,8 +168,14 @@ end
 -- opts: a retry policy, retry_policy options, or { policy = p }.
 function _M.execute_with_retry(fn, opts, ...)
   check.func("executor.execute_with_retry", "fn", fn)
-  local policy, pool, operation = retry_setup(opts,
-    not retry_policy.is_policy(opts) and parse_retry(opts))
+  if retry_policy.is_policy(opts) then
+    return retry(opts, fn, nil, nil, nil, ...)
+  end
+  local entry = memo_get(retry_memo, opts)
+  if entry == nil then
+    entry = retry_entry(retry_memo, opts, parse_retry(opts))
+  end
+  local policy, pool, operation = retry_setup(entry)
   return retry(policy, fn, nil, pool, operation, ...)
 end
 
@@ -286,8 +313,14 @@ function _M.execute_with_protection(cb, fn, opts, ...)
                     "must be a circuit breaker", cb)
   end
   check.func("executor.execute_with_protection", "fn", fn)
-  local policy, pool, operation = retry_setup(opts,
-    not retry_policy.is_policy(opts) and parse_protection(opts))
+  if retry_policy.is_policy(opts) then
+    return retry(opts, fn, cb, cb:name(), nil, ...)
+  end
+  local entry = memo_get(protection_memo, opts)
+  if entry == nil then
+    entry = retry_entry(protection_memo, opts, parse_protection(opts))
+  end
+  local policy, pool, operation = retry_setup(entry)
   return retry(policy, fn, cb, pool or cb:name(), operation, ...)
 end
 

@@ -370,4 +370,118 @@ function _M.parser(fname, spec, validate)
   end
 end
 
+--- Memo -------------------------------------------------------------------
+
+-- What an API function built from its options (a retry policy from the
+-- table literal the seed's call form writes at every call), kept for the
+-- next call whose options (or none: nil) hold the same: key for key, and
+-- for a list (backoff_ms) item for item. Only flat tables are kept, of
+-- values and lists of values; anything else is never found, so it is
+-- parsed (and checked) every time. The snapshot is a copy, so a table
+-- changed between calls no longer matches. The API function looks up, and on a miss
+-- parses (raising at its caller's line, see above), builds and stores:
+--
+--   local v = memo_get(m, opts)
+--   if v == nil then v = build(parse(opts)); memo_put(m, opts, v) end
+
+local COUNT = {} -- the snapshot's key count, under a key no option has
+
+-- A copy of list t if it holds values only (keys 1..n), else nil.
+local function flat_copy(t)
+  local out, n = {}, 0
+  for k, v in each_key, t do
+    if type(k) ~= "number" or type(v) == "table" then
+      return nil
+    end
+    out[k] = v
+    n = n + 1
+  end
+  if n ~= #t then
+    return nil
+  end
+  out[COUNT] = n
+  return out
+end
+
+local function same_list(t, snap)
+  local n = 0
+  for k, v in each_key, t do
+    if snap[k] ~= v then
+      return false
+    end
+    n = n + 1
+  end
+  return n == snap[COUNT]
+end
+
+local function matches(opts, snap)
+  local n = 0
+  for k, v in each_key, opts do
+    local sv = snap[k]
+    if sv ~= v then
+      if type(v) ~= "table" or type(sv) ~= "table"
+         or not same_list(v, sv) then
+        return false
+      end
+    end
+    n = n + 1
+  end
+  return n == snap[COUNT]
+end
+
+-- A memo of `size` entries (replaced in turn).
+function _M.memo(size)
+  return { size = size, next = 1, snaps = {}, values = {}, last = 1 }
+end
+
+-- The value stored for options holding what `opts` holds, or nil.
+function _M.memo_get(m, opts)
+  if type(opts) ~= "table" then
+    if opts == nil then
+      return m.none
+    end
+    return nil
+  end
+  local snaps = m.snaps
+  local last = m.last
+  local snap = snaps[last]
+  if snap ~= nil and matches(opts, snap) then
+    return m.values[last]
+  end
+  for i = 1, #snaps do
+    snap = snaps[i]
+    if i ~= last and matches(opts, snap) then
+      m.last = i
+      return m.values[i]
+    end
+  end
+  return nil
+end
+
+-- Stores `value` for what `opts` holds now (nothing if it is not flat).
+function _M.memo_put(m, opts, value)
+  if type(opts) ~= "table" then
+    if opts == nil then
+      m.none = value
+    end
+    return
+  end
+  local snap, n = {}, 0
+  for k, v in each_key, opts do
+    if type(v) == "table" then
+      v = flat_copy(v)
+      if v == nil then
+        return
+      end
+    end
+    snap[k] = v
+    n = n + 1
+  end
+  snap[COUNT] = n
+  local i = m.next
+  m.snaps[i], m.values[i] = snap, value
+  m.last = i
+  m.next = i % m.size + 1
+end
+
 return _M

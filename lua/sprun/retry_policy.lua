@@ -202,6 +202,11 @@ function _M.new(opts)
   return _M._from_options(parse_options(opts))
 end
 
+-- Back to the start of its random sequence (the seed it was made with).
+function _M._reseed(self)
+  C.sp_retry_seed(self._r, self._options.seed)
+end
+
 function _M.is_policy(v)
   return getmetatable(v) == mt
 end

@@ -296,6 +296,12 @@ int sp__loop_step(sp_loop_t *loop, int nowait) {
   return loop->heap.count > 0 || uv_loop_alive(&loop->uv);
 }
 
+int sp__loop_idle(sp_loop_t *loop) {
+  return loop->handles.next == &loop->handles && loop->handle_count == 0
+         && loop->inflight == 0 && loop->heap.count == 0
+         && loop->watch_fd < 0 && !uv_loop_alive(&loop->uv);
+}
+
 unsigned sp__loop_timer_count(const sp_loop_t *loop) {
   return loop->heap.count;
 }

@@ -90,6 +90,11 @@ int sp__loop_new(sp_loop_t **out, int virtual_time, sp_event_cb cb,
  * Not from inside the event callback. */
 void sp__loop_free(sp_loop_t *loop);
 
+/* 1 when the loop holds nothing a run could have left: no handle, timer,
+ * request, child or watchdog (a loop in this state can be kept for the
+ * next run rather than freed and made again). */
+int sp__loop_idle(sp_loop_t *loop);
+
 /* Kills the process group of every child of the loop that still runs,
  * with SIGKILL, at once: for a process about to exit (it reaps nothing;
  * the children go with the process). */

@@ -35,6 +35,25 @@ static void l_clock_update(void) {
                                       : NULL;
 }
 
+static void l_unlink(l_loop_t *ll) {
+  if (ll->prev != NULL)
+    ll->prev->next = ll->next;
+  else
+    open_loops = ll->next;
+  if (ll->next != NULL)
+    ll->next->prev = ll->prev;
+  ll->prev = ll->next = NULL;
+  l_clock_update();
+}
+
+static void l_link(l_loop_t *ll) {
+  ll->next = open_loops;
+  if (open_loops != NULL)
+    open_loops->prev = ll;
+  open_loops = ll;
+  l_clock_update();
+}
+
 /* core.EV_*: the types of the events dispatch gets. */
 static const struct {
   const char *name;
@@ -243,11 +262,7 @@ static int l_loop_new(lua_State *L) {
     ll->loop = NULL;
     return l_push_error(L, err);
   }
-  ll->next = open_loops;
-  if (open_loops != NULL)
-    open_loops->prev = ll;
-  open_loops = ll;
-  l_clock_update();
+  l_link(ll);
   lua_pushvalue(L, 2);
   ll->dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushcfunction(L, l_traceback);
@@ -259,6 +274,41 @@ static int l_loop_new(lua_State *L) {
     ll->timers_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
   return 1;
+}
+
+/* loop:park() -> true if the loop holds nothing (no handle, timer,
+ * child, HTTP pool) and is now parked: out of the open loops (the clock
+ * of sp_loop_now_ms no longer reads it), kept as it is for loop:unpark,
+ * so that the next run skips making a loop. false, and nothing done,
+ * otherwise. */
+static int l_loop_park(lua_State *L) {
+  l_loop_t *ll = l_check_loop(L, 1);
+
+  if (ll->L != NULL)
+    return luaL_error(L, "sprun.core: loop:park() called inside "
+                         "loop:step()");
+  if (ll->parked || ll->http != NULL || ll->ntimers != 0
+      || !sp__loop_idle(ll->loop)) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  l_unlink(ll);
+  ll->parked = 1;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* loop:unpark(): the parked loop is open again, its time brought up to
+ * the real clock. */
+static int l_loop_unpark(lua_State *L) {
+  l_loop_t *ll = l_check_loop(L, 1);
+
+  if (!ll->parked)
+    return luaL_error(L, "sprun.core: loop:unpark() on a loop not parked");
+  ll->parked = 0;
+  sp__loop_update_time(ll->loop);
+  l_link(ll);
+  return 0;
 }
 
 /* Also the __gc: idempotent, and never called during a step by the
@@ -278,14 +328,10 @@ static int l_loop_close(lua_State *L) {
   }
   sp__loop_free(ll->loop);
   ll->loop = NULL;
-  if (ll->prev != NULL)
-    ll->prev->next = ll->next;
+  if (ll->parked)
+    ll->parked = 0;
   else
-    open_loops = ll->next;
-  if (ll->next != NULL)
-    ll->next->prev = ll->prev;
-  ll->prev = ll->next = NULL;
-  l_clock_update();
+    l_unlink(ll);
   l_forget_all(L, ll);
   luaL_unref(L, LUA_REGISTRYINDEX, ll->traceback_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, ll->dispatch_ref);

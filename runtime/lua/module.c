@@ -68,6 +68,8 @@ static const luaL_Reg l_loop_methods[] = {
   { "http_stats", l_loop_http_stats },
   { "signal_watch", l_loop_signal_watch },
   { "kill_children", l_loop_kill_children },
+  { "park", l_loop_park },
+  { "unpark", l_loop_unpark },
   { "close", l_loop_close },
   { NULL, NULL }
 };

@@ -55,6 +55,9 @@ typedef struct l_loop_s {
   /* The loop's HTTP connection pool (lhttp.c), made at the first request
    * and closed with the loop; NULL until then. */
   sp_http_t *http;
+  /* 1 while parked (loop:park): out of the open loops' list, kept for
+   * the next run. */
+  int parked;
   struct l_loop_s *prev;
   struct l_loop_s *next;
 } l_loop_t;

@@ -377,3 +377,86 @@ describe("executor", function()
     end)
   end)
 end)
+
+describe("execute_with_retry's options as a table literal at each call",
+  function()
+  local function count_attempts(opts)
+    local n = 0
+    ex.execute_with_retry(function()
+      n = n + 1
+      return nil, sprun.error("unavailable", "down")
+    end, opts)
+    return n
+  end
+
+  it("sees a table changed between calls, and a new one alike", function()
+    vrun(function()
+      local o = { max_attempts = 4, backoff_ms = { 0 } }
+      assert.are.equal(4, count_attempts(o))
+      assert.are.equal(4, count_attempts(o))
+      o.max_attempts = 2
+      assert.are.equal(2, count_attempts(o))
+      o.backoff_ms[1] = 5
+      o.max_attempts = 3
+      local t0 = sprun.now()
+      assert.are.equal(3, count_attempts(o))
+      assert.are.equal(10, sprun.now() - t0)
+      o.retriable_errors = { "timeout" }
+      assert.are.equal(1, count_attempts(o))
+      o.retriable_errors = nil
+      assert.are.equal(3, count_attempts(o))
+      -- Literals: the same text, then one more list item.
+      for _ = 1, 3 do
+        assert.are.equal(2, count_attempts { max_attempts = 2,
+                                             backoff_ms = { 0 } })
+      end
+      t0 = sprun.now()
+      assert.are.equal(3, count_attempts { max_attempts = 3,
+                                           backoff_ms = { 0, 7 } })
+      assert.are.equal(7, sprun.now() - t0)
+    end)
+  end)
+
+  it("still raises each bad option's message after the same keys worked",
+    function()
+    vrun(function()
+      for _ = 1, 3 do
+        count_attempts { max_attempts = 2, backoff_ms = { 1 } }
+      end
+      local ok, err = pcall(count_attempts, { max_attempts = 0,
+                                              backoff_ms = { 1 } })
+      assert.is_false(ok)
+      assert.matches("executor.execute_with_retry: option 'max_attempts' "
+                     .. "must be an integer >= 1, got 0", err, 1, true)
+      -- A list with a hole matches no list it starts like.
+      ok, err = pcall(count_attempts, { max_attempts = 2,
+                                        backoff_ms = { 1, nil, 3 } })
+      assert.is_false(ok)
+      assert.matches("option 'backoff_ms'", err, 1, true)
+      ok, err = pcall(count_attempts, { max_attempts = 2,
+                                        backoff_ms = { 1 }, extra = true })
+      assert.is_false(ok)
+      assert.matches("unknown option 'extra'", err, 1, true)
+    end)
+  end)
+
+  it("gives a seeded policy's delays from the start at every call", function()
+    local o = { max_attempts = 4, backoff = "exponential",
+                base_backoff_ms = 100, jitter = "full", seed = 42 }
+    local p = retry_policy.new(o)
+    local want = { p:backoff_for_attempt(1), p:backoff_for_attempt(2),
+                   p:backoff_for_attempt(3) }
+    vrun(function()
+      for _ = 1, 3 do
+        local at, t0 = {}, sprun.now()
+        ex.execute_with_retry(function()
+          at[#at + 1] = sprun.now() - t0
+          return nil, sprun.error("unavailable", "down")
+        end, { max_attempts = 4, backoff = "exponential",
+               base_backoff_ms = 100, jitter = "full", seed = 42 })
+        assert.are.same({ 0, want[1], want[1] + want[2],
+                          want[1] + want[2] + want[3] }, at)
+      end
+    end)
+  end)
+end)

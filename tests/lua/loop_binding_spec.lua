@@ -508,6 +508,39 @@ describe("sprun.core loop binding", function()
     r = nil
   end)
 
+  it("parks only a loop holding nothing; a parked loop's clock is not "
+     .. "the one sprun.now() reads", function()
+    r = recorder(false)
+    assert.is_true(r.loop:signal_watch("SIGUSR2", 7))
+    assert.is_false(r.loop:park())
+    r.loop:close()
+    r = recorder(false)
+    add(r, 10000, 1)
+    assert.is_false(r.loop:park())
+    r.loop:close()
+    r = recorder(false)
+    assert.has_error(function() r.loop:unpark() end,
+                     "sprun.core: loop:unpark() on a loop not parked")
+    -- A virtual loop whose time stands 5,000 s ahead, then parked: the
+    -- time read is the real clock's again.
+    r.loop:close()
+    r = recorder(true)
+    add(r, r.loop:now() + 5000000, 1)
+    run(r)
+    local ahead = r.loop:now()
+    assert.are.equal(ahead, C.sp_loop_now_ms())
+    assert.is_true(r.loop:park())
+    assert.is_false(r.loop:park())
+    local t1 = C.sp_loop_now_ms()
+    assert.is_true(ahead - t1 > 4000000)
+    os.execute("sleep 0.05")
+    assert.is_true(C.sp_loop_now_ms() - t1 >= 50)
+    r.loop:unpark()
+    assert.are.equal(r.loop:now(), C.sp_loop_now_ms())
+    r.loop:close()
+    r = nil
+  end)
+
   it("watches signals without keeping the loop alive", function()
     r = recorder(false)
     assert.is_true(r.loop:signal_watch("SIGUSR1", 7))

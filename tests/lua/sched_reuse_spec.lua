@@ -524,3 +524,36 @@ describe("sprun.core timers", function()
     assert.are.equal("EINVAL", core.uv_err_name(code_after))
   end)
 end)
+
+describe("the loop a run leaves with nothing in it", function()
+  it("is kept for the next real-time run; between runs sprun.now() reads "
+     .. "the real clock", function()
+    local h1, h2
+    sp.run(function() h1 = kernel.state().loop end)
+    local t1 = sp.now()
+    os.execute("sleep 0.05")
+    assert.is_true(sp.now() - t1 >= 50)
+    sp.run(function()
+      h2 = kernel.state().loop
+      -- Its clock is brought up to date when the run starts.
+      assert.is_true(sp.now() - t1 >= 50)
+    end)
+    assert.are.equal(h1, h2)
+    -- A virtual run has a loop of its own.
+    local hv
+    sp.run(VIRTUAL, function() hv = kernel.state().loop end)
+    assert.are_not.equal(h1, hv)
+  end)
+
+  it("is not kept when the run leaves a child's watchdog: the next run "
+     .. "makes a new loop", function()
+    local h1, h2
+    sp.run(function()
+      h1 = kernel.state().loop
+      assert(sp.process.run { "true" })
+    end)
+    h.assert_no_handles()
+    sp.run(function() h2 = kernel.state().loop end)
+    assert.are_not.equal(h1, h2)
+  end)
+end)

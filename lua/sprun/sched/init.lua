@@ -204,6 +204,13 @@ end
 
 -- Opens a loop and makes it the running one: its state, with the fields
 -- sched/ works on. opts: { clock = "real" | "virtual" }.
+-- A real-time loop that the last run left with nothing in it, kept
+-- (parked) for the next run: making a loop and freeing it are most of
+-- what a call from plain Lua code (executor.execute_with_retry outside
+-- any loop) would cost. Closed by the collector, or by the next run that
+-- cannot use it.
+local spare, spare_h = false, false
+
 local function open(opts)
   local virtual = opts ~= nil and opts.clock == "virtual" or false
   local s = {
@@ -236,8 +243,13 @@ local function open(opts)
     h = false,       -- the loop for the sp_lua_timer_* functions
     running = true,
   }
-  s.loop = core.loop_new(virtual, dispatch, true)
-  s.h = ffi.cast("void *", s.loop:handle())
+  if not virtual and spare then
+    s.loop, s.h, spare = spare, spare_h, false
+    s.loop:unpark()
+  else
+    s.loop = core.loop_new(virtual, dispatch, true)
+    s.h = ffi.cast("void *", s.loop:handle())
+  end
   kernel.enter(s)
   return s
 end
@@ -339,7 +351,11 @@ local function run_main(opts, fn, args)
     handles = s.loop:handle_count()
               - (signals and #shutdown.STOP_SIGNALS or 0),
   }
-  s.loop:close()
+  if s.virtual or signals or spare or not s.loop:park() then
+    s.loop:close()
+  else
+    spare, spare_h = s.loop, s.h
+  end
   kernel.leave()
   coro.trim()
   -- Bulk work cut short by an error ends with the loop.
