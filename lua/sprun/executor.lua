@@ -324,6 +324,44 @@ function _M.execute_with_protection(cb, fn, opts, ...)
   return retry(policy, fn, cb, pool or cb:name(), operation, ...)
 end
 
+--- execute_with_fallback ------------------------------------------------
+
+local parse_fallback = options.parser("executor.execute_with_fallback", {
+  fallback_on = { "function" },
+})
+
+-- fn's values, or, when it failed (a raise is an error of kind "error"),
+-- what fallback(err, ...) returns; a failure that fallback_on(err) says
+-- is none of the fallback's goes back as it is.
+local function fallback_outcome(fb, on, n, args, ok, r1, r2, ...)
+  if not ok then
+    kernel.reraise_cancel(r1)
+    r1, r2 = nil, errors.raised(r1)
+  elseif r1 or r2 == nil then
+    return r1, r2, ...
+  end
+  if on ~= nil and not on(r2) then
+    return nil, r2
+  end
+  return fb(r2, unpack(args, 1, n))
+end
+
+-- Calls fn(...); on a failure returns fallback(err, ...) instead.
+-- opts: { fallback_on = function(err) -> boolean } (default: every
+-- failure). A cancellation is never handed to the fallback.
+function _M.execute_with_fallback(fn, fallback, opts, ...)
+  check.func("executor.execute_with_fallback", "fn", fn)
+  check.func("executor.execute_with_fallback", "fallback", fallback)
+  local on = nil
+  if opts ~= nil then
+    on = parse_fallback(opts).fallback_on
+  end
+  local n = select("#", ...)
+  local args = { ... }
+  return fallback_outcome(fallback, on, n, args,
+                          pcall(fn, unpack(args, 1, n)))
+end
+
 --- execute_async -------------------------------------------------------------
 
 -- Starts fn(...) as a task and returns it (task:await([timeout_ms])).

@@ -206,12 +206,41 @@ local function run_attempt(p, pool, op, budget, fname, started, k, attempt,
                       attempt(x1, x2, x3, x4, x5, x6, x7))
 end
 
+-- A success that the policy's retry_on_result wants retried: another
+-- attempt after the backoff, or (attempts or budget spent) these values.
+local function retry_result(p, pool, op, budget, fname, started, k, attempt,
+                            x1, x2, x3, x4, x5, x6, x7, ...)
+  if not p:should_retry(k) then
+    emit_exhausted(pool, k, started, nil)
+    return ...
+  end
+  if budget and not budget:withdraw() then
+    if enabled[BUDGET_EXHAUSTED] then
+      emit(BUDGET_EXHAUSTED, { attempts = k }, { pool = pool })
+    end
+    return ...
+  end
+  local delay = p:backoff_for_attempt(k)
+  emit_attempt(pool, op, k, delay, nil)
+  if delay > 0 then
+    check_caller(fname)
+    sched.sleep(delay)
+  end
+  return run_attempt(p, pool, op, budget, fname, started, k + 1, attempt,
+                     x1, x2, x3, x4, x5, x6, x7)
+end
+
 attempt_done = function(p, pool, op, budget, fname, started, k, attempt,
                         x1, x2, x3, x4, x5, x6, x7, ok, ...)
   local err
   if ok then
     local r1, r2 = ...
     if r1 or r2 == nil then
+      local again = p._retry_on_result
+      if again ~= nil and again(...) then
+        return retry_result(p, pool, op, budget, fname, started, k, attempt,
+                            x1, x2, x3, x4, x5, x6, x7, ...)
+      end
       if enabled[RETRY_SUCCESS] then
         emit_success(pool, k, started)
       end

@@ -132,6 +132,8 @@ local SPEC = {
                        default = { "timeout", "unavailable",
                                    "connection_refused", "worker_crash" } },
   seed = { "integer", min = 0, limit = check.MS_MAX },
+  -- fn(values...) -> true to retry a success (an HTTP 503 result).
+  retry_on_result = { "function" },
 }
 
 -- A parser (sprun.options) of the policy's options plus `extra`, with
@@ -195,7 +197,8 @@ function _M._from_options(parsed)
       retriable[o.retriable_errors[i]] = true
     end
   end
-  return setmetatable({ _r = r, _options = o, _retriable = retriable }, mt)
+  return setmetatable({ _r = r, _options = o, _retriable = retriable,
+                         _retry_on_result = o.retry_on_result }, mt)
 end
 
 function _M.new(opts)

@@ -460,3 +460,60 @@ describe("execute_with_retry's options as a table literal at each call",
     end)
   end)
 end)
+
+describe("retry_on_result", function()
+  it("retries a success the predicate refuses, after the backoff, and "
+     .. "returns the first it accepts", function()
+    local seen, at = {}, {}
+    local v, n = vrun(function()
+      local calls, t0 = 0, sprun.now()
+      return ex.execute_with_retry(function()
+        calls = calls + 1
+        at[#at + 1] = sprun.now() - t0
+        return { status = calls < 3 and 503 or 200 }, calls
+      end, { max_attempts = 5, backoff_ms = { 10, 20 },
+             retry_on_result = function(r, c)
+               seen[#seen + 1] = c
+               return r.status == 503
+             end })
+    end)
+    assert.are.same({ 200, 3 }, { v.status, n })
+    assert.are.same({ 1, 2, 3 }, seen)
+    assert.are.same({ 0, 10, 30 }, at)
+  end)
+
+  it("returns the last values as they are when the attempts run out",
+    function()
+    local events = {}
+    sprun.telemetry.attach("ror", { "snakepit", "retry", "exhausted" },
+      function(_, m) events[#events + 1] = m.attempts end)
+    local r = h.pack(vrun(function()
+      return ex.execute_with_retry(function() return 503, nil, "x" end,
+        { max_attempts = 3, backoff_ms = { 0 },
+          retry_on_result = function(code) return code == 503 end })
+    end))
+    sprun.telemetry.detach("ror")
+    assert.are.same({ n = 3, 503, nil, "x" }, r)
+    assert.are.same({ 3 }, events)
+  end)
+
+  it("never sees failures: those go by retriable_errors", function()
+    local calls = 0
+    local r, err = vrun(function()
+      return ex.execute_with_retry(function()
+        calls = calls + 1
+        return nil, sprun.error("bad_input", "no")
+      end, { max_attempts = 3, backoff_ms = { 0 },
+             retry_on_result = function() error("not called") end })
+    end)
+    assert.is_nil(r)
+    assert.are.same({ 1, "bad_input" }, { calls, sprun.error_kind(err) })
+  end)
+
+  it("must be a function", function()
+    local ok, err = pcall(sprun.retry_policy.new, { retry_on_result = 1 })
+    assert.is_false(ok)
+    assert.matches("retry_policy.new: option 'retry_on_result' must be a "
+                   .. "function, got 1", err, 1, true)
+  end)
+end)
