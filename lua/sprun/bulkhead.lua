@@ -15,6 +15,7 @@ local sched = require "sprun.sched"
 local kernel = require "sprun.sched.kernel"
 local errors = require "sprun.errors"
 local telemetry = require "sprun.telemetry"
+local clock = require "sprun.clock"
 
 local pcall = pcall
 local error = error
@@ -37,6 +38,9 @@ local SPEC = {
   max_concurrent = { "integer", min = 1, limit = check.UINT32_MAX,
                      default = 10 },
   max_queue = { "integer", min = 0, limit = check.UINT32_MAX, default = 0 },
+  -- How long a queued call waits for a slot before it is refused
+  -- (bulkhead_full, details.waited_ms); none: as long as it takes.
+  max_wait_ms = { "number", min = 0, limit = check.MS_MAX },
 }
 
 local parse_options = options.parser("bulkhead.new", SPEC)
@@ -47,6 +51,8 @@ function _M.new(opts)
     _name = o.name,
     _max_concurrent = o.max_concurrent,
     _max_queue = o.max_queue,
+    _max_wait_ms = o.max_wait_ms,
+    _timed_out = 0,
     _in_flight = 0,
     _max_in_flight = 0,
     _queue = {},      -- waiters { task = t, granted = bool }, oldest first
@@ -121,6 +127,21 @@ local function take(self)
   return false
 end
 
+-- Takes waiter w out of the queue (it was neither granted nor woken).
+local function unqueue(self, w)
+  local q = self._queue
+  for i = self._head, self._tail do
+    if q[i] == w then
+      for j = i, self._tail - 1 do
+        q[j] = q[j + 1]
+      end
+      q[self._tail] = nil
+      self._tail = self._tail - 1
+      return
+    end
+  end
+end
+
 -- Takes a slot, waiting in the queue if need be. Returns true, or nil and
 -- the bulkhead_full error. Only a task can wait: called from another
 -- coroutine of a running loop, raises under the name fname.
@@ -139,26 +160,34 @@ local function acquire(self, fname)
   local q = self._queue
   self._tail = self._tail + 1
   q[self._tail] = w
+  local max_wait = self._max_wait_ms
+  local since = max_wait and clock.now()
+  if max_wait then
+    kernel.arm(task, max_wait)
+  end
   while not w.granted do
     local ok, why = pcall(kernel.wait, task)
-    if not ok then
+    if not ok or (why == kernel.WAKE_TIMER and not w.granted) then
+      if max_wait then
+        kernel.disarm(task)
+      end
       if w.granted then
         release(self)
       else
-        q = self._queue
-        for i = self._head, self._tail do
-          if q[i] == w then
-            for j = i, self._tail - 1 do
-              q[j] = q[j + 1]
-            end
-            q[self._tail] = nil
-            self._tail = self._tail - 1
-            break
-          end
-        end
+        unqueue(self, w)
+      end
+      if ok then
+        -- Waited max_wait_ms: refused as a full bulkhead is.
+        self._timed_out = self._timed_out + 1
+        local _, full = reject(self)
+        return nil, errors.with_details(full, "waited_ms",
+                                        clock.now() - since)
       end
       error(why, 0)
     end
+  end
+  if max_wait then
+    kernel.disarm(task)
   end
   return true
 end
@@ -204,8 +233,10 @@ function _M.stats(self)
     max_in_flight = self._max_in_flight,
     max_concurrent = self._max_concurrent,
     max_queue = self._max_queue,
+    max_wait_ms = self._max_wait_ms,
     admitted_count = self._admitted,
     rejected_count = self._rejected,
+    timed_out_count = self._timed_out,
   }
 end
 
@@ -219,6 +250,7 @@ end
 -- a smaller one lets the calls in flight finish.
 function _M._reconfigure(self, opts)
   local o = parse_options(opts)
+  self._max_wait_ms = o.max_wait_ms
   self._max_concurrent = o.max_concurrent
   self._max_queue = o.max_queue
   grant(self)

@@ -257,6 +257,47 @@ describe("sprun.bulkhead", function()
     assert_no_handles()
   end)
 
+  it("refuses a queued call after max_wait_ms, to the millisecond, and "
+     .. "keeps the queue's order for the others", function()
+    local bh = bulkhead.new { name = "w", max_concurrent = 1, max_queue = 3,
+                              max_wait_ms = 50 }
+    local got = {}
+    vrun(function()
+      local t0 = sprun.now()
+      local holder = sprun.spawn(bh.call, bh, function() sprun.sleep(80) end)
+      sprun.sleep(0)
+      local waiters = {}
+      local queue_at = { 0, 40, 60 }
+      for i = 1, 3 do
+        waiters[i] = sprun.spawn(function()
+          sprun.sleep(queue_at[i])
+          local v, err = bh:call(function()
+            got[#got + 1] = { i, sprun.now() - t0 }
+            sprun.sleep(10)
+            return i
+          end)
+          return v or err
+        end)
+      end
+      holder:await()
+      local r1 = waiters[1]:await()
+      assert.are.equal("bulkhead_full", sprun.error_kind(r1))
+      assert.are.equal(50, r1.details.waited_ms)
+      -- Waiter 2 queued at 40, got the slot at 80; waiter 3 (at 60) got
+      -- it at 90, within its 50 ms.
+      assert.are.same({ 2, 3 }, { waiters[2]:await(), waiters[3]:await() })
+    end)
+    assert.are.same({ { 2, 80 }, { 3, 90 } }, got)
+    local st = bh:stats()
+    assert.are.same({ 1, 1, 0, 0, 50 }, { st.timed_out_count,
+      st.rejected_count, st.in_flight, st.queued, st.max_wait_ms })
+    assert_no_handles()
+    local ok, err = pcall(bulkhead.new, { max_wait_ms = -1 })
+    assert.is_false(ok)
+    assert.matches("bulkhead.new: option 'max_wait_ms' must be a number "
+                   .. ">= 0", err, 1, true)
+  end)
+
   it("settles a call cancelled in its bulkhead queue with its breaker",
      function()
     local p = sprun.pipeline { name = "q", breaker = { failure_threshold = 5 },
