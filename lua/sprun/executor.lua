@@ -22,6 +22,8 @@ local retry_policy = require "sprun.retry_policy"
 local circuit_breaker = require "sprun.circuit_breaker"
 local tables = require "sprun.tables"
 local retry_run = require("sprun.retry").run
+local deadline_outcome = require("sprun.retry").deadline_outcome
+local clock = require "sprun.clock"
 
 local type = type
 local pcall = pcall
@@ -39,7 +41,8 @@ local _M = {}
 -- With `policy = p`, a policy option beside it would be silently
 -- ignored, so it is misuse. `operation` and `pool` name the call, not the
 -- policy.
-local NOT_POLICY = { policy = true, operation = true, pool = true }
+local NOT_POLICY = { policy = true, operation = true, pool = true,
+                     deadline_ms = true }
 
 local function policy_alone(o, opts)
   if o.policy ~= nil then
@@ -64,6 +67,8 @@ local function retry_parser(fname)
     end },
     operation = { "string" },
     pool = { "string" },
+    -- One deadline for every attempt and backoff together.
+    deadline_ms = { "number", min = 0, limit = check.MS_MAX },
   }, policy_alone)
 end
 
@@ -84,20 +89,21 @@ local protection_memo = options.memo(8)
 -- operation, seeded }, stored for `opts` when they can be kept.
 local function retry_entry(memo, opts, o)
   local entry = { o.policy or retry_policy._from_options(o), o.pool,
-                  o.operation, o.policy == nil and o.seed ~= nil }
+                  o.operation, o.policy == nil and o.seed ~= nil,
+                  o.deadline_ms }
   if o.policy == nil then
     memo_put(memo, opts, entry)
   end
   return entry
 end
 
--- The policy, pool and operation of a kept entry.
+-- The policy, pool, operation and deadline_ms of a kept entry.
 local function retry_setup(entry)
   local policy = entry[1]
   if entry[4] then
     retry_policy._reseed(policy)
   end
-  return policy, entry[2], entry[3]
+  return policy, entry[2], entry[3], entry[5]
 end
 
 -- The outcome of one attempt: ok (a success), or false and the error.
@@ -140,10 +146,21 @@ local function call_attempt(fn, cb, n, a1, a2, a3, args)
   return pcall(fn, unpack(args, 1, n))
 end
 
+-- The retry loop as a child whose deadline is deadline_ms from now: a
+-- backoff that would end past it is not taken, and an attempt still
+-- running at it is cancelled.
+local function within_deadline(deadline_ms, policy, pool, operation, fname,
+                               fn, cb, n, a1, a2, a3, args)
+  local at = clock.now() + deadline_ms
+  return deadline_outcome(at, inline.run_child(deadline_ms, retry_run, 13,
+    nil, nil, nil, { policy, pool, operation, false, fname, call_attempt, fn,
+                     cb, n, a1, a2, a3, args }))
+end
+
 -- Runs the loop: in the calling task, or, called from plain Lua code with
 -- no loop running, in a loop of its own. Inside a running loop the first
 -- attempt runs where it is called; a wait before the next one needs a task.
-local function retry(policy, fn, cb, pool, operation, ...)
+local function retry(policy, fn, cb, pool, operation, deadline_ms, ...)
   local n = select("#", ...)
   local a1, a2, a3 = ...
   local args = false
@@ -152,6 +169,10 @@ local function retry(policy, fn, cb, pool, operation, ...)
   end
   local fname = cb and "executor.execute_with_protection"
                 or "executor.execute_with_retry"
+  if deadline_ms then
+    return sched.in_task(within_deadline, deadline_ms, policy, pool,
+                         operation, fname, fn, cb, n, a1, a2, a3, args)
+  end
   if kernel.running() == nil then
     return sched.in_task(retry_run, policy, pool, operation, false, fname,
                          call_attempt, fn, cb, n, a1, a2, a3, args)
@@ -169,14 +190,14 @@ end
 function _M.execute_with_retry(fn, opts, ...)
   check.func("executor.execute_with_retry", "fn", fn)
   if retry_policy.is_policy(opts) then
-    return retry(opts, fn, nil, nil, nil, ...)
+    return retry(opts, fn, nil, nil, nil, nil, ...)
   end
   local entry = memo_get(retry_memo, opts)
   if entry == nil then
     entry = retry_entry(retry_memo, opts, parse_retry(opts))
   end
-  local policy, pool, operation = retry_setup(entry)
-  return retry(policy, fn, nil, pool, operation, ...)
+  local policy, pool, operation, deadline_ms = retry_setup(entry)
+  return retry(policy, fn, nil, pool, operation, deadline_ms, ...)
 end
 
 --- execute_with_circuit_breaker ---------------------------------------------
@@ -314,14 +335,15 @@ function _M.execute_with_protection(cb, fn, opts, ...)
   end
   check.func("executor.execute_with_protection", "fn", fn)
   if retry_policy.is_policy(opts) then
-    return retry(opts, fn, cb, cb:name(), nil, ...)
+    return retry(opts, fn, cb, cb:name(), nil, nil, ...)
   end
   local entry = memo_get(protection_memo, opts)
   if entry == nil then
     entry = retry_entry(protection_memo, opts, parse_protection(opts))
   end
-  local policy, pool, operation = retry_setup(entry)
-  return retry(policy, fn, cb, pool or cb:name(), operation, ...)
+  local policy, pool, operation, deadline_ms = retry_setup(entry)
+  return retry(policy, fn, cb, pool or cb:name(), operation, deadline_ms,
+               ...)
 end
 
 --- execute_with_fallback ------------------------------------------------

@@ -38,6 +38,8 @@ local _M = {
   run = sched.run,
   spawn = sched.spawn,
   sleep = sched.sleep,
+  -- What is left (ms) of the running task's deadline, or nil.
+  deadline = sched.deadline,
 }
 
 -- Loaded at its first use: sprun.pool brings lua-cjson, whose buffers

@@ -1,10 +1,11 @@
--- Pipelines: fallback, retry (with an optional retry budget), circuit
--- breaker, bulkhead and a per-attempt timeout around an operation, in that
--- fixed order, outermost first:
+-- Pipelines: fallback, a deadline, retry (with an optional retry budget),
+-- circuit breaker, bulkhead and a per-attempt timeout around an
+-- operation, in that fixed order, outermost first:
 --
---   fallback( retry( breaker( bulkhead( timeout( fn ) ) ) ) )
+--   fallback( deadline( retry( breaker( bulkhead( timeout( fn ) ) ) ) ) )
 --
--- so each attempt is timed out on its own and counts once in the breaker
+-- so the deadline bounds every attempt and backoff together, each attempt
+-- is timed out on its own and counts once in the breaker
 -- (a call waiting for a bulkhead slot was admitted by the breaker already;
 -- a bulkhead_full rejection is not a failure of a breaker the pipeline
 -- made from options). Every stage is optional.
@@ -45,6 +46,8 @@ local format = string.format
 local copy = tables.copy
 local pack = tables.pack
 local retry_run = retry.run
+local deadline_outcome = retry.deadline_outcome
+local now = require("sprun.clock").now
 
 local WHAT = "a pipeline"
 
@@ -86,6 +89,7 @@ local parse_retry = retry_policy._options_parser("pipeline.retry", {
 local parse_top = options.parser("pipeline", {
   name = { "string", default = "pipeline" },
   timeout_ms = { "number", min = 0, limit = check.MS_MAX },
+  deadline_ms = { "number", min = 0, limit = check.MS_MAX },
   retry = ANY,
   breaker = ANY,
   bulkhead = ANY,
@@ -233,7 +237,7 @@ function _M._parse(opts, names, path)
   path = path or {}
   local o = at(path, parse_top, opts)
   local spec = { name = o.name, timeout_ms = o.timeout_ms,
-                 fallback = o.fallback }
+                 deadline_ms = o.deadline_ms, fallback = o.fallback }
   if o.retry ~= nil then
     spec.retry = parse_retry_stage(o.retry, names, path_plus(path, "retry"))
   end
@@ -256,7 +260,7 @@ end
 -- the new settings, so their state survives a reload.
 function _M._configure(self, spec, lookup, reconf_breaker)
   local c = { name = spec.name, timeout_ms = spec.timeout_ms,
-              fallback = spec.fallback }
+              deadline_ms = spec.deadline_ms, fallback = spec.fallback }
   local r = spec.retry
   if r then
     c.policy = r.policy or lookup("retry_policies", r.policy_ref)
@@ -498,13 +502,25 @@ local function fallback_values(c, args, ...)
   return ...
 end
 
+-- deadline_ms: the retry stage (every attempt and backoff) as a child
+-- cancelled at the deadline; a backoff past it is not taken (retry.lua).
+local function deadline_stage(self, c, fn, args)
+  local ms = c.deadline_ms
+  if ms == nil then
+    return retry_stage(self, c, fn, args)
+  end
+  kernel.check_caller("pipeline.execute")
+  return deadline_outcome(now() + ms,
+    inline.run_child(ms, retry_stage, 4, self, c, fn, { self, c, fn, args }))
+end
+
 local function run(self, fn, args)
   local c = self._c
   if c.fallback == nil then
-    return retry_stage(self, c, fn, args)
+    return deadline_stage(self, c, fn, args)
   end
   trace("fallback", self)
-  return fallback_values(c, args, retry_stage(self, c, fn, args))
+  return fallback_values(c, args, deadline_stage(self, c, fn, args))
 end
 
 local NO_ARGS = { n = 0 }
@@ -548,6 +564,7 @@ function _M.stats(self)
     name = self._name,
     closed = self._closed,
     timeout_ms = c.timeout_ms,
+    deadline_ms = c.deadline_ms,
     breaker = c.breaker and c.breaker:stats() or nil,
     bulkhead = c.bulkhead and c.bulkhead:stats() or nil,
     budget = b and b:stats() or nil,

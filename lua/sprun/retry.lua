@@ -7,8 +7,10 @@
 -- values are not nil/false followed by an error) ends the loop with those
 -- values. A failure that the policy does not retry ends it with nil, err;
 -- one past the last attempt with nil, err marked details.retries_exhausted;
--- one the budget refuses with nil, err marked details.budget_exhausted.
--- Otherwise the loop sleeps the policy's backoff on the loop (a zero
+-- one the budget refuses with nil, err marked details.budget_exhausted;
+-- one whose backoff would end at or past the deadline of the code running
+-- (sprun.deadline: a deadline_ms, a timeout around the retry) with nil,
+-- err marked details.deadline_exceeded. Otherwise the loop sleeps the policy's backoff on the loop (a zero
 -- backoff retries at once) and makes the next attempt. An error that says
 -- when to come back (details.retry_after_ms: an HTTP Retry-After) makes
 -- the backoff at least that long, but never longer than the policy's
@@ -36,6 +38,7 @@ local type = type
 local setmetatable = setmetatable
 local hrtime = clock.hrtime
 local now = clock.now
+local deadline = kernel.deadline
 local raised = errors.raised
 local with_details = errors.with_details
 local reraise_cancel = kernel.reraise_cancel
@@ -206,6 +209,14 @@ local function run_attempt(p, pool, op, budget, fname, started, k, attempt,
                       attempt(x1, x2, x3, x4, x5, x6, x7))
 end
 
+-- Whether a backoff of `delay` ms would end at or past the deadline of
+-- the code running now (sprun.deadline): then the next attempt is not
+-- made.
+local function past_deadline(delay)
+  local dl = deadline()
+  return dl ~= nil and now() + delay >= dl
+end
+
 -- A success that the policy's retry_on_result wants retried: another
 -- attempt after the backoff, or (attempts or budget spent) these values.
 local function retry_result(p, pool, op, budget, fname, started, k, attempt,
@@ -221,6 +232,9 @@ local function retry_result(p, pool, op, budget, fname, started, k, attempt,
     return ...
   end
   local delay = p:backoff_for_attempt(k)
+  if past_deadline(delay) then
+    return ...
+  end
   emit_attempt(pool, op, k, delay, nil)
   if delay > 0 then
     check_caller(fname)
@@ -275,6 +289,9 @@ attempt_done = function(p, pool, op, budget, fname, started, k, attempt,
       delay = o and min(after, o.max_backoff_ms) or after
     end
   end
+  if past_deadline(delay) then
+    return nil, with_details(err, "deadline_exceeded", true, "attempts", k)
+  end
   emit_attempt(pool, op, k, delay, err)
   -- A zero delay retries at once, without a trip through the loop.
   if delay > 0 then
@@ -283,6 +300,16 @@ attempt_done = function(p, pool, op, budget, fname, started, k, attempt,
   end
   return run_attempt(p, pool, op, budget, fname, started, k + 1, attempt,
                      x1, x2, x3, x4, x5, x6, x7)
+end
+
+-- The outcome of a child run with a deadline at `at` (loop ms): its own
+-- timeout, once the deadline has come, is the deadline's and says so
+-- (details.deadline_exceeded).
+function _M.deadline_outcome(at, r1, r2, ...)
+  if r1 == nil and errors.kind(r2) == "timeout" and now() >= at then
+    return nil, with_details(r2, "deadline_exceeded", true)
+  end
+  return r1, r2, ...
 end
 
 -- Runs attempt(x1, ..., x7) under policy `p` until it succeeds, the error

@@ -245,18 +245,21 @@ describe("executor", function()
         local calls = 0
         local r, err, elapsed = vrun(function()
           local t0 = sprun.now()
-          local a, b = ex.execute_with_timeout(function()
+          local t = sprun.spawn(function()
             return ex.execute_with_retry(function()
               calls = calls + 1
               return nil, "timeout"
             end, { max_attempts = 10, backoff_ms = { 100 } })
-          end, { timeout_ms = 250 })
+          end)
+          sprun.sleep(250)
+          t:cancel()
+          local a, b = t:await()
           return a, b, sprun.now() - t0
         end)
         assert_no_handles()
         assert.is_nil(r)
         assert.are.equal(3, calls)  -- at 0, 100 and 200
-        assert.are.equal("timeout", err.kind)
+        assert.are.equal("cancelled", err.kind)
         assert.are.equal(250, elapsed)
       end)
 

@@ -356,7 +356,7 @@ describe("sprun.fleet rules (virtual time, fake Redis)", function()
         end
       end
       -- Its last sync, the second, cast its vote.
-      assert.are.same({ "1 0 0", 1 }, { last.argv[6], last.m.votes })
+      assert.are.same({ "1 0 0", 1 }, { last.argv[8], last.m.votes })
       local L = last.time
 
       -- Within the 3 intervals n1's vote still counts: n2's vote on "a"
@@ -545,7 +545,7 @@ describe("sprun.fleet rules (virtual time, fake Redis)", function()
       assert.are.same({ "n1", true, 0, nil, 0 },
                       { failed.node, failed.m.open, failed.m.open_ms,
                         failed.m.lease, failed.m.epoch })
-      assert.are.equal("1 0 2", failed.argv[4 + (failed.j - 1) * 4 + 2])
+      assert.are.equal("1 0 2", failed.argv[6 + (failed.j - 1) * 4 + 2])
       local S = failed.time
       local v = n1.f:view("db")
       assert.are.same({ "open", 0, nil }, { v.state, v.open_ms, v.probe_node })
@@ -671,12 +671,16 @@ describe("sprun.fleet rules (virtual time, fake Redis)", function()
         last[e.node] = e
       end
       assert.are.same({ "1 0 0", "1 0 0", "1 0 0" },
-                      { last.n1.argv[6], last.n2.argv[6], last.n3.argv[6] })
+                      { last.n1.argv[8], last.n2.argv[8], last.n3.argv[8] })
       local sha = fake_redis.sha1(script.SOURCE)
+      local clock = 1e12
       local function send(node, t)
         until_time(t)
         assert.are.equal(t, sprun.now())
         local e = last[node]
+        -- Each a newer sync than the last (its clock moves on).
+        clock = clock + 1
+        e.argv[5] = string.format("%d", clock)
         local cmd = { "EVALSHA", sha, 1, "sprun:fleet:b{db}" }
         for _, a in ipairs(e.argv) do
           cmd[#cmd + 1] = a
@@ -707,9 +711,7 @@ describe("sprun.fleet rules (virtual time, fake Redis)", function()
       assert.are.equal("n2", m.lease)
       -- The holder's probe fails: open_ms restarts from 0, the lease is
       -- free, and taken again reset_timeout_ms later, not before.
-      last.n2 = { argv = { "n2", last.n2.argv[2], last.n2.argv[3],
-                           last.n2.argv[4], last.n2.argv[5], "1 0 2",
-                           last.n2.argv[7] } }
+      last.n2.argv[8] = "1 0 2"
       local F = T + 3 * INTERVAL + 10
       m = send("n2", F)
       assert.are.same({ true, 0, nil }, { m.open, m.open_ms, m.lease })
@@ -718,38 +720,36 @@ describe("sprun.fleet rules (virtual time, fake Redis)", function()
       m = send("n3", F + RESET)
       assert.are.same({ RESET, "n3" }, { m.open_ms, m.lease })
       -- Its probe succeeds: closed, epoch 1, no vote of epoch 0 counts.
-      last.n3 = { argv = { "n3", last.n3.argv[2], last.n3.argv[3],
-                           last.n3.argv[4], last.n3.argv[5], "0 0 1",
-                           last.n3.argv[7] } }
+      last.n3.argv[8] = "0 0 1"
       m = send("n3", F + RESET + 1)
       assert.are.same({ false, 1, 0, nil }, { m.open, m.epoch, m.votes,
                                               m.lease })
-      last.n1.argv[6] = "1 0 0"
+      last.n1.argv[8] = "1 0 0"
       m = send("n1", F + RESET + 2)
       assert.are.same({ false, 0 }, { m.open, m.votes })
       -- Votes that saw epoch 1 count again: 2 of the 2 live open it.
-      last.n1.argv[6] = "1 1 0"
-      last.n3.argv[6] = "1 1 0"
+      last.n1.argv[8] = "1 1 0"
+      last.n3.argv[8] = "1 1 0"
       m = send("n1", F + RESET + 3)
       assert.are.same({ false, 1 }, { m.open, m.votes })
       m = send("n3", F + RESET + 4)
       assert.are.same({ true, 2, 2, 1 }, { m.open, m.votes, m.live, m.epoch })
       -- A node new to the fleet (it saw no epoch yet: -1) votes at once.
-      last.n1.argv[6] = "0 1 0"
-      last.n3.argv[6] = "0 1 0"
+      last.n1.argv[8] = "0 1 0"
+      last.n3.argv[8] = "0 1 0"
       last.n4 = { argv = copy(last.n1.argv) }
-      last.n4.argv[1], last.n4.argv[6] = "n4", "1 -1 0"
+      last.n4.argv[1], last.n4.argv[8] = "n4", "1 -1 0"
       -- (the fleet, open since F + RESET + 4, closed again by a probe)
       local E = F + RESET + 4 + RESET
       m = send("n3", E)
       assert.are.same({ true, "n3" }, { m.open, m.lease })
-      last.n3.argv[6] = "0 1 1"
+      last.n3.argv[8] = "0 1 1"
       m = send("n3", E + 1)
       assert.are.same({ false, 2 }, { m.open, m.epoch })
-      last.n3.argv[6] = "0 2 0"
+      last.n3.argv[8] = "0 2 0"
       m = send("n1", E + 2)
       assert.are.same({ false, 0, 2 }, { m.open, m.votes, m.live })
-      last.n1.argv[6] = "1 2 0"
+      last.n1.argv[8] = "1 2 0"
       m = send("n1", E + 3)
       assert.are.same({ false, 1 }, { m.open, m.votes })
       m = send("n4", E + 4)
@@ -935,7 +935,7 @@ describe("sprun.fleet rules (virtual time, fake Redis)", function()
       local added, last = {}, {}
       local checked, partial = 0, 0
       for _, e in ipairs(env:log("m{workers}")) do
-        local total = tonumber(e.argv[4 + (e.j - 1) * 4]:match("(%d+)$"))
+        local total = tonumber(e.argv[6 + (e.j - 1) * 4]:match("(%d+)$"))
         local grew = total - (last[e.node] or 0)
         last[e.node] = total
         if grew > 0 then

@@ -184,6 +184,24 @@ describe("sprun.http.client", function()
     assert.is_true(left > 4000 and left <= 5000, tostring(left))
   end)
 
+  it("sends what is left of the task's deadline when it comes before the "
+    .. "timeout, and none with neither", function()
+    local r = with_servers(function(fs)
+      local c = http.client { base_url = origin(fs) .. "/",
+                              timeout_ms = 5000,
+                              deadline_header = "x-request-deadline-ms" }
+      local within = sprun.executor.execute_with_timeout(function()
+        return cjson.decode(assert(c:get("/echo")).body)
+      end, { timeout_ms = 800 })
+      local bare = http.client { base_url = origin(fs) .. "/",
+                                 deadline_header = "x-request-deadline-ms" }
+      return { within, cjson.decode(assert(bare:get("/echo")).body) }
+    end)
+    local left = tonumber(r[1].headers["x-request-deadline-ms"])
+    assert.is_true(left > 500 and left <= 800, tostring(left))
+    assert.is_nil(r[2].headers["x-request-deadline-ms"])
+  end)
+
   it("every request is a sprun.http.request event, and Prometheus counts "
     .. "them by origin, status class and outcome", function()
     local r = with_servers(function(fs)

@@ -41,12 +41,14 @@ function Server:stop()
   end
 end
 
--- opts: { password }. Raises if redis-server is not up within 5 s.
+-- opts: { password, port } (port: that one instead of a free one, e.g.
+-- to restart a server where its clients expect it). Raises if
+-- redis-server is not up within 5 s.
 function _M.start(opts)
   opts = opts or {}
   local dir = h.tmpdir()
   for _ = 1, 5 do
-    local port = free_port()
+    local port = opts.port or free_port()
     local args = { _M.REDIS, "--port", tostring(port), "--bind", "127.0.0.1",
                    "--save", "", "--appendonly", "no", "--dir", dir,
                    "--daemonize", "no", "--loglevel", "warning",

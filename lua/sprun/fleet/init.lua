@@ -156,6 +156,9 @@ function _M.connect(opts)
     started_at = now(), synced_at = nil, round_trip_ms = nil,
     syncs = 0, sync_failures = 0, degradations = 0, last_error = nil,
     redis_time_ms = nil,
+    -- The version of its syncs (sync.lua): wall-clock seconds now, then
+    -- the monotonic clock of each sync.
+    boot = string.format("%d", os.time()), clock_ms = 0,
   }, Fleet)
   self.guard = circuit_breaker.start_link {
     name = "sprun.fleet:" .. node, failure_threshold = 3,

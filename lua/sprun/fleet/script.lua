@@ -37,7 +37,13 @@
 --   moves on, votes, counts and lease go), "failed" restarts the timeout
 --   and frees the lease; the lease expires if the holder goes silent.
 --
--- ARGV: node, expire_ms, lease_ms, then 4 per member: its totals
+-- * A sync carries its version (the node's boot, wall-clock seconds when
+--   its fleet connected, then its monotonic clock in ms when it was
+--   sent). One older than the version stored with the node's totals is a
+--   late copy (a timed-out sync that reached Redis after a newer one):
+--   it adds nothing, casts no vote and reports no probe.
+--
+-- ARGV: node, expire_ms, lease_ms, boot, clock, then 4 per member: its totals
 -- ("c f s r x": calls, failures, slow, rejections, crashes), the totals
 -- last acknowledged, "vote epoch probe" (probe 0 none, 1 ok, 2 failed)
 -- and "window_ms buckets reset_ms min_calls failure_rate slow_rate
@@ -53,6 +59,8 @@ local _M = {}
 
 _M.SOURCE = [==[
 local node, expire, lease_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local boot, clock = tonumber(ARGV[4]), tonumber(ARGV[5])
+local version = ' ' .. ARGV[4] .. ' ' .. ARGV[5]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = { string.format('%d', now) }
@@ -65,7 +73,7 @@ local function nums(s)
 end
 local function d(n) return string.format('%d', n) end
 for i = 1, #KEYS do
-  local b, a = KEYS[i], (i - 1) * 4 + 4
+  local b, a = KEYS[i], (i - 1) * 4 + 6
   local cur, acked = nums(ARGV[a]), nums(ARGV[a + 1])
   local st, cf = nums(ARGV[a + 2]), nums(ARGV[a + 3])
   local window, nb, reset_ms = cf[1], cf[2], cf[3]
@@ -82,22 +90,26 @@ for i = 1, #KEYS do
 
   local stored = redis.call('HGET', kt, node)
   local old = stored and nums(stored) or acked
-  local down = false
-  for k = 1, 5 do
-    if cur[k] < old[k] then down = true end
-  end
+  local late = stored and old[6] ~= nil
+               and (boot < old[6] or (boot == old[6] and clock <= old[7]))
   local bucket = math.floor(now / width)
-  local failed = 0
-  for k = 1, 5 do
-    local n = down and cur[k] or cur[k] - old[k]
-    if n > 0 then
-      redis.call('HINCRBY', kc, d(bucket) .. ':' .. K[k], d(n))
-      redis.call('HINCRBY', kc, 'all:' .. K[k], d(n))
-      if k == 2 or k == 5 then failed = failed + n end
+  if not late then
+    local down = false
+    for k = 1, 5 do
+      if cur[k] < old[k] then down = true end
     end
+    local failed = 0
+    for k = 1, 5 do
+      local n = down and cur[k] or cur[k] - old[k]
+      if n > 0 then
+        redis.call('HINCRBY', kc, d(bucket) .. ':' .. K[k], d(n))
+        redis.call('HINCRBY', kc, 'all:' .. K[k], d(n))
+        if k == 2 or k == 5 then failed = failed + n end
+      end
+    end
+    redis.call('HSET', kt, node, ARGV[a] .. version)
+    if failed > 0 then redis.call('ZADD', kx, d(now), node) end
   end
-  redis.call('HSET', kt, node, ARGV[a])
-  if failed > 0 then redis.call('ZADD', kx, d(now), node) end
   redis.call('ZREMRANGEBYSCORE', kx, '-inf', d(now - window))
 
   local sums = { 0, 0, 0, 0, 0 }
@@ -118,7 +130,9 @@ for i = 1, #KEYS do
   local open = s[1] == '1'
   local since, epoch = tonumber(s[2]) or 0, tonumber(s[3]) or 0
   local vote, seen, probe = st[1], st[2], st[3]
-  if vote == 1 and (seen == epoch or seen < 0) then
+  if late then
+    probe = 0
+  elseif vote == 1 and (seen == epoch or seen < 0) then
     redis.call('ZADD', kv, d(now + expire), node)
   else
     redis.call('ZREM', kv, node)

@@ -27,6 +27,8 @@ local pcall = pcall
 local tostring = tostring
 local unpack = unpack
 local floor = math.floor
+local format = string.format
+local hrtime = clock.hrtime
 local min = math.min
 local now = clock.now
 local enabled = telemetry.enabled
@@ -37,7 +39,7 @@ local RECOVERED_EVENT = "sprun.fleet.recovered"
 
 -- Missed intervals after which the fleet's signals have expired.
 local MISSED = 3
--- Members per EVALSHA (6 + 5 per member arguments: a command takes at
+-- Members per EVALSHA (8 + 5 per member arguments: a command takes at
 -- most 1,024). A longer list goes in several, one after the other, each
 -- within timeout_ms: one script of ~5 ms at a time keeps Redis answering
 -- others, and a fleet of thousands of breakers is never one reply too
@@ -66,12 +68,22 @@ local function load_script(f)
   return sha
 end
 
--- The EVALSHA commands for the members in `list`, CHUNK at a time.
+-- The EVALSHA commands for the members in `list`, CHUNK at a time. The
+-- sync's version (boot, clock) tells Redis a late copy from a newer sync
+-- (script.lua): the clock is the monotonic one in ms, made to move on at
+-- every sync.
 local function commands(f, list)
+  local ms = floor(hrtime() / 1e6)
+  if ms <= f.clock_ms then
+    ms = f.clock_ms + 1
+  end
+  f.clock_ms = ms
+  local clock_ms = format("%d", ms)
   local cmds = {}
   for first = 1, #list, CHUNK do
     local last = min(#list, first + CHUNK - 1)
-    local keys, argv = {}, { f.node_id, f.expire_ms, f.lease_ms }
+    local keys, argv = {}, { f.node_id, f.expire_ms, f.lease_ms, f.boot,
+                             clock_ms }
     for i = first, last do
       local m = list[i]
       keys[#keys + 1] = m.base
@@ -228,14 +240,16 @@ local function succeeded(f, sent_at)
   f.round_trip_ms = now() - sent_at
   f.syncs = f.syncs + 1
   f.last_error = nil
+  f.state = "synced"
   if f.degraded then
+    -- State first, then the event (as degrade does): a handler reading
+    -- stats() sees the fleet synced.
     f.degraded = false
     if enabled[RECOVERED_EVENT] then
       emit(RECOVERED_EVENT, { degraded_ms = now() - f.degraded_at },
            { node_id = f.node_id })
     end
   end
-  f.state = "synced"
 end
 
 local function failed(f, err)

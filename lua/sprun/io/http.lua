@@ -358,12 +358,14 @@ local function perform(o)
   local t0 = hrtime()
   local method = o.method and upper(o.method) or "GET"
   local _, host, port = parse_url(o.url)
-  local deadline = o.timeout_ms and now() + o.timeout_ms
+  -- The total deadline, capped by the task's (sprun.deadline).
+  local limit = kernel.capped(o.timeout_ms, 1)
+  local deadline = limit and now() + limit
   local loop = kernel.loop()
   local resolve, key, mine
   local dns_ms = 0
   if not dns.numeric(host) then
-    local addrs, err = dns.lookup(host, o.family, o.timeout_ms,
+    local addrs, err = dns.lookup(host, o.family, limit,
                                   o.dns_cache_ms)
     if addrs == nil then
       local t = { dns = (hrtime() - t0) / 1e6, connect = 0, tls = 0,
@@ -372,7 +374,7 @@ local function perform(o)
       if errors.kind(err) == errors.TIMEOUT then
         err = fail(errors.TIMEOUT, o, method, format(
           "no answer within %d ms (the name %s was still being resolved)",
-          o.timeout_ms, host), { timeout_ms = o.timeout_ms })
+          limit, host), { timeout_ms = limit })
       end
       return done(o, method, nil, err, t)
     end
@@ -394,7 +396,7 @@ local function perform(o)
   local left = deadline and deadline - now()
   if left and left <= 0 then
     return nil, fail(errors.TIMEOUT, o, method, format(
-      "no answer within %d ms", o.timeout_ms), { timeout_ms = o.timeout_ms })
+      "no answer within %d ms", limit), { timeout_ms = limit })
   end
   local stall, tls, on_body = o.stall, o.tls, o.on_body
   local self = setmetatable({ done = false }, Request)
@@ -436,8 +438,8 @@ local function perform(o)
     local t = { dns = dns_ms, connect = 0, tls = 0, ttfb = 0,
                 total = (hrtime() - t0) / 1e6 }
     return done(o, method, nil, fail(errors.TIMEOUT, o, method, format(
-      "no complete answer within %d ms", o.timeout_ms),
-      { timings = t, timeout_ms = o.timeout_ms }), t)
+      "no complete answer within %d ms", limit),
+      { timings = t, timeout_ms = limit }), t)
   end
   -- A request that ended was started, so curl has the entry it carried
   -- (a cancelled one may not have got that far).
@@ -458,11 +460,11 @@ local function perform(o)
         or o.connect_timeout_ms >= left) then
       kind = errors.TIMEOUT
     end
-    if kind == errors.TIMEOUT and o.timeout_ms then
-      msg = format("no complete answer within %d ms (%s)", o.timeout_ms, msg)
+    if kind == errors.TIMEOUT and limit then
+      msg = format("no complete answer within %d ms (%s)", limit, msg)
     end
     return done(o, method, nil, fail(kind, o, method, msg, {
-      timings = timings, timeout_ms = o.timeout_ms,
+      timings = timings, timeout_ms = limit,
       status = status > 0 and status or nil,
     }), timings)
   end

@@ -267,13 +267,19 @@ local function through_breaker(self, o)
 end
 
 local function attempt(self, origin, o, start_ms)
-  if self.deadline_header and o.timeout_ms then
-    local left = o.timeout_ms - (now() - start_ms)
-    if left < 1 then
+  if self.deadline_header then
+    -- What is left of the request's timeout, or of the task's deadline
+    -- (sprun.deadline) if that comes first.
+    local left = kernel.capped(o.timeout_ms
+                               and o.timeout_ms - (now() - start_ms))
+    if left and left < 1 then
       return nil, errors.error(errors.TIMEOUT, format(
-        "%s %s: no answer within %d ms", o.method, o.url, o.timeout_ms))
+        "%s %s: no time left (%s)", o.method, o.url, o.timeout_ms
+        and format("timeout_ms %d", o.timeout_ms) or "the task's deadline"))
     end
-    o.headers[self.deadline_header] = format("%d", left)
+    if left then
+      o.headers[self.deadline_header] = format("%d", left)
+    end
   end
   local r, err
   local cb, bh = origin.breaker, origin.bulkhead

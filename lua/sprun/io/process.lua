@@ -419,16 +419,17 @@ local function run_in_task(args, o)
   if self == nil then
     return nil, err
   end
-  if o.timeout_ms then
-    kernel.arm(task, o.timeout_ms)
+  local limit = kernel.capped(o.timeout_ms)
+  if limit then
+    kernel.arm(task, limit)
   end
   while not self.exited do
     local why = await_child(self, task)
     if why == WAKE_TIMER and not self.exited then
       self:_abort()
       return nil, errors.error(errors.TIMEOUT, format(
-        "%s did not finish within %d ms (killed)", args[1], o.timeout_ms), {
-          timeout_ms = o.timeout_ms, pid = self._pid,
+        "%s did not finish within %d ms (killed)", args[1], limit), {
+          timeout_ms = limit, pid = self._pid,
           stdout = stream.take_all(self), stderr = stderr_text(self),
         })
     end

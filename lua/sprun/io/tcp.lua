@@ -237,10 +237,10 @@ local function connect_addr(what, addr, port, ms, timeout_ms)
 end
 
 -- Resolves the host (sprun.dns) and tries its addresses in order until
--- one connects, all within timeout_ms.
+-- one connects, all within timeout_ms (capped by the task's deadline).
 local function connect_in_task(host, port, o)
   local what = format("%s:%d", host, port)
-  local limit = o.timeout_ms
+  local limit = kernel.capped(o.timeout_ms)
   local deadline = limit and now() + limit
   local addrs, err = dns.lookup(host, "any", limit)
   if addrs == nil then

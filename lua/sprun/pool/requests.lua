@@ -133,7 +133,12 @@ local function send(pool, w, req)
   if req.session then
     remember_session(pool, req.session, w.slot)
   end
-  -- From now on the request's own timeout runs.
+  -- From now on the request's own timeout runs, within its caller's
+  -- deadline (sprun.deadline) if that comes first.
+  local hard = req.hard_deadline
+  if hard and hard - t < req.timeout_ms then
+    req.timeout_ms = hard > t and hard - t or 0
+  end
   kernel.disarm(req.task)
   req.deadline = t + req.timeout_ms
   kernel.arm(req.task, req.timeout_ms)
@@ -211,8 +216,8 @@ local function await(pool, req, task)
         end
         return false, pool_error(pool, "queue_timeout", format(
           "no worker took the request within %s ms",
-          check.shortest(pool._o.queue_timeout_ms, 6)),
-          { queue_timeout_ms = pool._o.queue_timeout_ms })
+          check.shortest(req.queue_wait_ms, 6)),
+          { queue_timeout_ms = req.queue_wait_ms })
       end
       local w = req.worker
       untrack(pool, w, req)
@@ -248,6 +253,7 @@ local function attempt(pool, task, op, op_json, args, o, n, avoid)
     avoid = avoid, session = o.session, key = o.key, op = op,
     args = args,
     timeout_ms = o.timeout_ms or o_pool.request_timeout_ms,
+    hard_deadline = kernel.deadline(),
   }
   if o.session ~= nil and o_pool.affinity ~= "hint" then
     local slot = pool._sessions[o.session]
@@ -271,8 +277,11 @@ local function attempt(pool, task, op, op_json, args, o, n, avoid)
         "%d requests queued already (max_queue)", o_pool.max_queue),
         { max_queue = o_pool.max_queue })
     end
-    req.deadline = req.queued_at + o_pool.queue_timeout_ms
-    kernel.arm(task, o_pool.queue_timeout_ms)
+    -- Nor past its caller's deadline.
+    local wait = kernel.capped(o_pool.queue_timeout_ms)
+    req.queue_wait_ms = wait
+    req.deadline = req.queued_at + wait
+    kernel.arm(task, wait)
     q.tail = q.tail + 1
     q[q.tail] = req
   end

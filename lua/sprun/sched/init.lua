@@ -239,6 +239,7 @@ local function open(opts)
     -- started the outermost one.
     idepth = 0,
     ico = {}, itask = {}, iseq = {}, igroup = {}, ibase = false,
+    idl = {},        -- each inline run's deadline (loop ms), or false
     loop = false,
     h = false,       -- the loop for the sp_lua_timer_* functions
     running = true,
@@ -522,6 +523,18 @@ function _M.spawn(fn, ...)
   local n = select("#", ...)
   local a1, a2, a3 = ...
   return spawn_args(fn, n, a1, a2, a3, n > 3 and { ... })
+end
+
+-- The ms left before the deadline of the code running now (a timeout
+-- around it, a deadline_ms, one inherited from the task that spawned
+-- it): 0 once it has passed, nil with none, or outside a task.
+function _M.deadline()
+  local dl = kernel.deadline()
+  if dl == nil then
+    return nil
+  end
+  local left = dl - clock.now()
+  return left > 0 and left or 0
 end
 
 -- Sleeps `ms` milliseconds of loop time; other tasks run meanwhile.

@@ -21,12 +21,15 @@ local timer = require "sprun.sched.timer"
 local coro = require "sprun.sched.coro"
 local task_m = require "sprun.sched.task"
 local errors = require "sprun.errors"
+local clock = require "sprun.clock"
 
 local co_resume = coroutine.resume
 local error = error
 local unpack = unpack
 
 local state = kernel.state
+local now = clock.now
+local cap_deadline = kernel.cap_deadline
 local materialize = kernel.materialize
 local spawn_in = kernel.spawn_in
 local t_reserve = timer.reserve
@@ -178,6 +181,9 @@ local function run_inline(ms, group, fn, n, a1, a2, a3, args)
     local seq = t_reserve(s)
     local task = spawn_in(s, me, fn, n, a1, a2, a3, args)
     task.quiet = true
+    if ms then
+      cap_deadline(task, now() + ms)
+    end
     if group then
       return PENDING, task, seq
     end
@@ -187,6 +193,7 @@ local function run_inline(ms, group, fn, n, a1, a2, a3, args)
   s.idepth = d
   s.ico[d] = co
   s.igroup[d] = group
+  s.idl[d] = ms and now() + ms or false
   if d == 1 then
     s.ibase = saved
   end

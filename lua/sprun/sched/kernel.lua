@@ -197,6 +197,11 @@ local function new_task(s, co, parent, state)
   task[TOKEN] = task_token(s, task)
   s.live = s.live + 1
   if parent then
+    -- A deadline (loop ms) is inherited: see deadline() below.
+    local dl = parent.deadline
+    if dl then
+      task.deadline = dl
+    end
     local first = parent[CHILD]
     if first then
       first[PREV] = task
@@ -226,6 +231,10 @@ local function materialize(s, d)
   end
   local task = new_task(s, s.ico[d], parent, "running")
   s.itask[d] = task
+  local dl = s.idl[d]
+  if dl and not (task.deadline and task.deadline <= dl) then
+    task.deadline = dl
+  end
   -- The caller arms its timeout only if the child waits, but the timeout
   -- keeps the place among equal deadlines it had when the child started:
   -- before any timer the child arms. (A group reserves one place for all
@@ -292,6 +301,70 @@ local function existing_task()
     return t
   end
   return nil
+end
+
+-- The deadline (loop ms) of the code running now, or nil: a task's own
+-- (inherited from its parent, set by a timeout or a deadline_ms), or for
+-- an inline run without a task the nearest of its timeout's and those
+-- below it. sprun.deadline() is what is left of it. Inline runs nest on
+-- the C stack, so while run d is the deepest, the code running is its own
+-- (or a coroutine it runs): no coroutine.running, which the JIT does not
+-- compile, on a retry's path.
+local function deadline()
+  local s = S
+  if s == nil then
+    return nil
+  end
+  local d = s.idepth
+  if d == 0 then
+    local t = s.cur
+    return t and t.deadline or nil
+  end
+  local dl = nil
+  for j = d, 1, -1 do
+    local x = s.idl[j]
+    if x and not (dl and dl <= x) then
+      dl = x
+    end
+    local tj = s.itask[j]
+    if tj then
+      x = tj.deadline
+      return x and dl and (x < dl and x or dl) or x or dl
+    end
+  end
+  local x = s.ibase.deadline
+  return x and dl and (x < dl and x or dl) or x or dl
+end
+_M.deadline = deadline
+
+-- A timeout of `ms` (nil: none) for I/O made now, capped by what is left
+-- of the deadline of the code running now (process.run, tcp.connect,
+-- http, pool calls): never below min_ms (http's 1), nil when neither.
+local clock_now = require("sprun.clock").now
+function _M.capped(ms, min_ms)
+  local dl = deadline()
+  if dl == nil then
+    return ms
+  end
+  local left = dl - clock_now()
+  if min_ms and left < min_ms then
+    left = min_ms
+  elseif left < 0 then
+    left = 0
+  end
+  if ms == nil or left < ms then
+    return left
+  end
+  return ms
+end
+
+-- Sets the deadline of task `task` to `at` (loop ms) unless it has an
+-- earlier one.
+function _M.cap_deadline(task, at)
+  local dl = task.deadline
+  if not (dl and dl <= at) then
+    task.deadline = at
+  end
 end
 
 --- Waits ----------------------------------------------------------------
@@ -520,57 +593,6 @@ function _M.disown(task, res)
   end
 end
 
--- I/O objects keep the tasks waiting on them in `obj.waiters`, in the
--- order they started waiting (a reader and a task waiting for the exit
--- may wait on one process): block waits as one of them (a cancellation
--- passes through), wake ends the wait of them all; each checks again what
--- it waits for.
-local function remove_waiter(obj, task)
-  local ws = obj.waiters
-  if ws ~= nil then
-    for i = #ws, 1, -1 do
-      if ws[i] == task then
-        table.remove(ws, i)
-        break
-      end
-    end
-  end
-end
-
--- Waits, as `task`, until obj is woken, the task's timer fires or it is
--- cancelled (raised). Returns why (WAKE_IO, WAKE_TIMER).
-function _M.block(obj, task)
-  local ws = obj.waiters
-  if ws == nil then
-    ws = {}
-    obj.waiters = ws
-  end
-  ws[#ws + 1] = task
-  local ok, why = wait_or_cancel(task)
-  -- Woken by something else (a timer, a cancellation): stop waiting here.
-  remove_waiter(obj, task)
-  if not ok then
-    error(why, 0)
-  end
-  return why
-end
-
--- Whether a task waits on obj (block).
-function _M.has_waiters(obj)
-  local ws = obj.waiters
-  return ws ~= nil and ws[1] ~= nil
-end
-
-function _M.wake(obj)
-  local ws = obj.waiters
-  if ws ~= nil and ws[1] ~= nil then
-    obj.waiters = nil
-    for i = 1, #ws do
-      enqueue(ws[i], WAKE_IO)
-    end
-  end
-end
-
 -- Arms the task's own timer (one at a time) `ms` from now: it wakes the
 -- task's wait with WAKE_TIMER unless disarmed first.
 function _M.arm(task, ms)
@@ -595,5 +617,7 @@ end
 -- at_turn_end, run_turn_end, after and on_signal: see sched/upkeep.lua.
 require("sprun.sched.upkeep").install(_M, function() return S end,
                                       new_token, t_after)
+-- block, has_waiters and wake: see sched/waiters.lua.
+require("sprun.sched.waiters").install(_M)
 
 return _M
