@@ -308,7 +308,9 @@ VALGRIND_SPECS := tests/lua/sched_spec.lua tests/lua/process_spec.lua \
   tests/lua/seed_document_examples_spec.lua tests/lua/pool_spec.lua \
   tests/lua/pool_protocol_spec.lua tests/lua/policy_pool_spec.lua \
   tests/lua/http_spec.lua tests/lua/http_cancel_spec.lua \
-  tests/lua/redis_spec.lua
+  tests/lua/redis_spec.lua tests/lua/fleet_spec.lua \
+  tests/lua/fleet_rules_spec.lua tests/lua/deadline_spec.lua \
+  tests/lua/executor_fallback_spec.lua
 
 valgrind: deps
 	@$(MAKE) --no-print-directory deps DEPS=valgrind
