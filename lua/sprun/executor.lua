@@ -384,6 +384,52 @@ function _M.execute_with_fallback(fn, fallback, opts, ...)
                           pcall(fn, unpack(args, 1, n)))
 end
 
+--- execute_hedged --------------------------------------------------------
+
+local hedge = require "sprun.hedge"
+local retry_m = require "sprun.retry"
+
+local parse_hedge_budget = options.parser("executor.execute_hedged.budget",
+                                          retry_m.BUDGET_SPEC)
+local parse_hedged = options.parser("executor.execute_hedged", {
+  delay_ms = { "number", min = 0, limit = check.MS_MAX, required = true },
+  max_hedges = { "integer", min = 1, limit = 64, default = 1 },
+  hedge_on = { "function" },
+  name = { "string", default = "hedge" },
+  budget = { check = function(v)
+    if type(v) ~= "table" then
+      return "must be a table of retry budget options (ratio, "
+             .. "min_retries_per_s, ttl_ms)"
+    end
+  end },
+})
+
+-- The budgets of hedged calls, one per name: every call of that name
+-- draws on it.
+local hedge_budgets = {}
+
+-- Calls fn(...) hedged (see sprun/hedge.lua): opts { delay_ms,
+-- max_hedges = 1, hedge_on = function(err), name = "hedge", budget = {
+-- ratio, min_retries_per_s, ttl_ms } }. Returns the first success's
+-- values, or the last failure (details.hedges).
+function _M.execute_hedged(fn, opts, ...)
+  check.func("executor.execute_hedged", "fn", fn)
+  local o = parse_hedged(opts)
+  local budget = nil
+  if o.budget ~= nil then
+    local bo = parse_hedge_budget(o.budget)
+    budget = hedge_budgets[o.name]
+    if budget == nil then
+      budget = retry_m.budget(bo)
+      hedge_budgets[o.name] = budget
+    else
+      budget:configure(bo)
+    end
+  end
+  kernel.check_caller("executor.execute_hedged")
+  return hedge.call(o, budget, fn, select("#", ...), { ... })
+end
+
 --- execute_async -------------------------------------------------------------
 
 -- Starts fn(...) as a task and returns it (task:await([timeout_ms])).

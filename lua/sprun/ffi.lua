@@ -296,4 +296,82 @@ for _, name in ipairs {
   _M[name] = tonumber(ffi.C[name])
 end
 
+-- The adaptive concurrency limit (runtime/core/adaptive.c), in a block of
+-- its own so that it can be declared apart from the rest.
+if not pcall(ffi.typeof, "sp_adaptive_t") then
+  ffi.cdef [[
+enum { SP_ADAPTIVE_MAX_LIMIT = 1000000 };
+
+typedef enum {
+  SP_ADAPTIVE_AIMD = 0,
+  SP_ADAPTIVE_GRADIENT2 = 1
+} sp_adaptive_algorithm_t;
+
+typedef enum {
+  SP_ADAPTIVE_SUCCESS = 0,
+  SP_ADAPTIVE_DROPPED = 1,
+  SP_ADAPTIVE_IGNORED = 2
+} sp_adaptive_outcome_t;
+
+typedef enum {
+  SP_ADAPTIVE_QUEUE_FIXED = 0,
+  SP_ADAPTIVE_QUEUE_SQRT = 1
+} sp_adaptive_queue_t;
+
+typedef struct sp_adaptive_config_s {
+  int algorithm;
+  int queue_mode;
+  uint32_t min_limit;
+  uint32_t max_limit;
+  uint32_t initial_limit;
+  uint32_t long_window;
+  double backoff_ratio;
+  double timeout_ms;
+  double rtt_tolerance;
+  double smoothing;
+  double queue_size;
+  uint64_t window_ms;
+  uint32_t window_min_samples;
+  uint32_t pad_;
+} sp_adaptive_config_t;
+
+typedef struct sp_adaptive_s {
+  sp_adaptive_config_t config;
+  double limit;
+  uint32_t in_flight;
+  uint32_t max_in_flight;
+  uint64_t acquired;
+  uint64_t rejected;
+  uint64_t successes;
+  uint64_t dropped;
+  uint64_t ignored;
+  uint64_t updates;
+  double long_rtt;
+  double short_rtt;
+  double gradient;
+  uint32_t long_count_;
+  uint32_t window_count_;
+  double long_sum_;
+  double window_rtt_sum_;
+  uint64_t window_start_;
+  uint32_t window_in_flight_;
+  int window_dropped_;
+} sp_adaptive_t;
+
+int sp_adaptive_init(sp_adaptive_t *a, const sp_adaptive_config_t *config);
+int sp_adaptive_acquire(sp_adaptive_t *a);
+int sp_adaptive_release(sp_adaptive_t *a, int outcome, double rtt_ms,
+                        uint64_t now_ms);
+uint32_t sp_adaptive_limit(const sp_adaptive_t *a);
+]]
+end
+
+for _, name in ipairs {
+  "SP_ADAPTIVE_MAX_LIMIT", "SP_ADAPTIVE_AIMD", "SP_ADAPTIVE_GRADIENT2",
+  "SP_ADAPTIVE_SUCCESS", "SP_ADAPTIVE_DROPPED", "SP_ADAPTIVE_IGNORED",
+  "SP_ADAPTIVE_QUEUE_FIXED", "SP_ADAPTIVE_QUEUE_SQRT",
+} do
+  _M[name] = tonumber(ffi.C[name])
+end
+
 return _M

@@ -47,6 +47,7 @@ local _M = {
 -- need not hold them.
 local LAZY = { pool = "sprun.pool", http = "sprun.http",
                redis = "sprun.redis", fleet = "sprun.fleet" }
+LAZY.adaptive_limit = "sprun.adaptive_limit"
 setmetatable(_M, { __index = function(t, k)
   local name = LAZY[k]
   if name then

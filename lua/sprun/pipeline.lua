@@ -32,6 +32,8 @@ local circuit_breaker = require "sprun.circuit_breaker"
 local bulkhead = require "sprun.bulkhead"
 local tables = require "sprun.tables"
 local retry = require "sprun.retry"
+local hedge = require "sprun.hedge"
+local adaptive_limit = require "sprun.adaptive_limit"
 
 local type = type
 local each_key = next -- never `pairs` in a loop: see tables.lua
@@ -60,197 +62,7 @@ local _M = {
 
 local mt = { __index = _M }
 
---- Option errors with a key path ------------------------------------------
-
--- Every stage is checked under sprun.options' capture: the option errors
--- of the stage's own constructor come back as values with the stage's
--- path in front, and build() (or a policy file) renders them.
-
-local fail = options.throw
-local at = options.nested
-local path_plus = options.path_plus
-
---- Options -----------------------------------------------------------------
-
-local BUDGET_SPEC = {
-  ratio = { "number", min = 0, limit = 1e9, default = 0.2 },
-  min_retries_per_s = { "number", min = 0, limit = 1e9, default = 10 },
-  ttl_ms = { "integer", min = 10, limit = check.MS_MAX, default = 10000 },
-}
-local parse_budget = options.parser("pipeline.retry.budget", BUDGET_SPEC)
-
-local ANY = { check = function() return nil end }
-
-local parse_retry = retry_policy._options_parser("pipeline.retry", {
-  policy = ANY,
-  budget = ANY,
-})
-
-local parse_top = options.parser("pipeline", {
-  name = { "string", default = "pipeline" },
-  timeout_ms = { "number", min = 0, limit = check.MS_MAX },
-  deadline_ms = { "number", min = 0, limit = check.MS_MAX },
-  retry = ANY,
-  breaker = ANY,
-  bulkhead = ANY,
-  fallback = { "function" },
-})
-
-local NOT_POLICY = { policy = true, budget = true }
-
--- names: for policy files, { breakers = set, retry_policies = set,
--- bulkheads = set } of the names a stage may give instead of options;
--- nil for pipeline.new. Returns { kind = "ref", name = } for a name.
-local function ref(names, section, what, path, v)
-  if names == nil then
-    return nil
-  end
-  if type(v) ~= "string" then
-    return nil
-  end
-  local set = names[section]
-  if set[v] then
-    return { ref = v }
-  end
-  local known, best, best_d = {}, nil, nil
-  for k in each_key, set do
-    known[#known + 1] = k
-    local d = check.distance(v, k)
-    if d <= 2 and (best_d == nil or d < best_d) then
-      best, best_d = k, d
-    end
-  end
-  table.sort(known)
-  if best then
-    fail(path, format("names no %s %s (did you mean %q?)", what,
-                      check.describe(v), best))
-  end
-  fail(path, format("names no %s %s (%s: %s)", what, check.describe(v),
-                    section, #known > 0 and table.concat(known, ", ")
-                    or "none defined"))
-end
-
-
-local function parse_retry_stage(v, names, path)
-  if retry_policy.is_policy(v) then
-    return { policy = v }
-  end
-  local r = ref(names, "retry_policies", "retry policy", path, v)
-  if r then
-    return { policy_ref = r.ref }
-  end
-  if type(v) ~= "table" then
-    fail(path, names and "must be a retry policy name or a table of options"
-         or "must be a retry policy or a table of options",
-         check.describe(v))
-  end
-  local o = at(path, parse_retry, v)
-  local out = {}
-  if o.budget ~= nil then
-    out.budget = at(path_plus(path, "budget"), parse_budget, o.budget)
-  end
-  if v.policy ~= nil then
-    local keys = {}
-    for k in each_key, v do
-      if not NOT_POLICY[k] then
-        keys[#keys + 1] = k
-      end
-    end
-    table.sort(keys)
-    if #keys > 0 then
-      fail(path_plus(path, keys[1]), "cannot be given with 'policy'")
-    end
-    if retry_policy.is_policy(v.policy) then
-      out.policy = v.policy
-    else
-      local pr = ref(names, "retry_policies", "retry policy",
-                     path_plus(path, "policy"), v.policy)
-      if pr == nil then
-        fail(path_plus(path, "policy"), names
-             and "must be a retry policy name" or "must be a retry policy",
-             check.describe(v.policy))
-      end
-      out.policy_ref = pr.ref
-    end
-    return out
-  end
-  out.policy = retry_policy._from_options(o)
-  return out
-end
-
--- A breaker rejection of an attempt that a bulkhead refused must not count
--- against the dependency: breakers made from options here ignore
--- bulkhead_full unless given their own is_failure.
-local function not_bulkhead_full(err)
-  return errors.kind(err) ~= "bulkhead_full"
-end
-
-local function parse_breaker_stage(v, names, path, name)
-  if circuit_breaker.is_breaker(v) then
-    return { instance = v }
-  end
-  local r = ref(names, "breakers", "breaker", path, v)
-  if r then
-    return r
-  end
-  if type(v) ~= "table" then
-    fail(path, names and "must be a breaker name or a table of options"
-         or "must be a circuit breaker or a table of options",
-         check.describe(v))
-  end
-  local o = copy(v)
-  if o.name == nil then
-    o.name = name
-  end
-  if o.is_failure == nil then
-    o.is_failure = not_bulkhead_full
-  end
-  local cb, err = at(path, circuit_breaker.start_link, o)
-  if cb == nil then
-    fail(path, "could not be made: " .. tostring(err))
-  end
-  return { fresh = cb }
-end
-
-local function parse_bulkhead_stage(v, names, path, name)
-  if bulkhead.is_bulkhead(v) then
-    return { instance = v }
-  end
-  local r = ref(names, "bulkheads", "bulkhead", path, v)
-  if r then
-    return r
-  end
-  if type(v) ~= "table" then
-    fail(path, names and "must be a bulkhead name or a table of options"
-         or "must be a bulkhead or a table of options", check.describe(v))
-  end
-  local o = copy(v)
-  if o.name == nil then
-    o.name = name
-  end
-  return { fresh = at(path, bulkhead.new, o), opts = o }
-end
-
--- Checks pipeline options; raises an option error (as a value: call it
--- under options.capture). names: see ref().
-function _M._parse(opts, names, path)
-  path = path or {}
-  local o = at(path, parse_top, opts)
-  local spec = { name = o.name, timeout_ms = o.timeout_ms,
-                 deadline_ms = o.deadline_ms, fallback = o.fallback }
-  if o.retry ~= nil then
-    spec.retry = parse_retry_stage(o.retry, names, path_plus(path, "retry"))
-  end
-  if o.breaker ~= nil then
-    spec.breaker = parse_breaker_stage(o.breaker, names,
-                                       path_plus(path, "breaker"), o.name)
-  end
-  if o.bulkhead ~= nil then
-    spec.bulkhead = parse_bulkhead_stage(o.bulkhead, names,
-                                         path_plus(path, "bulkhead"), o.name)
-  end
-  return spec
-end
+_M._parse = require("sprun.pipeline.parse").parse
 
 --- Pipelines ---------------------------------------------------------------
 
@@ -314,6 +126,8 @@ function _M._configure(self, spec, lookup, reconf_breaker)
   else
     self._own_bulkhead = nil
   end
+  c.hedge = spec.hedge
+  c.adaptive = spec.adaptive
   self._name = spec.name
   self._c = c
 end
@@ -456,7 +270,7 @@ end
 
 -- One attempt, as pcall would give it. A breaker on its fast path admits
 -- and counts the call here; on any other path its _pcall runs the call.
-local function attempt(self, c, fn, args)
+local function breaker_attempt(self, c, fn, args)
   local cb = c.breaker
   if cb == nil then
     return bulkhead_attempt(self, c, fn, args)
@@ -469,9 +283,51 @@ local function attempt(self, c, fn, args)
   return cb:_pcall(bulkhead_stage, self, c, fn, args)
 end
 
+-- The adaptive limit's stage, around the breaker: a call past the limit
+-- is refused (limit_exceeded) before the breaker sees it; each admitted
+-- one gives its permit back with its outcome and RTT.
+local attempt_values
+
+local adaptive_take, adaptive_settle = adaptive_limit._take,
+                                       adaptive_limit._settle
+
+local function limited_attempt(self, c, fn, args)
+  local al = c.adaptive
+  if al == nil then
+    return breaker_attempt(self, c, fn, args)
+  end
+  trace("adaptive_limit", self)
+  local permit, err = adaptive_take(al)
+  if permit == nil then
+    return true, nil, err
+  end
+  return adaptive_settle(al, permit, breaker_attempt(self, c, fn, args))
+end
+
+-- The hedge stage: the attempt, hedged (sprun/hedge.lua), its outcome
+-- as pcall would give it; hedges draw on the retry budget.
+local function hedge_body(self, c, fn, args)
+  return attempt_values(limited_attempt(self, c, fn, args))
+end
+
+local function hedge_outcome(r1, ...)
+  return true, r1, ...
+end
+
+local function attempt(self, c, fn, args)
+  local hc = c.hedge
+  if hc == nil then
+    return limited_attempt(self, c, fn, args)
+  end
+  trace("hedge", self)
+  kernel.check_caller("pipeline.execute")
+  return hedge_outcome(hedge.run(hc, self._budget, hedge_body, 4,
+                                 { self, c, fn, args }))
+end
+
 -- The values of one attempt from what attempt() returned: fn's values, or
 -- nil and the error (a raised error as a value).
-local function attempt_values(ok, ...)
+attempt_values = function(ok, ...)
   if not ok then
     local e = ...
     kernel.reraise_cancel(e)
@@ -567,6 +423,9 @@ function _M.stats(self)
     deadline_ms = c.deadline_ms,
     breaker = c.breaker and c.breaker:stats() or nil,
     bulkhead = c.bulkhead and c.bulkhead:stats() or nil,
+    adaptive_limit = c.adaptive and c.adaptive:stats() or nil,
+    hedge = c.hedge and { delay_ms = c.hedge.delay_ms,
+                          max_hedges = c.hedge.max_hedges } or nil,
     budget = b and b:stats() or nil,
   }
 end

@@ -124,6 +124,13 @@ local BUCKETS = 10
 local Budget = {}
 Budget.__index = Budget
 
+-- Its options (pipelines' retry.budget, execute_hedged's budget).
+_M.BUDGET_SPEC = {
+  ratio = { "number", min = 0, limit = 1e9, default = 0.2 },
+  min_retries_per_s = { "number", min = 0, limit = 1e9, default = 10 },
+  ttl_ms = { "integer", min = 10, limit = 2 ^ 53, default = 10000 },
+}
+
 -- A budget from checked options { ratio, min_retries_per_s, ttl_ms }.
 function _M.budget(o)
   local b = setmetatable({ calls = {}, retries = {}, epoch = {} }, Budget)
@@ -217,31 +224,50 @@ local function past_deadline(delay)
   return dl ~= nil and now() + delay >= dl
 end
 
--- A success that the policy's retry_on_result wants retried: another
--- attempt after the backoff, or (attempts or budget spent) these values.
-local function retry_result(p, pool, op, budget, fname, started, k, attempt,
-                            x1, x2, x3, x4, x5, x6, x7, ...)
-  if not p:should_retry(k) then
-    emit_exhausted(pool, k, started, nil)
-    return ...
-  end
-  if budget and not budget:withdraw() then
-    if enabled[BUDGET_EXHAUSTED] then
-      emit(BUDGET_EXHAUSTED, { attempts = k }, { pool = pool })
-    end
-    return ...
-  end
-  local delay = p:backoff_for_attempt(k)
-  if past_deadline(delay) then
-    return ...
-  end
-  emit_attempt(pool, op, k, delay, nil)
+-- The wait before attempt k + 1 (emitted, slept on the loop; a zero
+-- delay retries at once, without a trip through the loop), then that
+-- attempt.
+local function next_attempt(p, pool, op, budget, fname, started, k, attempt,
+                            x1, x2, x3, x4, x5, x6, x7, delay, err)
+  emit_attempt(pool, op, k, delay, err)
   if delay > 0 then
     check_caller(fname)
     sched.sleep(delay)
   end
   return run_attempt(p, pool, op, budget, fname, started, k + 1, attempt,
                      x1, x2, x3, x4, x5, x6, x7)
+end
+
+-- Whether the budget (or false) refuses the retry after attempt k.
+local function refused(budget, pool, k, err)
+  if budget and not budget:withdraw() then
+    if enabled[BUDGET_EXHAUSTED] then
+      emit(BUDGET_EXHAUSTED, { attempts = k },
+           { pool = pool, last_error = err })
+    end
+    return true
+  end
+  return false
+end
+
+-- A success that the policy's retry_on_result wants retried: another
+-- attempt after the backoff, or (attempts, budget or deadline spent)
+-- these values.
+local function retry_result(p, pool, op, budget, fname, started, k, attempt,
+                            x1, x2, x3, x4, x5, x6, x7, ...)
+  if not p:should_retry(k) then
+    emit_exhausted(pool, k, started, nil)
+    return ...
+  end
+  if refused(budget, pool, k, nil) then
+    return ...
+  end
+  local delay = p:backoff_for_attempt(k)
+  if past_deadline(delay) then
+    return ...
+  end
+  return next_attempt(p, pool, op, budget, fname, started, k, attempt,
+                      x1, x2, x3, x4, x5, x6, x7, delay, nil)
 end
 
 attempt_done = function(p, pool, op, budget, fname, started, k, attempt,
@@ -273,11 +299,7 @@ attempt_done = function(p, pool, op, budget, fname, started, k, attempt,
     emit_exhausted(pool, k, started, err)
     return nil, with_details(err, "retries_exhausted", true, "attempts", k)
   end
-  if budget and not budget:withdraw() then
-    if enabled[BUDGET_EXHAUSTED] then
-      emit(BUDGET_EXHAUSTED, { attempts = k },
-           { pool = pool, last_error = err })
-    end
+  if refused(budget, pool, k, err) then
     return nil, with_details(err, "budget_exhausted", true, "attempts", k)
   end
   local delay = p:backoff_for_attempt(k)
@@ -292,14 +314,8 @@ attempt_done = function(p, pool, op, budget, fname, started, k, attempt,
   if past_deadline(delay) then
     return nil, with_details(err, "deadline_exceeded", true, "attempts", k)
   end
-  emit_attempt(pool, op, k, delay, err)
-  -- A zero delay retries at once, without a trip through the loop.
-  if delay > 0 then
-    check_caller(fname)
-    sched.sleep(delay)
-  end
-  return run_attempt(p, pool, op, budget, fname, started, k + 1, attempt,
-                     x1, x2, x3, x4, x5, x6, x7)
+  return next_attempt(p, pool, op, budget, fname, started, k, attempt,
+                      x1, x2, x3, x4, x5, x6, x7, delay, err)
 end
 
 -- The outcome of a child run with a deadline at `at` (loop ms): its own

@@ -421,6 +421,119 @@ void sp_retry_seed(sp_retry_t *r, uint64_t seed);
 double sp_retry_random(sp_retry_t *r);
 
 /* ------------------------------------------------------------------------ */
+/* Adaptive concurrency limit                                                */
+
+/* The largest limit a configuration may give (in_flight is a uint32_t). */
+#define SP_ADAPTIVE_MAX_LIMIT 1000000
+
+typedef enum {
+  /* Additive increase, multiplicative decrease, on drops. */
+  SP_ADAPTIVE_AIMD = 0,
+  /* Netflix's Gradient2: the ratio of a long-term to a short-term RTT. */
+  SP_ADAPTIVE_GRADIENT2 = 1
+} sp_adaptive_algorithm_t;
+
+/* How a call that held a permit ended, as the limit counts it. */
+typedef enum {
+  SP_ADAPTIVE_SUCCESS = 0, /* a sample: its RTT counts */
+  /* a sample that also says "overloaded" (aimd backs off; gradient2
+   * reads only its RTT, as Netflix's does) */
+  SP_ADAPTIVE_DROPPED = 1,
+  SP_ADAPTIVE_IGNORED = 2  /* no sample: only the permit comes back */
+} sp_adaptive_outcome_t;
+
+/* Gradient2's queue allowance (sp_adaptive_config_t.queue_mode). */
+typedef enum {
+  SP_ADAPTIVE_QUEUE_FIXED = 0, /* queue_size */
+  /* max(queue_size, floor(sqrt(floor(limit)))), Netflix's square root */
+  SP_ADAPTIVE_QUEUE_SQRT = 1
+} sp_adaptive_queue_t;
+
+/* A field marked aimd or gradient2 is read only by that algorithm; the
+ * other one ignores it whatever it holds. */
+typedef struct sp_adaptive_config_s {
+  int algorithm;           /* sp_adaptive_algorithm_t */
+  int queue_mode;          /* gradient2: sp_adaptive_queue_t */
+  uint32_t min_limit;      /* >= 1 */
+  uint32_t max_limit;      /* min_limit .. SP_ADAPTIVE_MAX_LIMIT */
+  uint32_t initial_limit;  /* min_limit .. max_limit */
+  /* gradient2: >= 1 updates, the long-term RTT's averaging window. */
+  uint32_t long_window;
+  double backoff_ratio;    /* aimd: the decrease factor, 0 < r < 1 */
+  double timeout_ms;       /* aimd: an RTT above it is a drop; 0: none */
+  double rtt_tolerance;    /* gradient2: >= 1 */
+  double smoothing;        /* gradient2: 0 < s <= 1 */
+  /* gradient2: >= 0. Read at every update, so a caller may change it
+   * between calls (the Lua binding does, for a function of the limit). */
+  double queue_size;
+  /* 0: every sample updates the limit. Else samples are gathered in
+   * windows: a window opens at its first sample and closes with the first
+   * sample at or after window_ms from then that brings it to
+   * window_min_samples (>= 1) samples; that sample runs one update. */
+  uint64_t window_ms;
+  uint32_t window_min_samples;
+  uint32_t pad_;
+} sp_adaptive_config_t;
+
+typedef struct sp_adaptive_s {
+  /* read-only: configuration, as given to sp_adaptive_init (queue_size is
+   * read-write, see above). */
+  sp_adaptive_config_t config;
+  /* read-only: the estimated limit, in [min_limit, max_limit]; acquire
+   * admits floor(limit) calls at once. */
+  double limit;
+  /* read-only: calls admitted and not yet released. Never negative: a
+   * release with none in flight is refused. It can exceed floor(limit)
+   * right after the limit went down. */
+  uint32_t in_flight;
+  uint32_t max_in_flight; /* read-only: the most ever in flight at once */
+  /* read-only: running totals. */
+  uint64_t acquired;
+  uint64_t rejected;
+  uint64_t successes;
+  uint64_t dropped;
+  uint64_t ignored;
+  uint64_t updates; /* runs of the algorithm (samples, or windows) */
+  /* read-only, gradient2: the long-term RTT (below 1e-9 ms it is 0), the
+   * last short-term RTT (the sample, or the window's mean) and the last
+   * gradient (1 until the first update, and for a short RTT of 0). */
+  double long_rtt;
+  double short_rtt;
+  double gradient;
+  /* private: the long-term average's warm-up, then the open window. */
+  uint32_t long_count_;
+  uint32_t window_count_;
+  double long_sum_;
+  double window_rtt_sum_;
+  uint64_t window_start_;
+  uint32_t window_in_flight_; /* the most in flight at a sample */
+  int window_dropped_;
+} sp_adaptive_t;
+
+/* Checks the configuration (SP_EINVAL on any value out of its range) and
+ * starts at initial_limit with nothing in flight. Allocates nothing. */
+int sp_adaptive_init(sp_adaptive_t *a, const sp_adaptive_config_t *config);
+
+/* Admits one call if fewer than floor(limit) are in flight: 0, and the
+ * call is counted in in_flight until sp_adaptive_release. Else SP_EFULL,
+ * counted in rejected. */
+int sp_adaptive_acquire(sp_adaptive_t *a);
+
+/* Ends an admitted call: `outcome` (sp_adaptive_outcome_t), its RTT in ms
+ * (read for every outcome but IGNORED) and the time now (read by windows
+ * only). Returns 1 if the sample went to the algorithm, alone or as the
+ * one that closed its window (counted in updates; the limit may or may
+ * not have moved), 0 if not (an ignored call, a window still open).
+ * Refuses, changing nothing: SP_EINVAL for an unknown outcome or an RTT
+ * that is not a finite number >= 0, SP_ENOENT when no call is in flight.
+ * Must not be called for a call that acquire refused. */
+int sp_adaptive_release(sp_adaptive_t *a, int outcome, double rtt_ms,
+                        uint64_t now_ms);
+
+/* floor(limit): how many calls acquire admits at once. */
+uint32_t sp_adaptive_limit(const sp_adaptive_t *a);
+
+/* ------------------------------------------------------------------------ */
 /* DNS and HTTP on a libuv loop                                              */
 /*
  * Unlike the rest of this header, these do I/O: they run on the caller's

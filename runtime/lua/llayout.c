@@ -127,6 +127,48 @@ static const l_field_t l_retry_fields[] = {
   { NULL, 0 }
 };
 
+static const l_field_t l_adaptive_config_fields[] = {
+  L_FIELD(sp_adaptive_config_t, algorithm),
+  L_FIELD(sp_adaptive_config_t, queue_mode),
+  L_FIELD(sp_adaptive_config_t, min_limit),
+  L_FIELD(sp_adaptive_config_t, max_limit),
+  L_FIELD(sp_adaptive_config_t, initial_limit),
+  L_FIELD(sp_adaptive_config_t, long_window),
+  L_FIELD(sp_adaptive_config_t, backoff_ratio),
+  L_FIELD(sp_adaptive_config_t, timeout_ms),
+  L_FIELD(sp_adaptive_config_t, rtt_tolerance),
+  L_FIELD(sp_adaptive_config_t, smoothing),
+  L_FIELD(sp_adaptive_config_t, queue_size),
+  L_FIELD(sp_adaptive_config_t, window_ms),
+  L_FIELD(sp_adaptive_config_t, window_min_samples),
+  L_FIELD(sp_adaptive_config_t, pad_),
+  { NULL, 0 }
+};
+
+static const l_field_t l_adaptive_fields[] = {
+  L_FIELD(sp_adaptive_t, config),
+  L_FIELD(sp_adaptive_t, limit),
+  L_FIELD(sp_adaptive_t, in_flight),
+  L_FIELD(sp_adaptive_t, max_in_flight),
+  L_FIELD(sp_adaptive_t, acquired),
+  L_FIELD(sp_adaptive_t, rejected),
+  L_FIELD(sp_adaptive_t, successes),
+  L_FIELD(sp_adaptive_t, dropped),
+  L_FIELD(sp_adaptive_t, ignored),
+  L_FIELD(sp_adaptive_t, updates),
+  L_FIELD(sp_adaptive_t, long_rtt),
+  L_FIELD(sp_adaptive_t, short_rtt),
+  L_FIELD(sp_adaptive_t, gradient),
+  L_FIELD(sp_adaptive_t, long_count_),
+  L_FIELD(sp_adaptive_t, window_count_),
+  L_FIELD(sp_adaptive_t, long_sum_),
+  L_FIELD(sp_adaptive_t, window_rtt_sum_),
+  L_FIELD(sp_adaptive_t, window_start_),
+  L_FIELD(sp_adaptive_t, window_in_flight_),
+  L_FIELD(sp_adaptive_t, window_dropped_),
+  { NULL, 0 }
+};
+
 static const l_struct_t l_structs[] = {
   { "sp_breaker_config_t", sizeof(sp_breaker_config_t),
     l_breaker_config_fields },
@@ -139,6 +181,9 @@ static const l_struct_t l_structs[] = {
   { "sp_health_t", sizeof(sp_health_t), l_health_fields },
   { "sp_retry_config_t", sizeof(sp_retry_config_t), l_retry_config_fields },
   { "sp_retry_t", sizeof(sp_retry_t), l_retry_fields },
+  { "sp_adaptive_config_t", sizeof(sp_adaptive_config_t),
+    l_adaptive_config_fields },
+  { "sp_adaptive_t", sizeof(sp_adaptive_t), l_adaptive_fields },
   { NULL, 0, NULL }
 };
 

@@ -69,6 +69,16 @@
   XX(retry_seed_reproducible)                                                \
   XX(retry_random_known_values)                                              \
   XX(retry_init_validation)                                                  \
+  XX(adaptive_init_validation)                                               \
+  XX(adaptive_aimd_sequence)                                                 \
+  XX(adaptive_aimd_clamps_and_timeout)                                       \
+  XX(adaptive_gradient2_sequence)                                            \
+  XX(adaptive_gradient2_clamps)                                              \
+  XX(adaptive_gradient2_zero_rtts_flush)                                     \
+  XX(adaptive_gradient2_long_rtt_drifts_down)                                \
+  XX(adaptive_gradient2_sqrt_queue)                                          \
+  XX(adaptive_windows)                                                       \
+  XX(adaptive_in_flight_never_negative)                                      \
   XX(heap_order_deadline_then_insertion)                                     \
   XX(heap_cancel_from_middle)                                                \
   XX(heap_ids_not_reused)                                                    \

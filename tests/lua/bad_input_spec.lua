@@ -31,7 +31,8 @@ local pack = h.pack
 -- The files of bad_input/, in the order their cases run.
 local cases = {}
 for _, area in ipairs { "policy_files", "cli", "objects", "scheduler",
-                        "executor", "io", "http", "fleet" } do
+                        "executor", "io", "http", "fleet",
+                        "adaptive_limit" } do
   for _, case in ipairs(require("bad_input." .. area)) do
     cases[#cases + 1] = case
   end
@@ -95,7 +96,7 @@ describe("bad input", function()
       policy = "objects", errors = "objects", policyfile = "policy files", sleep = "scheduler",
       spawn = "scheduler", run = "scheduler", task = "scheduler",
       execute = "executor", process = "I/O", tcp = "I/O", dns = "I/O",
-      http = "I/O", fleet = "fleet",
+      http = "I/O", fleet = "fleet", adaptive = "adaptive limit",
     }
     local ids, own, by_area = {}, 0, {}
     for _, case in ipairs(cases) do
@@ -108,7 +109,8 @@ describe("bad input", function()
     end
     assert.is_true(own >= 60, own .. " cases of its own")
     assert.are.same({ cli = 39, objects = 44, scheduler = 23, executor = 34,
-                      ["I/O"] = 77, ["policy files"] = 10, fleet = 22 },
+                      ["I/O"] = 77, ["policy files"] = 10, fleet = 22,
+                      ["adaptive limit"] = 34 },
                     by_area)
   end)
 

@@ -11,8 +11,8 @@ describe("the FFI declarations", function()
     local names = {}
     for name in pairs(layout) do names[#names + 1] = name end
     table.sort(names)
-    assert.are.same({ "sp_breaker_bucket_t", "sp_breaker_config_t",
-      "sp_breaker_t",
+    assert.are.same({ "sp_adaptive_config_t", "sp_adaptive_t",
+      "sp_breaker_bucket_t", "sp_breaker_config_t", "sp_breaker_t",
       "sp_health_config_t", "sp_health_t", "sp_retry_config_t",
       "sp_retry_t", "sp_worker_stats_t" }, names)
   end)

@@ -395,3 +395,87 @@ describe("retry budget", function()
     assert.are.equal(5, calls)
   end)
 end)
+
+describe("pipeline hedge and adaptive_limit stages", function()
+  it("hedges each attempt after delay_ms: the first success wins, the "
+     .. "loser is cancelled, both went through the breaker", function()
+    local n, stopped = 0, nil
+    local p = sprun.pipeline { name = "hp",
+      hedge = { delay_ms = 50, max_hedges = 1 },
+      breaker = { failure_threshold = 10 } }
+    local v, at = vrun(function()
+      local t0 = sprun.now()
+      local r = p:execute(function()
+        n = n + 1
+        local me = n
+        if not pcall(sprun.sleep, me == 1 and 500 or 10) then
+          stopped = sprun.now() - t0
+          error("not reached", 0)
+        end
+        return "attempt " .. me
+      end)
+      return r, sprun.now() - t0
+    end)
+    assert.are.same({ "attempt 2", 60, 60 }, { v, at, stopped })
+    local s = p:stats()
+    assert.are.same({ 50, 1 }, { s.hedge.delay_ms, s.hedge.max_hedges })
+    assert.are.equal(1, s.breaker.total_successes)
+    assert_no_handles()
+  end)
+
+  it("draws its hedges on the pipeline's retry budget", function()
+    local n = 0
+    local p = sprun.pipeline { name = "hb",
+      hedge = { delay_ms = 10, max_hedges = 3 },
+      retry = { max_attempts = 1,
+                budget = { ratio = 0, min_retries_per_s = 0 } } }
+    local v = vrun(function()
+      return p:execute(function() n = n + 1 sprun.sleep(100) return n end)
+    end)
+    assert.are.same({ 1, 1 }, { v, n })
+    -- Refused once: no more hedges are asked for after that.
+    assert.are.equal(1, p:stats().budget.refused)
+  end)
+
+  it("refuses a call past the adaptive limit before the breaker sees it",
+    function()
+    local p = sprun.pipeline { name = "al",
+      adaptive_limit = { min_limit = 1, max_limit = 1, initial_limit = 1 },
+      breaker = { failure_threshold = 1 } }
+    local errs = {}
+    vrun(function()
+      local a = sprun.spawn(function()
+        return p:execute(function() sprun.sleep(50) return "a" end)
+      end)
+      sprun.sleep(1)
+      local _, err = p:execute(function() return "b" end)
+      errs[1] = err
+      assert.are.equal("a", a:await())
+    end)
+    assert.are.equal("limit_exceeded", sprun.error_kind(errs[1]))
+    local s = p:stats()
+    assert.are.same({ "closed", 1, 1, 1 }, { s.breaker.state,
+      s.adaptive_limit.rejected, s.adaptive_limit.successes,
+      s.breaker.total_successes })
+  end)
+
+  it("names what is wrong in the stages' options", function()
+    local function msg(o)
+      local ok, e = pcall(sprun.pipeline, o)
+      assert.is_false(ok)
+      return e
+    end
+    assert.matches("pipeline.new: option 'hedge' must be a table of options "
+                   .. "(delay_ms, max_hedges, hedge_on), got 5",
+                   msg { hedge = 5 }, 1, true)
+    assert.matches("option 'hedge.delay_ms' must be a number >= 0, got nil",
+                   msg { hedge = {} }, 1, true)
+    assert.matches("option 'hedge.max_hedges' must be an integer >= 1",
+                   msg { hedge = { delay_ms = 1, max_hedges = 0 } }, 1, true)
+    assert.matches("option 'adaptive_limit' must be an adaptive limit or a "
+                   .. "table of options, got \"x\"",
+                   msg { adaptive_limit = "x" }, 1, true)
+    assert.matches("option 'adaptive_limit.algorithm'",
+                   msg { adaptive_limit = { algorithm = "vegas" } }, 1, true)
+  end)
+end)

@@ -725,6 +725,8 @@ print(cb:state(), table.concat(seen, ","))
         "sprun.http.request debug",
         "sprun.fleet.degraded warning",
         "sprun.fleet.recovered info",
+        "sprun.hedge.started info",
+        "sprun.hedge.won debug",
       }, got)
     end)
 

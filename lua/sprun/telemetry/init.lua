@@ -81,6 +81,8 @@ local EVENTS = {
   { "sprun.http.request", "debug" },
   { "sprun.fleet.degraded", "warning" },
   { "sprun.fleet.recovered", "info" },
+  { "sprun.hedge.started", "info" },
+  { "sprun.hedge.won", "debug" },
 }
 
 local LEVELS = { debug = 1, info = 2, warning = 3 }
