@@ -112,7 +112,11 @@ static int outcome_of(sp_http_req_t *r, CURLcode code, long os_errno,
   case CURLE_OPERATION_TIMEDOUT:
     if (strstr(r->errbuf, "too slow") != NULL)
       return SP_HTTP_STALLED;
-    if (connect_us == 0 && strstr(r->errbuf, "onnection") != NULL)
+    /* Not connected yet ("Connection timed out after ...", or "Failed
+     * to connect ... Timeout was reached" as curl words it when the
+     * attempt itself timed out): the connect's timeout. Lua calls it the
+     * total one when that came first. */
+    if (connect_us == 0)
       return SP_HTTP_CONNECT_TIMEOUT;
     return SP_HTTP_TIMEOUT;
   case CURLE_COULDNT_CONNECT:
@@ -238,7 +242,12 @@ int sp__http_setup(sp_http_req_t *r, CURL *e, const sp_http_options_t *o) {
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   /* No proxy from the environment: its name would be resolved by curl. */
   curl_easy_setopt(e, CURLOPT_PROXY, "");
-  curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+  /* Waiting for a connection in use to tell whether it multiplexes is
+   * for https (ALPN says so at the handshake). Over plain http it would
+   * hold a second request to an origin until the first one's answer
+   * came, however long that takes (a hedge behind a hung request). */
+  curl_easy_setopt(e, CURLOPT_PIPEWAIT,
+                   strncasecmp(o->url, "https://", 8) == 0 ? 1L : 0L);
   if (curl_easy_setopt(e, CURLOPT_URL, o->url) != CURLE_OK)
     return UV_EINVAL;
   for (h = o->headers; h != NULL && *h != NULL; h++) {
@@ -295,6 +304,7 @@ int sp__http_setup(sp_http_req_t *r, CURL *e, const sp_http_options_t *o) {
   switch (o->version) {
   case SP_HTTP_1_1:
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_1_1);
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 0L);
     break;
   case SP_HTTP_H2C:
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION,

@@ -137,6 +137,21 @@ describe("sprun.dns", function()
 end)
 
 describe("sprun.http against nginx", function()
+  it("a request to an origin is not held behind another one to it that "
+     .. "hangs", function()
+    local took = with_fault(function(fs)
+      local hung = sprun.spawn(http.get, fs:url("/never"),
+                               { timeout_ms = 30000 })
+      sprun.sleep(50)
+      local t0 = sprun.now()
+      assert.are.equal(200, assert(http.get(fs:url("/ok"))).status)
+      local ms = sprun.now() - t0
+      hung:cancel()
+      return ms
+    end)
+    assert.is_true(took < 2000, tostring(took))
+  end)
+
   it("GET, HEAD and a large file over one kept-alive connection", function()
     local large = 8 * 1024 * 1024
     local r = with_nginx({ large_bytes = large,
