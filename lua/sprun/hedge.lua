@@ -21,6 +21,7 @@
 
 local sched = require "sprun.sched"
 local kernel = require "sprun.sched.kernel"
+local inline = require "sprun.sched.inline"
 local errors = require "sprun.errors"
 local telemetry = require "sprun.telemetry"
 local clock = require "sprun.clock"
@@ -96,29 +97,26 @@ end
 -- delay_ms, max_hedges, hedge_on, name }; budget: a retry budget or nil.
 function _M.run(o, budget, fn, n, args)
   local me = kernel.need_task("executor.execute_hedged")
-  local h = { done = {}, ndone = 0, tasks = {}, started = 0, t0 = now(),
+  local hedge_on = o.hedge_on
+  local h = { done = {}, ndone = 0, tasks = {}, started = 1, t0 = now(),
               name = o.name, delay_ms = o.delay_ms, next_at = false }
+  h.next_at = h.t0 + h.delay_ms
   if budget then
     budget:deposit()
   end
-  start(h, me, 1, fn, n, args)
-  local seen, last = 0, nil
-  local hedge_on = o.hedge_on
+  -- The first attempt runs inline, at once: one that returns without
+  -- waiting costs no task and no timer (sched/inline.lua).
+  local mark, task = inline.run_inline(nil, true, body, 5, h, 1, fn,
+                                       { h, 1, fn, n, args })
+  if mark == inline.PENDING then
+    kernel.quiet(task)
+    h.tasks[1] = task
+  else
+    h.tasks[1] = false
+  end
+  local seen, last, timer = 0, nil, false
   while true do
-    local armed = h.next_at and h.started <= o.max_hedges
-    if armed then
-      local left = h.next_at - now()
-      kernel.arm(me, left > 0 and left or 0)
-    end
-    local ok, why = pcall(kernel.block, h, me)
-    if armed then
-      kernel.disarm(me)
-    end
-    if not ok then
-      cancel_losers(h, nil)
-      error(why, 0)
-    end
-    local now_hedge = why == kernel.WAKE_TIMER
+    local now_hedge = timer
     -- The attempts that finished since, in the order they started.
     for i = 1, h.started do
       local r = h.done[i]
@@ -149,6 +147,20 @@ function _M.run(o, budget, fn, n, args)
       -- No more hedges: wait for those running.
       h.next_at = false
     end
+    local armed = h.next_at and h.started <= o.max_hedges
+    if armed then
+      local left = h.next_at - now()
+      kernel.arm(me, left > 0 and left or 0)
+    end
+    local ok, why = pcall(kernel.block, h, me)
+    if armed then
+      kernel.disarm(me)
+    end
+    if not ok then
+      cancel_losers(h, nil)
+      error(why, 0)
+    end
+    timer = why == kernel.WAKE_TIMER
   end
 end
 

@@ -73,6 +73,9 @@ function _M.install(K, get_state, new_token, t_after)
 
   function K.run_end(s)
     local list = s.run_end
+    if list[1] == nil then
+      return
+    end
     s.run_end = {}
     for i = 1, #list do
       pcall(list[i][1], list[i][2])
