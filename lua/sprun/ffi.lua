@@ -374,4 +374,59 @@ for _, name in ipairs {
   _M[name] = tonumber(ffi.C[name])
 end
 
+-- The rate limiter (runtime/core/rate.c), in a block of its own.
+if not pcall(ffi.typeof, "sp_rate_t") then
+  ffi.cdef [[
+typedef struct sp_rate_config_s {
+  double rate;
+  uint64_t per_ms;
+  uint64_t burst;
+} sp_rate_config_t;
+
+typedef struct sp_rate_state_s {
+  uint64_t last_ms_;
+  uint64_t ahead_;
+  uint64_t seq_;
+} sp_rate_state_t;
+
+typedef struct sp_rate_s {
+  sp_rate_config_t config;
+  uint64_t rate_num;
+  uint64_t rate_den;
+  uint64_t taken;
+  uint64_t rejected;
+  uint64_t reserved;
+  uint64_t refused;
+  uint64_t returned;
+  sp_rate_state_t state;
+  uint64_t unit_ms_;
+  uint64_t interval_;
+  uint64_t limit_;
+  uint64_t seq_;
+} sp_rate_t;
+
+int sp_rate_init(sp_rate_t *r, const sp_rate_config_t *config);
+uint64_t sp_rate_max_burst(double rate, uint64_t per_ms);
+int sp_rate_take(sp_rate_t *r, sp_rate_state_t *s, uint64_t n,
+                 uint64_t now_ms, double *retry_after_ms);
+int sp_rate_reserve(sp_rate_t *r, sp_rate_state_t *s, uint64_t n,
+                    uint64_t now_ms, double max_wait_ms, double *wait_ms,
+                    uint64_t *ticket);
+int sp_rate_cancel(sp_rate_t *r, sp_rate_state_t *s, uint64_t n,
+                   uint64_t ticket, uint64_t now_ms);
+int sp_rate_set(sp_rate_t *r, const sp_rate_config_t *config,
+                uint64_t now_ms);
+void sp_rate_rescale(const sp_rate_t *from, const sp_rate_t *to,
+                     sp_rate_state_t *s, uint64_t now_ms);
+uint64_t sp_rate_available(const sp_rate_t *r, const sp_rate_state_t *s,
+                           uint64_t now_ms);
+uint64_t sp_rate_full_at(const sp_rate_t *r, const sp_rate_state_t *s);
+]]
+end
+
+-- sprun.h's #defines, which the FFI cannot read.
+_M.SP_RATE_MIN_RATE = 1e-6
+_M.SP_RATE_MAX_RATE = 1e9
+_M.SP_RATE_MAX_DENOM = 1048576
+
 return _M

@@ -128,6 +128,7 @@ function _M._configure(self, spec, lookup, reconf_breaker)
   end
   c.hedge = spec.hedge
   c.adaptive = spec.adaptive
+  c.rate = spec.rate
   self._name = spec.name
   self._c = c
 end
@@ -291,7 +292,7 @@ local attempt_values
 local adaptive_take, adaptive_settle = adaptive_limit._take,
                                        adaptive_limit._settle
 
-local function limited_attempt(self, c, fn, args)
+local function adaptive_attempt(self, c, fn, args)
   local al = c.adaptive
   if al == nil then
     return breaker_attempt(self, c, fn, args)
@@ -302,6 +303,32 @@ local function limited_attempt(self, c, fn, args)
     return true, nil, err
   end
   return adaptive_settle(al, permit, breaker_attempt(self, c, fn, args))
+end
+
+-- The rate limit's stage, outermost of an attempt's: each attempt (and
+-- each hedge) takes its slot, waiting at most max_wait_ms for it, or is
+-- refused (rate_limited, details.retry_after_ms) before anything else.
+local function limited_attempt(self, c, fn, args)
+  local rl = c.rate
+  if rl == nil then
+    return adaptive_attempt(self, c, fn, args)
+  end
+  trace("rate_limit", self)
+  local lim = rl.limiter
+  if rl.wait_ms > 0 then
+    local ok, err = lim:wait(1, rl.wait_ms)
+    if not ok then
+      return true, nil, err
+    end
+  else
+    local ok, after = lim:take()
+    if not ok then
+      return true, nil, errors.error("rate_limited", format(
+        "rate limiter '%s': the next slot is %s ms away", lim:name(),
+        after), { name = lim:name(), retry_after_ms = after })
+    end
+  end
+  return adaptive_attempt(self, c, fn, args)
 end
 
 -- The hedge stage: the attempt, hedged (sprun/hedge.lua), its outcome
@@ -424,6 +451,7 @@ function _M.stats(self)
     breaker = c.breaker and c.breaker:stats() or nil,
     bulkhead = c.bulkhead and c.bulkhead:stats() or nil,
     adaptive_limit = c.adaptive and c.adaptive:stats() or nil,
+    rate_limit = c.rate and c.rate.limiter:stats() or nil,
     hedge = c.hedge and { delay_ms = c.hedge.delay_ms,
                           max_hedges = c.hedge.max_hedges } or nil,
     budget = b and b:stats() or nil,

@@ -421,6 +421,128 @@ void sp_retry_seed(sp_retry_t *r, uint64_t seed);
 double sp_retry_random(sp_retry_t *r);
 
 /* ------------------------------------------------------------------------ */
+/* Rate limiter                                                              */
+/*
+ * GCRA (the generic cell rate algorithm): a state is one timestamp, the
+ * theoretical arrival time (TAT) of the next cell. `rate` cells per
+ * `per_ms` ms make an emission interval T = per_ms / rate; a take of n is
+ * admitted when TAT' = max(TAT, now) + n * T is at most now + burst * T,
+ * and then TAT becomes TAT'. That is a token bucket of `burst` tokens
+ * refilled at the rate, with no tokens to count.
+ *
+ * Time is kept in units of 1/D ms, chosen so that T is a whole number of
+ * units: rate is taken as a fraction p / q (read-only rate_num / rate_den,
+ * the simplest one that is the same double, denominator at most
+ * SP_RATE_MAX_DENOM; else the nearest such one), so 3 per 1000 ms is 1000
+ * units of 1/3 ms and stays exact for ever. The caller's time is whole ms.
+ */
+
+#define SP_RATE_MIN_RATE 1e-6
+#define SP_RATE_MAX_RATE 1e9
+#define SP_RATE_MAX_DENOM 1048576 /* 2^20 */
+
+typedef struct sp_rate_config_s {
+  double rate;     /* SP_RATE_MIN_RATE .. SP_RATE_MAX_RATE cells per per_ms */
+  uint64_t per_ms; /* >= 1 */
+  /* >= 1: the most a full state admits at once. burst * T must stay below
+   * 2^62 units (sp_rate_max_burst gives the largest burst allowed). */
+  uint64_t burst;
+} sp_rate_config_t;
+
+/* One GCRA state. A zeroed state is a full one (a burst available at any
+ * time), so a caller that keeps many (one per key) may memset them. */
+typedef struct sp_rate_state_s {
+  uint64_t last_ms_; /* private: the latest time seen */
+  uint64_t ahead_;   /* private: TAT - last_ms_, in units, at most 2^63 */
+  uint64_t seq_;     /* private: the commit that made it (0: none) */
+} sp_rate_state_t;
+
+typedef struct sp_rate_s {
+  /* read-only: configuration, as given to sp_rate_init or sp_rate_set. */
+  sp_rate_config_t config;
+  /* read-only: the rate as used, rate_num / rate_den cells per per_ms. */
+  uint64_t rate_num;
+  uint64_t rate_den;
+  /* read-only: running totals, over every state given with this limiter:
+   * takes admitted and refused (n > burst included), reservations made
+   * and refused (too far, or n > burst), reservations given back. */
+  uint64_t taken;
+  uint64_t rejected;
+  uint64_t reserved;
+  uint64_t refused;
+  uint64_t returned;
+  /* private: the limiter's own state (a NULL state means this one). */
+  sp_rate_state_t state;
+  uint64_t unit_ms_;  /* D: units per ms */
+  uint64_t interval_; /* T in units */
+  uint64_t limit_;    /* burst * T in units */
+  uint64_t seq_;      /* the last commit made with this limiter */
+} sp_rate_t;
+
+/* Checks the configuration and starts full. SP_EINVAL for a rate, per_ms
+ * or burst out of its range (a NaN rate too), SP_ERANGE when burst * T
+ * does not fit. Allocates nothing. */
+int sp_rate_init(sp_rate_t *r, const sp_rate_config_t *config);
+
+/* The largest burst sp_rate_init accepts with this rate and per_ms; 0 if
+ * the rate or per_ms is out of its range. */
+uint64_t sp_rate_max_burst(double rate, uint64_t per_ms);
+
+/* Takes n cells at now_ms. Returns 1 if admitted (*retry_after_ms = 0), 0
+ * if not (*retry_after_ms: the whole ms after which the same take would
+ * be, >= 1; nothing taken). SP_ERANGE when n > burst: never admitted
+ * (*retry_after_ms = INFINITY), counted in rejected. SP_EINVAL for n 0.
+ * retry_after_ms may be NULL; s NULL is the limiter's own state. A time
+ * earlier than one already seen is taken as that one. */
+int sp_rate_take(sp_rate_t *r, sp_rate_state_t *s, uint64_t n,
+                 uint64_t now_ms, double *retry_after_ms);
+
+/* Commits the next n cells now, however far their slot is, unless it is
+ * further than max_wait_ms (INFINITY: no bound): returns 0 and *wait_ms,
+ * the whole ms to wait before the cells may be used (0: now), and
+ * *ticket for sp_rate_cancel. Reservations are served in the order they
+ * were made, and takes cannot pass them. SP_ETIMEDOUT when the slot is
+ * further than max_wait_ms or than the 2^63 units a state can hold
+ * ahead (*wait_ms says how far; nothing reserved); SP_ERANGE when n >
+ * burst (*wait_ms = INFINITY); SP_EINVAL for n 0 or a negative or NaN
+ * max_wait_ms. wait_ms and ticket may be NULL. */
+int sp_rate_reserve(sp_rate_t *r, sp_rate_state_t *s, uint64_t n,
+                    uint64_t now_ms, double max_wait_ms, double *wait_ms,
+                    uint64_t *ticket);
+
+/* Gives back the n cells of the reservation `ticket` that will not be
+ * used, if it is still the last commit of the state: the state is then
+ * as if it had never been made. Returns 1 if given back, 0 if not (a take
+ * or reservation came after it, it was given back already, or the slot
+ * was reused: giving back a slot in the middle would let later cells
+ * through early). SP_EINVAL for n 0 or n > burst. */
+int sp_rate_cancel(sp_rate_t *r, sp_rate_state_t *s, uint64_t n,
+                   uint64_t ticket, uint64_t now_ms);
+
+/* New rate, per_ms and burst, keeping the running totals and the cells
+ * the own state has used (a token bucket keeps its tokens: a state that
+ * had used k of its burst has used k under the new one, rounded up to a
+ * whole unit). Reservations already made keep their wait times. On an
+ * error (as sp_rate_init's) nothing changes. */
+int sp_rate_set(sp_rate_t *r, const sp_rate_config_t *config,
+                uint64_t now_ms);
+
+/* Converts a state kept under `from` to `to` as sp_rate_set converts the
+ * own state (for the states a caller keeps itself, after sp_rate_set). */
+void sp_rate_rescale(const sp_rate_t *from, const sp_rate_t *to,
+                     sp_rate_state_t *s, uint64_t now_ms);
+
+/* The whole cells a take could have at now_ms (0 while reservations or
+ * takes are ahead of the burst). Changes nothing. */
+uint64_t sp_rate_available(const sp_rate_t *r, const sp_rate_state_t *s,
+                           uint64_t now_ms);
+
+/* The first ms at which the state is full again (TAT <= now), UINT64_MAX
+ * if later than that: from then on it can be dropped (replaced by a zeroed
+ * one) without changing any answer. */
+uint64_t sp_rate_full_at(const sp_rate_t *r, const sp_rate_state_t *s);
+
+/* ------------------------------------------------------------------------ */
 /* Adaptive concurrency limit                                                */
 
 /* The largest limit a configuration may give (in_flight is a uint32_t). */

@@ -169,6 +169,37 @@ static const l_field_t l_adaptive_fields[] = {
   { NULL, 0 }
 };
 
+static const l_field_t l_rate_config_fields[] = {
+  L_FIELD(sp_rate_config_t, rate),
+  L_FIELD(sp_rate_config_t, per_ms),
+  L_FIELD(sp_rate_config_t, burst),
+  { NULL, 0 }
+};
+
+static const l_field_t l_rate_state_fields[] = {
+  L_FIELD(sp_rate_state_t, last_ms_),
+  L_FIELD(sp_rate_state_t, ahead_),
+  L_FIELD(sp_rate_state_t, seq_),
+  { NULL, 0 }
+};
+
+static const l_field_t l_rate_fields[] = {
+  L_FIELD(sp_rate_t, config),
+  L_FIELD(sp_rate_t, rate_num),
+  L_FIELD(sp_rate_t, rate_den),
+  L_FIELD(sp_rate_t, taken),
+  L_FIELD(sp_rate_t, rejected),
+  L_FIELD(sp_rate_t, reserved),
+  L_FIELD(sp_rate_t, refused),
+  L_FIELD(sp_rate_t, returned),
+  L_FIELD(sp_rate_t, state),
+  L_FIELD(sp_rate_t, unit_ms_),
+  L_FIELD(sp_rate_t, interval_),
+  L_FIELD(sp_rate_t, limit_),
+  L_FIELD(sp_rate_t, seq_),
+  { NULL, 0 }
+};
+
 static const l_struct_t l_structs[] = {
   { "sp_breaker_config_t", sizeof(sp_breaker_config_t),
     l_breaker_config_fields },
@@ -184,6 +215,9 @@ static const l_struct_t l_structs[] = {
   { "sp_adaptive_config_t", sizeof(sp_adaptive_config_t),
     l_adaptive_config_fields },
   { "sp_adaptive_t", sizeof(sp_adaptive_t), l_adaptive_fields },
+  { "sp_rate_config_t", sizeof(sp_rate_config_t), l_rate_config_fields },
+  { "sp_rate_state_t", sizeof(sp_rate_state_t), l_rate_state_fields },
+  { "sp_rate_t", sizeof(sp_rate_t), l_rate_fields },
   { NULL, 0, NULL }
 };
 

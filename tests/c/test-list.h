@@ -69,6 +69,19 @@
   XX(retry_seed_reproducible)                                                \
   XX(retry_random_known_values)                                              \
   XX(retry_init_validation)                                                  \
+  XX(rate_init_validation)                                                   \
+  XX(rate_fraction)                                                          \
+  XX(rate_literal_times)                                                     \
+  XX(rate_burst_exact)                                                       \
+  XX(rate_retry_after_exact)                                                 \
+  XX(rate_long_run_exact)                                                    \
+  XX(rate_n_above_burst)                                                     \
+  XX(rate_reserve_in_order)                                                  \
+  XX(rate_cancel_after_time_passed)                                          \
+  XX(rate_set_keeps_cells_used)                                              \
+  XX(rate_states_apart)                                                      \
+  XX(rate_overflow_guards)                                                   \
+  XX(rate_layout)                                                            \
   XX(adaptive_init_validation)                                               \
   XX(adaptive_aimd_sequence)                                                 \
   XX(adaptive_aimd_clamps_and_timeout)                                       \

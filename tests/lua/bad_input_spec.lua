@@ -32,7 +32,7 @@ local pack = h.pack
 local cases = {}
 for _, area in ipairs { "policy_files", "cli", "objects", "scheduler",
                         "executor", "io", "http", "fleet",
-                        "adaptive_limit" } do
+                        "adaptive_limit", "rate_limiter" } do
   for _, case in ipairs(require("bad_input." .. area)) do
     cases[#cases + 1] = case
   end
@@ -97,6 +97,7 @@ describe("bad input", function()
       spawn = "scheduler", run = "scheduler", task = "scheduler",
       execute = "executor", process = "I/O", tcp = "I/O", dns = "I/O",
       http = "I/O", fleet = "fleet", adaptive = "adaptive limit",
+      rate = "rate limiter",
     }
     local ids, own, by_area = {}, 0, {}
     for _, case in ipairs(cases) do
@@ -110,7 +111,7 @@ describe("bad input", function()
     assert.is_true(own >= 60, own .. " cases of its own")
     assert.are.same({ cli = 39, objects = 44, scheduler = 23, executor = 34,
                       ["I/O"] = 77, ["policy files"] = 10, fleet = 22,
-                      ["adaptive limit"] = 34 },
+                      ["adaptive limit"] = 34, ["rate limiter"] = 54 },
                     by_area)
   end)
 

@@ -13,7 +13,8 @@ describe("the FFI declarations", function()
     table.sort(names)
     assert.are.same({ "sp_adaptive_config_t", "sp_adaptive_t",
       "sp_breaker_bucket_t", "sp_breaker_config_t", "sp_breaker_t",
-      "sp_health_config_t", "sp_health_t", "sp_retry_config_t",
+      "sp_health_config_t", "sp_health_t", "sp_rate_config_t",
+      "sp_rate_state_t", "sp_rate_t", "sp_retry_config_t",
       "sp_retry_t", "sp_worker_stats_t" }, names)
   end)
 

@@ -479,3 +479,50 @@ describe("pipeline hedge and adaptive_limit stages", function()
                    msg { adaptive_limit = { algorithm = "vegas" } }, 1, true)
   end)
 end)
+
+describe("pipeline rate_limit stage", function()
+  it("refuses an attempt past the rate at once, or lets it wait up to "
+     .. "max_wait_ms for its slot", function()
+    local now_p = sprun.pipeline { name = "rl",
+      rate_limit = { rate = 2, per_ms = 1000 },
+      breaker = { failure_threshold = 1 } }
+    local wait_p = sprun.pipeline { name = "rw",
+      rate_limit = { rate = 10, per_ms = 1000, burst = 1, max_wait_ms = 150 } }
+    local got = {}
+    vrun(function()
+      local t0 = sprun.now()
+      for i = 1, 3 do got[i] = { now_p:execute(function() return i end) } end
+      for i = 1, 3 do
+        local v, err = wait_p:execute(function() return i end)
+        got[#got + 1] = { v or sprun.error_kind(err), sprun.now() - t0 }
+      end
+    end)
+    assert.are.same({ 1 }, got[1])
+    assert.are.same({ 2 }, got[2])
+    assert.is_nil(got[3][1])
+    assert.are.equal("rate_limited", sprun.error_kind(got[3][2]))
+    assert.are.equal(500, got[3][2].details.retry_after_ms)
+    -- One slot per 100 ms, burst 1: at 0, then a wait of 100, then 100.
+    assert.are.same({ { 1, 0 }, { 2, 100 }, { 3, 200 } },
+                    { got[4], got[5], got[6] })
+    local s = now_p:stats()
+    assert.are.same({ "closed", 2, 1 }, { s.breaker.state,
+      s.rate_limit.taken, s.rate_limit.rejected })
+  end)
+
+  it("names what is wrong in its options", function()
+    local function msg(o)
+      local ok, e = pcall(sprun.pipeline, o)
+      assert.is_false(ok)
+      return e
+    end
+    assert.matches("option 'rate_limit' must be a rate limiter or a table "
+                   .. "of options, got 3", msg { rate_limit = 3 }, 1, true)
+    assert.matches("option 'rate_limit.max_wait_ms' must be a number >= 0, "
+                   .. "got -1", msg { rate_limit = { rate = 1,
+                                                     max_wait_ms = -1 } },
+                   1, true)
+    assert.matches("option 'rate_limit.rate'",
+                   msg { rate_limit = { rate = 0 } }, 1, true)
+  end)
+end)

@@ -116,6 +116,10 @@ describe("telemetry sinks", function()
         { attempts = 2 }, { pool = "p", last_error = "timeout" })
       telemetry.execute({ "sprun", "bulkhead", "rejected" },
         { in_flight = 4, queued = 0 }, { pool = "b" })
+      telemetry.execute({ "sprun", "rate_limiter", "rejected" },
+        { retry_after_ms = 250 }, { name = "api", key = "10.0.0.1" })
+      telemetry.execute({ "sprun", "rate_limiter", "rejected" },
+        { retry_after_ms = 1.5 }, { name = "api" })
       local lines = {}
       for i, l in ipairs(w:lines()) do
         lines[i] = l:gsub("duration_ms=[%d.]+", "duration_ms=D")
@@ -134,6 +138,9 @@ describe("telemetry sinks", function()
         "[debug] retry BACKOFF pool=p attempt=1 delay_ms=12.5",
         "[warning] retry BUDGET_EXHAUSTED pool=p attempts=2 error=timeout",
         "[debug] bulkhead call REJECTED pool=b in_flight=4 queued=0",
+        "[debug] rate limiter call REJECTED name=api key=10.0.0.1 "
+          .. "retry_after_ms=250",
+        "[debug] rate limiter call REJECTED name=api retry_after_ms=1.5",
       }, lines)
     end)
 

@@ -721,6 +721,7 @@ print(cb:state(), table.concat(seen, ","))
         "snakepit.worker.restarted info",
         "sprun.retry.budget_exhausted warning",
         "sprun.bulkhead.rejected debug",
+        "sprun.rate_limiter.rejected debug",
         "sprun.pool.worker_output debug",
         "sprun.http.request debug",
         "sprun.fleet.degraded warning",

@@ -52,6 +52,7 @@ local parse_top = options.parser("pipeline", {
   fallback = { "function" },
   hedge = ANY,
   adaptive_limit = ANY,
+  rate_limit = ANY,
 })
 
 local parse_hedge = options.parser("pipeline.hedge", {
@@ -221,6 +222,31 @@ local function parse_adaptive_stage(v, path, name)
   return at(path, adaptive_limit.new, o)
 end
 
+-- A rate limiter, or its options with max_wait_ms (how long an attempt
+-- may wait for its slot; 0 by default: refused at once).
+local function parse_rate_stage(v, path, name)
+  local rate_limiter = require "sprun.rate_limiter"
+  if rate_limiter.is_rate_limiter(v) then
+    return { limiter = v, wait_ms = 0 }
+  end
+  if type(v) ~= "table" then
+    fail(path, "must be a rate limiter or a table of options",
+         check.describe(v))
+  end
+  local o = copy(v)
+  local wait = o.max_wait_ms
+  o.max_wait_ms = nil
+  if wait ~= nil and (type(wait) ~= "number" or not (wait >= 0)
+                      or wait > check.MS_MAX) then
+    fail(path_plus(path, "max_wait_ms"), "must be a number >= 0",
+         check.describe(wait))
+  end
+  if o.name == nil then
+    o.name = name
+  end
+  return { limiter = at(path, rate_limiter.new, o), wait_ms = wait or 0 }
+end
+
 -- Checks pipeline options; raises an option error (as a value: call it
 -- under options.capture). names: see ref().
 function _M.parse(opts, names, path)
@@ -233,6 +259,10 @@ function _M.parse(opts, names, path)
   end
   if o.hedge ~= nil then
     spec.hedge = parse_hedge_stage(o.hedge, path_plus(path, "hedge"), o.name)
+  end
+  if o.rate_limit ~= nil then
+    spec.rate = parse_rate_stage(o.rate_limit, path_plus(path, "rate_limit"),
+                                 o.name)
   end
   if o.adaptive_limit ~= nil then
     spec.adaptive = parse_adaptive_stage(o.adaptive_limit,

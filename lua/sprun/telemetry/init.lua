@@ -77,6 +77,7 @@ local EVENTS = {
   { "snakepit.worker.restarted", "info" },
   { "sprun.retry.budget_exhausted", "warning" },
   { "sprun.bulkhead.rejected", "debug" },
+  { "sprun.rate_limiter.rejected", "debug" },
   { "sprun.pool.worker_output", "debug" },
   { "sprun.http.request", "debug" },
   { "sprun.fleet.degraded", "warning" },

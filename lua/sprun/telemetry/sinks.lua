@@ -181,6 +181,9 @@ local LOG_LINES = {
   ["sprun.bulkhead.rejected"] = { "bulkhead call REJECTED",
     { "pool", "md", "pool" }, { "in_flight", "m", "in_flight" },
     { "queued", "m", "queued" } },
+  ["sprun.rate_limiter.rejected"] = { "rate limiter call REJECTED",
+    { "name", "md", "name" }, { "key", "md", "key" },
+    { "retry_after_ms", "m", "retry_after_ms" } },
 }
 
 local function sorted_fields(t, prefix, out)
