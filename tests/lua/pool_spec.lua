@@ -781,3 +781,73 @@ sprun_worker.run()
     end)
   end)
 end)
+
+describe("sprun.pool with an adaptive limit and hedged calls", function()
+  it("refuses a call past its adaptive limit before it is queued, and "
+     .. "gives each permit back with the call's outcome", function()
+    local r = h.run_tasks(function()
+      local pool = assert(start { size = 2, concurrency = 4,
+        adaptive_limit = { min_limit = 2, max_limit = 2, initial_limit = 2 },
+        breaker = { failure_threshold = 1 } })
+      local a = sprun.spawn(pool.call, pool, "sleep", 100)
+      local b = sprun.spawn(pool.call, pool, "sleep", 100)
+      sprun.sleep(20)
+      local v, err = pool:call("echo", 1)
+      local ok_a, ok_b = a:await(), b:await()
+      local after = pool:call("echo", 2)
+      local s = pool:stats()
+      pool:stop()
+      return { v, sprun.error_kind(err), ok_a, ok_b, after,
+               s.adaptive_limit.rejected, s.adaptive_limit.successes,
+               s.adaptive_limit.in_flight, s.errors.limit_exceeded,
+               pool:breaker():state() }
+    end)
+    assert.are.same({ nil, "limit_exceeded", 100, 100, 2, 1, 3, 0, 1,
+                      "closed" }, { r[1], r[2], r[3], r[4], r[5], r[6],
+                                    r[7], r[8], r[9], r[10] })
+  end)
+
+  it("names a bad adaptive_limit option", function()
+    local ok, err = pcall(sprun.pool.start, { name = "x", cmd = { "true" },
+                                              adaptive_limit = 3 })
+    assert.is_false(ok)
+    assert.matches("option 'adaptive_limit' must be an adaptive limit or a "
+                   .. "table of its options, got 3", err, 1, true)
+  end)
+
+  it("hedges an idempotent call: the loser's request is cancelled and its "
+     .. "worker replaced, the winner answers", function()
+    local r = h.run_tasks(function()
+      local pool = assert(start { size = 2 })
+      h.wait_for("2 workers ready", function()
+        return pool:stats().ready == 2
+      end, 5000)
+      local pids = {}
+      for _, w in ipairs(pool:workers()) do pids[w.pid] = true end
+      local n = 0
+      local t0 = sprun.now()
+      local v = sprun.executor.execute_hedged(function()
+        n = n + 1
+        return pool:call("sleep", n == 1 and 5000 or 10,
+                         { idempotent = true })
+      end, { delay_ms = 100 })
+      local took = sprun.now() - t0
+      -- The loser's worker was killed (its request cannot be taken back
+      -- from a process) and replaced.
+      local gone = 0
+      h.wait_for("the loser's worker replaced", function()
+        gone = 0
+        for pid in pairs(pids) do
+          if not h.alive(pid) then gone = gone + 1 end
+        end
+        return gone == 1 and pool:stats().ready == 2
+      end, 3000)
+      local s = pool:stats()
+      pool:stop()
+      return { v, took, n, gone, s.errors.cancelled, s.restarts }
+    end)
+    assert.are.equal(10, r[1])
+    assert.is_true(r[2] < 2000, tostring(r[2]))
+    assert.are.same({ 2, 1, 1, 1 }, { r[3], r[4], r[5], r[6] })
+  end)
+end)

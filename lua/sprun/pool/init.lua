@@ -290,6 +290,18 @@ local function breaker_call(self, op, op_json, args, o)
   return v, err
 end
 
+local adaptive_limit = require "sprun.adaptive_limit"
+local adaptive_take, adaptive_settle = adaptive_limit._take,
+                                       adaptive_limit._settle
+
+-- A call's values after its permit went back: a raise goes on up.
+local function limited_values(ok, ...)
+  if not ok then
+    error((...), 0)
+  end
+  return ...
+end
+
 -- Sends `op` with `args` (any JSON value) to a worker and returns its
 -- reply's value, or nil and the error. opts: { idempotent, session,
 -- timeout_ms, key }.
@@ -315,6 +327,24 @@ function Pool.call(self, op, args, opts)
   end
   kernel.check_caller("pool.call")
   local call = self._cb and breaker_call or requests.call
+  local al = self._o.adaptive_limit
+  if al ~= nil then
+    -- The adaptive limit comes first: a call past it is refused
+    -- (limit_exceeded) before it is queued or counted by the breaker.
+    local permit, err = adaptive_take(al)
+    if permit == nil then
+      self._stats.requests = self._stats.requests + 1
+      self._stats:error(err)
+      return nil, err
+    end
+    if in_context() then
+      return limited_values(adaptive_settle(al, permit,
+                                            pcall(call, self, op, op_json, a,
+                                                  o)))
+    end
+    return limited_values(adaptive_settle(al, permit, pcall(sched.in_task,
+      call, self, op, op_json, a, o)))
+  end
   -- In a task (the usual case) the call runs right here: sched.in_task's
   -- varargs would keep the JIT off this path.
   if in_context() then
@@ -358,6 +388,8 @@ function Pool.stats(self)
     dropped_replies = s.dropped_replies, protocol_errors = s.protocol_errors,
     poisoned = s.poisoned, queue_wait_ms = wait, service_ms = service,
     is_healthy = self._hm:is_healthy(),
+    adaptive_limit = self._o.adaptive_limit
+                     and self._o.adaptive_limit:stats() or nil,
   }
 end
 

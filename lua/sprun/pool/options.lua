@@ -14,6 +14,7 @@ local ipairs = ipairs
 local tostring = tostring
 local format = string.format
 local describe = check.describe
+local each_key = next -- never `pairs` in a loop: see tables.lua
 local MS = check.MS_MAX
 
 local at = options.nested
@@ -94,6 +95,7 @@ local parse_top = options.parser("pool.start", {
   crash_barrier = ANY,
   health = ANY,
   breaker = ANY,
+  adaptive_limit = ANY,
   fleet = { check = fleet_kind.check },
   affinity = { "choice", values = { "hint", "strict_queue",
                                     "strict_fail_fast" }, default = "hint" },
@@ -165,6 +167,24 @@ function _M.parse(opts, path, is_monitor, is_breaker)
                             {})
   if o.health ~= nil and not is_monitor(o.health) then
     o.health = section("health", parse_health, o.health, {})
+  end
+  local al = o.adaptive_limit
+  if al ~= nil then
+    local adaptive_limit = require "sprun.adaptive_limit"
+    if not adaptive_limit.is_adaptive_limit(al) then
+      if type(al) ~= "table" then
+        options.throw(path_plus(path, "adaptive_limit"),
+                      "must be an adaptive limit or a table of its options",
+                      describe(al))
+      end
+      local ao = {}
+      for k, v in each_key, al do
+        ao[k] = v
+      end
+      ao.name = ao.name or o.name
+      o.adaptive_limit = at(path_plus(path, "adaptive_limit"),
+                            adaptive_limit.new, ao)
+    end
   end
   if o.breaker ~= nil and not is_breaker(o.breaker)
      and type(o.breaker) ~= "table" then
