@@ -16,18 +16,15 @@
 -- reserved or taken after it (GCRA cannot give back a slot in the middle:
 -- the later ones are already promised times that count on it).
 --
--- keyed{...}: one GCRA state per key (a client, an address), kept in one
--- array of at most max_keys states. A key whose state is full again (its
--- TAT is past) is dropped with no loss of exactness: a new state for it
--- is full too. Those are dropped first. With max_keys keys all still
--- active, the least recently used one is evicted, and that key then
--- starts again with a full burst: it may get up to one burst more than
--- the rate allows.
+-- keyed{...}: one GCRA state per key (a client, an address), in one array
+-- of at most max_keys. A key whose state is full again (its TAT is past)
+-- is dropped first, losing nothing: a new state for it is full too. With
+-- max_keys keys all active, the least recently used is evicted, and may
+-- then get up to one burst more than the rate allows.
 --
--- The trap: the hot path is take(). It reads the loop's clock (clock.lua:
--- a load), makes one FFI call that writes retry_after into a buffer made
--- with the limiter, and allocates nothing; telemetry costs it one table
--- lookup on a refusal and nothing on an admission.
+-- The trap: the hot path is take(): a load of the loop's clock, one FFI
+-- call writing retry_after into the limiter's buffer, no allocation, and
+-- one table lookup for telemetry on a refusal only.
 
 local sp = require "sprun.ffi"
 local check = require "sprun.check"
@@ -89,6 +86,8 @@ for k, v in each_key, SPEC do
   KSPEC[k] = v
 end
 
+-- new only: the rate is a fleet's, each node its share (fleet/members.lua)
+SPEC.fleet = { check = require("sprun.fleet.kind").check }
 local parse_options = options.parser("rate_limiter.new", SPEC)
 local parse_keyed = options.parser("rate_limiter.keyed", KSPEC)
 
@@ -152,6 +151,10 @@ function _M.new(opts)
   self._s = self._r.state
   -- Found on the limiter itself: no search of its keys, then of mt.
   self.take = _M.take
+  if o.fleet ~= nil then
+    self._fleet, self._global = o.fleet, { o.rate, o.burst or ceil(o.rate) }
+    o.fleet:_join("r", o.name, setmetatable(self, mt))
+  end
   return setmetatable(self, mt)
 end
 

@@ -345,6 +345,55 @@ describe("sprun.fleet", function()
   end)
 end)
 
+describe("sprun.fleet and rate limiters", function()
+  it("gives each live node its share of a limiter's rate and burst, and "
+     .. "the whole back to one that leaves", function()
+    with_redis(function(srv)
+      local fs, lims = {}, {}
+      for i = 1, 3 do
+        fs[i] = connect(srv, "n" .. i)
+        lims[i] = sprun.rate_limiter.new { name = "api", rate = 300,
+                                           burst = 30, fleet = fs[i] }
+      end
+      for _ = 1, 2 do
+        for i = 1, 3 do assert(fs[i]:sync()) end
+      end
+      for i = 1, 3 do
+        local s = lims[i]:stats()
+        assert.are.same({ 100, 10 }, { s.rate, s.burst }, "n" .. i)
+        assert.are.equal(3, fs[i]:view("api", "rate_limiter").live_nodes)
+      end
+      -- The calls each took count in the fleet's view.
+      for _ = 1, 4 do lims[1]:take() end
+      assert(fs[1]:sync())
+      assert.are.equal(4, fs[1]:view("api", "rate_limiter").calls)
+      fs[3]:close()
+      assert.are.same({ 300, 30 }, { lims[3]:stats().rate,
+                                     lims[3]:stats().burst })
+      -- n3's liveness expires after 3 intervals: the others split the rate.
+      h.wait_for("n1 and n2 at half the rate", function()
+        return lims[1]:stats().rate == 150 and lims[2]:stats().rate == 150
+      end, 2000)
+      assert.are.equal(15, lims[1]:stats().burst)
+      fs[1]:close()
+      fs[2]:close()
+    end)
+  end)
+
+  it("is for a plain limiter only: keyed ones take no fleet", function()
+    h.run_tasks(function()
+      local f = sprun.fleet.connect { redis = "redis://127.0.0.1:1",
+                                      node_id = "n1" }
+      local ok, err = pcall(sprun.rate_limiter.keyed, { rate = 1,
+                                                        fleet = f })
+      f:close()
+      assert.is_false(ok)
+      assert.matches("rate_limiter.keyed: unknown option 'fleet'", err, 1,
+                     true)
+    end)
+  end)
+end)
+
 describe("sprun.fleet misuse", function()
   it("needs a running loop", function()
     local ok, err = pcall(sprun.fleet.connect, { redis = "redis://x" })

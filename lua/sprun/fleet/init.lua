@@ -251,14 +251,17 @@ end
 -- The fleet's view of the breaker (or, with kind "monitor", the monitor)
 -- named `name`, as of the last sync: nil before the first, or when it is
 -- not a member.
+local KINDS = { breaker = "b", monitor = "m", rate_limiter = "r" }
+
 function Fleet:view(name, what)
   check.self(self, Fleet, "fleet.view", WHAT)
   check.string("fleet.view", "name", name)
-  if what ~= nil and what ~= "breaker" and what ~= "monitor" then
-    check.arg_error("fleet.view", "kind", 'must be "breaker" or "monitor"',
-                    what)
+  local kind = what == nil and "b" or KINDS[what]
+  if kind == nil then
+    check.arg_error("fleet.view", "kind", 'must be "breaker", "monitor" or '
+                    .. '"rate_limiter"', what)
   end
-  local m = self._by_key[(what == "monitor" and "m" or "b") .. name]
+  local m = self._by_key[kind .. name]
   if m == nil then
     return nil
   end

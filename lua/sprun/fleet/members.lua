@@ -19,6 +19,7 @@ local sp = require "sprun.ffi"
 
 local tonumber = tonumber
 local format = string.format
+local max, ceil = math.max, math.ceil
 
 local STATE_CLOSED = sp.SP_BREAKER_STATE_CLOSED
 local STATE_OPEN = sp.SP_BREAKER_STATE_OPEN
@@ -31,6 +32,8 @@ local WINDOW_CONSECUTIVE = sp.SP_WINDOW_CONSECUTIVE
 local BUCKETS = 10
 
 local _M = {}
+
+local share
 
 -- A member record for `obj`, a breaker ("b") or a monitor ("m").
 function _M.new(kind, name, obj, prefix)
@@ -48,6 +51,11 @@ end
 
 -- "calls failures slow rejections crashes", the running totals.
 function _M.totals(m)
+  if m.kind == "r" then
+    local r = m.obj._r
+    return format("%d 0 0 %d 0", tonumber(r.taken + r.reserved),
+                  tonumber(r.rejected + r.refused))
+  end
   if m.kind == "m" then
     return format("0 0 0 0 %d", tonumber(m.obj._h.total_crashes))
   end
@@ -59,7 +67,7 @@ end
 
 -- "vote epoch probe" (probe: 0 none, 1 ok, 2 failed).
 function _M.status(m)
-  if m.kind == "m" then
+  if m.kind ~= "b" then
     return "0 0 0"
   end
   local b = m.obj._b
@@ -80,6 +88,10 @@ end
 -- min_share" for a fleet `f` (its window_ms and quorum).
 function _M.config(m, f)
   local q = f.quorum
+  if m.kind == "r" then
+    return format("%d %d 0 1 -1 -1 %d %.17g", f.window_ms, BUCKETS,
+                  q.min_nodes, q.min_share)
+  end
   if m.kind == "m" then
     local w = tonumber(m.obj._h.config.crash_window_ms)
     return format("%d %d 0 1 -1 -1 %d %.17g", w, BUCKETS, q.min_nodes,
@@ -102,6 +114,22 @@ function _M.config(m, f)
                 srate, q.min_nodes, q.min_share)
 end
 
+-- A rate limiter's share of the fleet's rate, with `live` nodes live:
+-- rate / live and the burst divided alike (at least 1), set when the
+-- number changes. A degraded fleet keeps the last share: a node that
+-- cannot see the others does not take the whole rate for itself.
+share = function(m, live)
+  if live < 1 then
+    live = 1
+  end
+  if m.shared_by == live then
+    return
+  end
+  m.shared_by = live
+  local g = m.obj._global
+  m.obj:set_rate(g[1] / live, max(1, ceil(g[2] / live)))
+end
+
 -- Lets the breaker act alone again: no hold, no probe, no manual state
 -- of the fleet's. keep_view keeps the last view (a degraded fleet shows
 -- it, marked stale).
@@ -110,6 +138,10 @@ function _M.release(m, keep_view)
     m.view = nil
   end
   m.probing = nil
+  if m.kind == "r" and not keep_view then
+    -- Alone again: the whole rate is its own.
+    share(m, 1)
+  end
   if m.kind ~= "b" then
     return
   end
@@ -127,6 +159,9 @@ end
 -- `node`.
 function _M.apply(m, r, node)
   m.view = r
+  if m.kind == "r" then
+    share(m, r.live)
+  end
   if m.kind ~= "b" then
     return
   end

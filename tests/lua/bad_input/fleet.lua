@@ -105,8 +105,8 @@ return {
       local f = a_fleet(ctx)
       return f.view, f, "db", "pool"
     end,
-    raises = "fleet.view: kind must be \"breaker\" or \"monitor\", got "
-      .. "\"pool\"" },
+    raises = "fleet.view: kind must be \"breaker\", \"monitor\" or "
+      .. "\"rate_limiter\", got \"pool\"" },
   { id = "fleet.stats: called with a dot", task = true,
     call = function(ctx) local f = a_fleet(ctx); return f.stats end,
     raises = "fleet.stats: self must be a fleet, got nil (did you mean "

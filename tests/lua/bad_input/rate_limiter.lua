@@ -12,7 +12,7 @@ local cb, noop = fx.cb, fx.noop
 local NEW = "rate_limiter.new: "
 local KEYED = "rate_limiter.keyed: "
 local RATE = "must be a number between 1e-06 and 1000000000"
-local OPTIONS = "burst, clock, name, per_ms, rate"
+local OPTIONS = "burst, clock, fleet, name, per_ms, rate"
 
 local lim = rlm.new { name = "bad", rate = 10, burst = 2 }
 local kl = rlm.keyed { name = "bad_keys", rate = 10, burst = 2 }
