@@ -128,7 +128,11 @@ function _M._configure(self, spec, lookup, reconf_breaker)
   end
   c.hedge = spec.hedge
   c.adaptive = spec.adaptive
-  c.rate = spec.rate
+  local rs = spec.rate
+  if rs and rs.ref then
+    rs = { limiter = lookup("rate_limiters", rs.ref), wait_ms = rs.wait_ms }
+  end
+  c.rate = rs
   self._name = spec.name
   self._c = c
 end

@@ -37,6 +37,7 @@ local errors = require "sprun.errors"
 local kernel = require "sprun.sched.kernel"
 local pipeline = require "sprun.pipeline"
 local bulkhead = require "sprun.bulkhead"
+local rate_limiter = require "sprun.rate_limiter"
 local retry_policy = require "sprun.retry_policy"
 local circuit_breaker = require "sprun.circuit_breaker"
 local health_monitor = require "sprun.health_monitor"
@@ -71,7 +72,7 @@ local mt = { __index = Registry }
 -- The sections of a file, in the order they are built (pipelines last:
 -- they name the others).
 local SECTIONS = { "breakers", "retry_policies", "health_monitors",
-                   "bulkheads", "pools", "pipelines" }
+                   "bulkheads", "rate_limiters", "pools", "pipelines" }
 
 local ANY = { check = function() return nil end }
 local TOP_SPEC = {}
@@ -164,9 +165,10 @@ local function compile(t)
   end
   local new = { breakers = {}, retry_policies = {}, health_monitors = {},
                 bulkheads = {}, pools = {}, pipelines = {}, bulkhead_opts = {},
-                monitor_opts = {} }
+                monitor_opts = {}, rate_limiters = {} }
   local broken = { breakers = {}, retry_policies = {}, health_monitors = {},
-                   bulkheads = {}, pools = {}, pipelines = {} }
+                   bulkheads = {}, pools = {}, pipelines = {},
+                   rate_limiters = {} }
   each_entry(errs, broken, "breakers", t.breakers, function(name, o)
     local cb, err = at({ "breakers", name }, circuit_breaker.start_link,
                        with_default(o, "name", name))
@@ -196,6 +198,11 @@ local function compile(t)
     new.bulkheads[name] = at({ "bulkheads", name }, bulkhead.new, opts)
     new.bulkhead_opts[name] = opts
   end)
+  each_entry(errs, broken, "rate_limiters", t.rate_limiters,
+             function(name, o)
+    new.rate_limiters[name] = at({ "rate_limiters", name },
+                                 rate_limiter.new, with_default(o, "name", name))
+  end)
   -- A pool names its breaker and health monitor among the file's.
   each_entry(errs, broken, "pools", t.pools, function(name, o)
     local opts = with_default(o, "name", name)
@@ -224,7 +231,8 @@ local function compile(t)
   -- A pipeline may name an entry that is broken: that entry's error is
   -- the one to report, not a second one for the name.
   local names = {}
-  for _, section in ipairs { "breakers", "retry_policies", "bulkheads" } do
+  for _, section in ipairs { "breakers", "retry_policies", "bulkheads",
+                             "rate_limiters" } do
     names[section] = copy(broken[section])
     for k, v in each_key, new[section] do
       names[section][k] = v
@@ -314,7 +322,19 @@ local function apply(self, new)
   local live = self._live
   local out = { breakers = {}, retry_policies = new.retry_policies,
                 health_monitors = {}, bulkheads = {}, pools = {},
-                pipelines = {} }
+                pipelines = {}, rate_limiters = {} }
+  -- A rate limiter keeps what it has taken (a new rate applies from now
+  -- on, sp_rate_set) unless its period changed.
+  for name, fresh in each_key, new.rate_limiters do
+    local old = live.rate_limiters[name]
+    local f = fresh:stats()
+    if old and old:stats().per_ms == f.per_ms then
+      old:set_rate(f.rate, f.burst)
+      out.rate_limiters[name] = old
+    else
+      out.rate_limiters[name] = fresh
+    end
+  end
   for name, fresh in each_key, new.breakers do
     local old = live.breakers[name]
     if old then
@@ -398,7 +418,8 @@ function _M.load(path)
   local reg = setmetatable({
     _path = path,
     _live = { breakers = {}, retry_policies = {}, health_monitors = {},
-              bulkheads = {}, pools = {}, pipelines = {} },
+              bulkheads = {}, pools = {}, pipelines = {},
+              rate_limiters = {} },
     _reloads = 0,
   }, mt)
   apply(reg, new)
@@ -479,6 +500,7 @@ Registry.breaker = getter("breakers", "policy.breaker")
 Registry.health_monitor = getter("health_monitors", "policy.health_monitor")
 Registry.retry_policy = getter("retry_policies", "policy.retry_policy")
 Registry.bulkhead = getter("bulkheads", "policy.bulkhead")
+Registry.rate_limiter = getter("rate_limiters", "policy.rate_limiter")
 
 -- { pipelines = {...}, breakers = {...}, ... }: the names, sorted.
 function Registry.names(self)

@@ -44,7 +44,7 @@ describe("sprun.policy", function()
     assert.are.same({
       breakers = { "db" }, bulkheads = { "pool" },
       health_monitors = { "workers" }, pipelines = { "inline", "python_pool" },
-      retry_policies = { "fast" }, pools = {},
+      retry_policies = { "fast" }, pools = {}, rate_limiters = {},
     }, reg:names())
     local p = reg:pipeline("python_pool")
     assert.are.equal(reg:breaker("db"), p:breaker())
@@ -75,7 +75,8 @@ describe("sprun.policy", function()
     { "return { pipeline = {} }",
       "unknown key 'pipeline' (did you mean 'pipelines'?)" },
     { "return { zzz = {} }", "unknown key 'zzz' (valid keys: breakers, "
-      .. "bulkheads, health_monitors, pipelines, pools, retry_policies)" },
+      .. "bulkheads, health_monitors, pipelines, pools, rate_limiters, "
+      .. "retry_policies)" },
     { "return { breakers = 5 }",
       "breakers must be a table of named entries, got 5" },
     { "return { breakers = { db = 5 } }",
@@ -418,5 +419,43 @@ print(reg:breaker("db"):stats().failure_threshold)
       assert.are.equal(2, r.code)
       assert.truthy(r.stderr:find("run with: sprun --policy", 1, true))
     end)
+  end)
+
+  it("names rate limiters that pipelines share; a reload sets the new rate "
+     .. "on the same limiter, keeping what it took", function()
+    local function file(rate)
+      return write(([[return {
+        rate_limiters = { api = { rate = %d, per_ms = 1000 } },
+        pipelines = { a = { rate_limit = "api" }, b = { rate_limit = "api" } },
+      }]]):format(rate))
+    end
+    local reg = assert(policy.load(file(3)))
+    local lim = reg:rate_limiter("api")
+    local got = h.vrun(function()
+      local out = {}
+      for i = 1, 4 do
+        local p = reg:pipeline(i % 2 == 1 and "a" or "b")
+        local v, err = p:execute(function() return i end)
+        out[i] = v or sprun.error_kind(err)
+      end
+      return out
+    end)
+    assert.are.same({ 1, 2, 3, "rate_limited" }, got)
+    file(6)
+    assert(reg:reload())
+    assert.are.equal(lim, reg:rate_limiter("api"))
+    local s = lim:stats()
+    assert.are.same({ 6, 6, 3 }, { s.rate, s.burst, s.taken })
+    assert.are.same({ "api" }, reg:names().rate_limiters)
+    write([[return { pipelines = { a = { rate_limit = "apl" } },
+                     rate_limiters = { api = { rate = 1 } } }]])
+    local ok, err = reg:reload()
+    assert.is_nil(ok)
+    assert.matches('pipelines.a.rate_limit names no rate limiter "apl" '
+                   .. '(did you mean "api"?)', err, 1, true)
+    write([[return { rate_limiters = { api = { rate = -1 } } }]])
+    ok, err = reg:reload()
+    assert.is_nil(ok)
+    assert.matches("rate_limiters.api.rate must be a number", err, 1, true)
   end)
 end)

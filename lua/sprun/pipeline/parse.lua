@@ -64,7 +64,8 @@ local parse_hedge = options.parser("pipeline.hedge", {
 local NOT_POLICY = { policy = true, budget = true }
 
 -- names: for policy files, { breakers = set, retry_policies = set,
--- bulkheads = set } of the names a stage may give instead of options;
+-- bulkheads = set, rate_limiters = set } of the names a stage may give
+-- instead of options;
 -- nil for pipeline.new. Returns { kind = "ref", name = } for a name.
 local function ref(names, section, what, path, v)
   if names == nil then
@@ -224,14 +225,18 @@ end
 
 -- A rate limiter, or its options with max_wait_ms (how long an attempt
 -- may wait for its slot; 0 by default: refused at once).
-local function parse_rate_stage(v, path, name)
+local function parse_rate_stage(v, names, path, name)
   local rate_limiter = require "sprun.rate_limiter"
   if rate_limiter.is_rate_limiter(v) then
     return { limiter = v, wait_ms = 0 }
   end
+  local r = ref(names, "rate_limiters", "rate limiter", path, v)
+  if r then
+    return { ref = r.ref, wait_ms = 0 }
+  end
   if type(v) ~= "table" then
-    fail(path, "must be a rate limiter or a table of options",
-         check.describe(v))
+    fail(path, names and "must be a rate limiter name or a table of options"
+         or "must be a rate limiter or a table of options", check.describe(v))
   end
   local o = copy(v)
   local wait = o.max_wait_ms
@@ -261,8 +266,8 @@ function _M.parse(opts, names, path)
     spec.hedge = parse_hedge_stage(o.hedge, path_plus(path, "hedge"), o.name)
   end
   if o.rate_limit ~= nil then
-    spec.rate = parse_rate_stage(o.rate_limit, path_plus(path, "rate_limit"),
-                                 o.name)
+    spec.rate = parse_rate_stage(o.rate_limit, names,
+                                 path_plus(path, "rate_limit"), o.name)
   end
   if o.adaptive_limit ~= nil then
     spec.adaptive = parse_adaptive_stage(o.adaptive_limit,
