@@ -30,6 +30,7 @@ local check = require "sprun.check"
 local clock = require "sprun.clock"
 local kernel = require "sprun.sched.kernel"
 local errors = require "sprun.errors"
+local CANCELLED = errors.CANCELLED
 local telemetry = require "sprun.telemetry"
 local registry = require "sprun.telemetry.registry"
 local struct = require "sprun.circuit_breaker.struct"
@@ -196,9 +197,15 @@ local function transitions(self, mask)
 end
 
 -- How the breaker counts a failure with error value err: as a failure unless
--- is_failure says it is none. A predicate that raises counts the failure,
+-- it is a cancellation or is_failure says it is none. A predicate that raises counts the failure,
 -- since the call's permit must be given back whatever happens.
 local function failure_outcome(self, err)
+  -- A call cancelled (its caller gave up on it: a hedge that lost, a
+  -- caller's own timeout) has no outcome: its permit goes back uncounted,
+  -- as Polly's breaker leaves OperationCanceledException alone.
+  if type(err) == "table" and err.kind == CANCELLED then
+    return NEUTRAL
+  end
   local is_failure = self._is_failure
   if is_failure == nil then
     return FAILURE

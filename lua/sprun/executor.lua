@@ -188,7 +188,9 @@ end
 -- (details.retries_exhausted = true when attempts ran out).
 -- opts: a retry policy, retry_policy options, or { policy = p }.
 function _M.execute_with_retry(fn, opts, ...)
-  check.func("executor.execute_with_retry", "fn", fn)
+  if type(fn) ~= "function" then
+    check.func("executor.execute_with_retry", "fn", fn)
+  end
   if retry_policy.is_policy(opts) then
     return retry(opts, fn, nil, nil, nil, nil, ...)
   end

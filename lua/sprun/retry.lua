@@ -255,14 +255,14 @@ end
 -- these values.
 local function retry_result(p, pool, op, budget, fname, started, k, attempt,
                             x1, x2, x3, x4, x5, x6, x7, ...)
-  if not p:should_retry(k) then
+  if not p:_more(k) then
     emit_exhausted(pool, k, started, nil)
     return ...
   end
   if refused(budget, pool, k, nil) then
     return ...
   end
-  local delay = p:backoff_for_attempt(k)
+  local delay = p:_delay(k)
   if past_deadline(delay) then
     return ...
   end
@@ -292,17 +292,17 @@ attempt_done = function(p, pool, op, budget, fname, started, k, attempt,
     reraise_cancel(err)
     err = raised(err)
   end
-  if not p:retry_for_error(err) then
+  if not p:_retries(err) then
     return nil, err
   end
-  if not p:should_retry(k) then
+  if not p:_more(k) then
     emit_exhausted(pool, k, started, err)
     return nil, with_details(err, "retries_exhausted", true, "attempts", k)
   end
   if refused(budget, pool, k, err) then
     return nil, with_details(err, "budget_exhausted", true, "attempts", k)
   end
-  local delay = p:backoff_for_attempt(k)
+  local delay = p:_delay(k)
   if type(err) == "table" then
     local d = err.details
     local after = type(d) == "table" and d.retry_after_ms

@@ -231,6 +231,28 @@ function _M.backoff_for_attempt(self, attempt)
   return ms
 end
 
+-- For the retry loop (retry.lua), on a policy it knows is one: whether
+-- attempt k may be followed by another, the delay after it, and whether
+-- err is retried, with no argument checks.
+function _M._more(self, k)
+  return k < self._r.config.max_attempts
+end
+
+function _M._delay(self, k)
+  local ms = C.sp_retry_backoff(self._r, k) -- no tail call: see clock
+  return ms
+end
+
+function _M._retries(self, err)
+  local retriable = self._retriable
+  if retriable == "all" then
+    return true
+  elseif type(retriable) == "function" then
+    return not not retriable(err)
+  end
+  return retriable[error_kind(err)] == true
+end
+
 -- Is an operation that failed with `err` worth another try?
 function _M.retry_for_error(self, err)
   check_self(self, mt, "retry_policy.retry_for_error", WHAT)

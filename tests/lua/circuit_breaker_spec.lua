@@ -651,4 +651,26 @@ describe("circuit_breaker", function()
       assert.are.equal(0, at % 1)
     end)
   end)
+
+  it("gives the permit of a cancelled call back uncounted, raised or "
+     .. "returned", function()
+    local cb = sprun.circuit_breaker.start_link { name = "cancelled",
+                                                  failure_threshold = 1 }
+    require("helpers").vrun(function()
+      local t = sprun.spawn(function()
+        return cb:call(function() sprun.sleep(1000) end)
+      end)
+      sprun.sleep(1)
+      t:cancel()
+      t:await()
+      cb:call(function()
+        return nil, sprun.error("cancelled", "the caller gave up")
+      end)
+    end)
+    local s = cb:stats()
+    assert.are.same({ "closed", 0, 0 }, { cb:state(), s.total_failures,
+                                          s.total_successes })
+    cb:call(function() return nil, sprun.error("unavailable", "down") end)
+    assert.are.equal("open", cb:state())
+  end)
 end)

@@ -202,6 +202,52 @@ describe("sprun.http.client", function()
     assert.is_nil(r[2].headers["x-request-deadline-ms"])
   end)
 
+  it("deadline_ms bounds a request's attempts and backoffs together",
+    function()
+    local r = with_servers(function(fs)
+      local c = http.client { base_url = origin(fs) .. "/",
+        retry = { max_attempts = 50, backoff_ms = { 60 } } }
+      local t0 = sprun.now()
+      local v, err = c:get("/status?code=503", { deadline_ms = 200 })
+      local took = sprun.now() - t0
+      local hung_t0 = sprun.now()
+      local _, e2 = c:get("/never", { deadline_ms = 150 })
+      return { v, err, took, e2, sprun.now() - hung_t0, fs.hits["/status"] }
+    end)
+    -- 503 at 0, 60, 120, 180: the next backoff would end past 200.
+    assert.are.same({ 503, true }, { r[1] and r[1].status,
+                                    r[2] == nil or nil })
+    assert.is_true(r[3] >= 180 and r[3] < 1000, tostring(r[3]))
+    assert.are.equal(4, r[6])
+    assert.are.same({ "timeout", true }, { kind(r[4]),
+                                           r[4].details.deadline_exceeded })
+    assert.is_true(r[5] >= 150 and r[5] < 1000, tostring(r[5]))
+  end)
+
+  it("adaptive_limit_per_origin refuses a request past the origin's limit "
+     .. "before its breaker sees it", function()
+    local r = with_servers(function(fs)
+      local c = http.client { base_url = origin(fs) .. "/",
+        breaker_per_origin = { failure_threshold = 1 },
+        adaptive_limit_per_origin = { min_limit = 1, max_limit = 1,
+                                      initial_limit = 1 } }
+      local hung = sprun.spawn(function() return c:get("/never") end)
+      sprun.sleep(50)
+      local _, err = c:get("/ok")
+      hung:cancel()
+      hung:await() -- its permit goes back as it stops
+      local ok = c:get("/ok")
+      local s = c:stats().origins[origin(fs)]
+      return { kind(err), ok and ok.status, s.state, s.limit }
+    end)
+    assert.are.same({ "limit_exceeded", 200, "closed", 1 }, r)
+    local ok, err = pcall(http.client, { adaptive_limit_per_origin =
+                                           { algorithm = "x" } })
+    assert.is_false(ok)
+    assert.matches("http.client: option 'adaptive_limit_per_origin."
+                   .. "algorithm'", err, 1, true)
+  end)
+
   it("every request is a sprun.http.request event, and Prometheus counts "
     .. "them by origin, status class and outcome", function()
     local r = with_servers(function(fs)

@@ -807,6 +807,34 @@ describe("sprun.pool with an adaptive limit and hedged calls", function()
                                     r[7], r[8], r[9], r[10] })
   end)
 
+  it("deadline_ms bounds a call: at the deadline its worker is killed and "
+     .. "the call returns marked deadline_exceeded", function()
+    local r = h.run_tasks(function()
+      local pool = assert(start { size = 1 })
+      local t0 = sprun.now()
+      local _, err = pool:call("sleep", 5000, { deadline_ms = 200 })
+      local took = sprun.now() - t0
+      local again = pool:call("echo", 7)
+      pool:stop()
+      return { sprun.error_kind(err), err.details.deadline_exceeded, took,
+               again }
+    end)
+    assert.are.same({ "timeout", true, 7 }, { r[1], r[2], r[4] })
+    assert.is_true(r[3] >= 200 and r[3] < 2000, tostring(r[3]))
+    local ok, err = pcall(function()
+      h.run_tasks(function()
+        local pool = assert(start { size = 1 })
+        local ok2, e = pcall(pool.call, pool, "echo", 1, { deadline_ms = -1 })
+        pool:stop()
+        assert(not ok2)
+        error(e, 0)
+      end)
+    end)
+    assert.is_false(ok)
+    assert.matches("pool.call: option 'deadline_ms' must be a number >= 0, "
+                   .. "got -1", err, 1, true)
+  end)
+
   it("names a bad adaptive_limit option", function()
     local ok, err = pcall(sprun.pool.start, { name = "x", cmd = { "true" },
                                               adaptive_limit = 3 })

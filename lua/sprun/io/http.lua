@@ -209,6 +209,8 @@ local SPEC = {
     end
   end },
   timeout_ms = { "integer", min = 1, limit = check.MS_MAX },
+  -- One deadline for the request and, through a client, all its retries.
+  deadline_ms = { "integer", min = 1, limit = check.MS_MAX },
   connect_timeout_ms = { "integer", min = 1, limit = check.MS_MAX },
   stall = { check = check_stall },
   max_body_bytes = { "integer", min = 1, limit = 2 ^ 40, default = 64 * MiB },
@@ -360,6 +362,10 @@ local function perform(o)
   local _, host, port = parse_url(o.url)
   -- The total deadline, capped by the task's (sprun.deadline).
   local limit = kernel.capped(o.timeout_ms, 1)
+  local dl = o.deadline_ms
+  if dl and not (limit and limit <= dl) then
+    limit = dl
+  end
   local deadline = limit and now() + limit
   local loop = kernel.loop()
   local resolve, key, mine

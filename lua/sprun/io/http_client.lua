@@ -29,6 +29,7 @@ local http = require "sprun.io.http"
 local fleet_kind = require "sprun.fleet.kind"
 local circuit_breaker = require "sprun.circuit_breaker"
 local bulkhead = require "sprun.bulkhead"
+local adaptive_limit = require "sprun.adaptive_limit"
 local retry_policy = require "sprun.retry_policy"
 local retry = require "sprun.retry"
 local registry = require "sprun.telemetry.registry"
@@ -38,6 +39,7 @@ local options = require "sprun.options"
 local clock = require "sprun.clock"
 local sched = require "sprun.sched"
 local kernel = require "sprun.sched.kernel"
+local inline = require "sprun.sched.inline"
 
 local type = type
 local each_key = next -- never `pairs` in a loop: see tables.lua
@@ -138,6 +140,7 @@ local CLIENT_SPEC = {
   base_url = { check = check_base_url },
   breaker_per_origin = { check = table_or_nil },
   bulkhead_per_origin = { check = table_or_nil },
+  adaptive_limit_per_origin = { check = table_or_nil },
   retry = { check = table_or_nil },
   failure_statuses = { "function" },
   deadline_header = { check = check_deadline_header },
@@ -240,6 +243,15 @@ function Client:_origin(name)
       end
       o.bulkhead = bulkhead.new(bo)
     end
+    if self.adaptive_opts then
+      local ao = { name = name }
+      for k, v in each_key, self.adaptive_opts do
+        if k ~= "name" then
+          ao[k] = v
+        end
+      end
+      o.adaptive = adaptive_limit.new(ao)
+    end
     self.origins[name] = o
     self.norigins = self.norigins + 1
   end
@@ -266,6 +278,17 @@ local function through_breaker(self, o)
   return r, err
 end
 
+local protected
+local adaptive_take, adaptive_settle = adaptive_limit._take,
+                                       adaptive_limit._settle
+
+local function adaptive_values(ok, ...)
+  if not ok then
+    error((...), 0)
+  end
+  return ...
+end
+
 local function attempt(self, origin, o, start_ms)
   if self.deadline_header then
     -- What is left of the request's timeout, or of the task's deadline
@@ -281,6 +304,21 @@ local function attempt(self, origin, o, start_ms)
       o.headers[self.deadline_header] = format("%d", left)
     end
   end
+  local al = origin.adaptive
+  if al ~= nil then
+    -- The origin's own safe concurrency: past it, refused at once.
+    local permit, err = adaptive_take(al)
+    if permit == nil then
+      return nil, err
+    end
+    return adaptive_values(adaptive_settle(al, permit,
+      pcall(protected, self, origin, o)))
+  end
+  return protected(self, origin, o)
+end
+
+-- The attempt through the origin's bulkhead and breaker.
+protected = function(self, origin, o)
   local r, err
   local cb, bh = origin.breaker, origin.bulkhead
   if cb and bh then
@@ -374,6 +412,16 @@ local function finish(origin, raise, ok, r, err)
   return r, err
 end
 
+-- deadline_ms: every attempt and backoff as a child cancelled at the
+-- deadline; a backoff past it is not taken (retry.lua). Each attempt's
+-- own deadline_ms is what is left (sprun.deadline), not the whole.
+local function within_deadline(self, fname, origin, name, o, start_ms)
+  local ms = o.deadline_ms
+  o.deadline_ms = nil
+  return retry.deadline_outcome(now() + ms, inline.run_child(ms, attempts,
+    6, nil, nil, nil, { self, fname, origin, name, o, start_ms }))
+end
+
 local function run(self, fname, o)
   local name = origin_of(o.url)
   local origin = self:_origin(name)
@@ -382,8 +430,9 @@ local function run(self, fname, o)
   local raise = o.raise_for_status
   o.raise_for_status = false
   o.method = o.method and upper(o.method) or "GET"
-  return finish(origin, raise, pcall(attempts, self, fname, origin, name, o,
-                                     now()))
+  return finish(origin, raise, pcall(o.deadline_ms and within_deadline
+                                     or attempts, self, fname, origin, name,
+                                     o, now()))
 end
 
 --- The API ----------------------------------------------------------------
@@ -449,6 +498,7 @@ function Client:stats()
     out.origins[name] = {
       inflight = o.inflight, requests = o.requests,
       state = o.breaker and o.breaker:state() or nil,
+      limit = o.adaptive and o.adaptive:limit() or nil,
     }
   end
   if self.budget then
@@ -463,6 +513,7 @@ function _M.client(opts)
     base_url = o.base_url and (o.base_url:gsub("/+$", "")) or nil,
     breaker_opts = o.breaker_per_origin or nil,
     bulkhead_opts = o.bulkhead_per_origin or nil,
+    adaptive_opts = o.adaptive_limit_per_origin or nil,
     failure_status = o.failure_statuses or default_failure_status,
     deadline_header = o.deadline_header,
     idle_origin_ms = o.idle_origin_ms,
@@ -497,6 +548,13 @@ function _M.client(opts)
   if self.bulkhead_opts then
     local ok, e = options.capture({ "bulkhead_per_origin" }, bulkhead.new,
                                   self.bulkhead_opts)
+    if not ok then
+      error(options.message(e, "http.client"), 2)
+    end
+  end
+  if self.adaptive_opts then
+    local ok, e = options.capture({ "adaptive_limit_per_origin" },
+                                  adaptive_limit.new, self.adaptive_opts)
     if not ok then
       error(options.message(e, "http.client"), 2)
     end

@@ -236,7 +236,7 @@ end
 
 local EMPTY = {}
 local CALL_KEYS = { idempotent = true, session = true, timeout_ms = true,
-                    key = true }
+                    key = true, deadline_ms = true }
 
 -- The call's options, checked where the user gave them.
 local function call_options(opts)
@@ -249,14 +249,16 @@ local function call_options(opts)
   for k in each_key, opts do
     if not CALL_KEYS[k] then
       return nil, "unknown option " .. describe(k) .. " (valid options: "
-                  .. "idempotent, key, session, timeout_ms)"
+                  .. "deadline_ms, idempotent, key, session, timeout_ms)"
     end
   end
-  local t = opts.timeout_ms
-  if t ~= nil and (type(t) ~= "number" or not (t >= 0 and t <= check.MS_MAX))
-  then
-    return nil, "option 'timeout_ms' " .. check.expect_number(t, 0) ..
-                ", got " .. describe(t)
+  for _, k in ipairs { "timeout_ms", "deadline_ms" } do
+    local t = opts[k]
+    if t ~= nil and (type(t) ~= "number"
+                     or not (t >= 0 and t <= check.MS_MAX)) then
+      return nil, "option '" .. k .. "' " .. check.expect_number(t, 0) ..
+                  ", got " .. describe(t)
+    end
   end
   if opts.idempotent ~= nil and type(opts.idempotent) ~= "boolean" then
     return nil, "option 'idempotent' must be a boolean, got "
@@ -302,6 +304,21 @@ local function limited_values(ok, ...)
   return ...
 end
 
+local inline = require "sprun.sched.inline"
+local deadline_outcome = require("sprun.retry").deadline_outcome
+
+local function within_deadline(self, op, args, o)
+  local ms = o.deadline_ms
+  local rest = {}
+  for k, v in each_key, o do
+    if k ~= "deadline_ms" then
+      rest[k] = v
+    end
+  end
+  return deadline_outcome(now() + ms, inline.run_child(ms, self.call, 4,
+    nil, nil, nil, { self, op, args, rest }))
+end
+
 -- Sends `op` with `args` (any JSON value) to a worker and returns its
 -- reply's value, or nil and the error. opts: { idempotent, session,
 -- timeout_ms, key }.
@@ -326,6 +343,11 @@ function Pool.call(self, op, args, opts)
     end
   end
   kernel.check_caller("pool.call")
+  if o.deadline_ms then
+    -- One deadline for the call and the crash barrier's retries on other
+    -- workers: a child cancelled at it (sprun.deadline caps each wait).
+    return sched.in_task(within_deadline, self, op, args, o)
+  end
   local call = self._cb and breaker_call or requests.call
   local al = self._o.adaptive_limit
   if al ~= nil then
