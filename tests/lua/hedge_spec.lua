@@ -14,16 +14,7 @@ local vrun = h.vrun
 
 local function down(what) return nil, sprun.error("unavailable", what) end
 
--- The descriptors open in this process (see http_cancel_spec.lua).
-local function open_fds()
-  local out = os.tmpname()
-  os.execute("ls -l /proc/" .. h.getpid() .. "/fd > " .. out)
-  local names = h.read_file(out)
-  os.remove(out)
-  local n = 0
-  for _ in names:gmatch(" %d+ %->") do n = n + 1 end
-  return n, names
-end
+local open_fds = h.open_fds
 
 describe("executor.execute_hedged", function()
   it("starts a hedge after delay_ms; the first success wins and the "

@@ -163,6 +163,21 @@ function _M.wait_until(fn, limit_ms)
   return fn()
 end
 
+-- The descriptors open in this process, listed by `ls` into a file (a
+-- pipe from io.popen would be in the list, and its other end too while
+-- the child starts): how many, and the listing.
+function _M.open_fds()
+  local out = os.tmpname()
+  os.execute("ls -l /proc/" .. _M.getpid() .. "/fd > " .. out)
+  local names = _M.read_file(out)
+  os.remove(out)
+  local n = 0
+  for _ in names:gmatch(" %d+ %->") do
+    n = n + 1
+  end
+  return n, names
+end
+
 -- CLOCK_MONOTONIC in ms (fractional): one clock for every process on the
 -- machine, so that times taken in different sprun processes compare.
 local mono_ts

@@ -11,20 +11,7 @@ local fault = require "httpd.fault_server"
 local http = sprun.http
 local kind = sprun.error_kind
 
--- The descriptors open in this process, listed by `ls` into a file (a
--- pipe from io.popen would be in the list, and its other end too while
--- the child starts), and how many.
-local function open_fds()
-  local out = os.tmpname()
-  os.execute("ls -l /proc/" .. h.getpid() .. "/fd > " .. out)
-  local names = h.read_file(out)
-  os.remove(out)
-  local n = 0
-  for _ in names:gmatch(" %d+ %->") do
-    n = n + 1
-  end
-  return n, names
-end
+local open_fds = h.open_fds
 
 describe("sprun.http under cancellation", function()
   it("1,000 requests, half cancelled at random points: one outcome each, "

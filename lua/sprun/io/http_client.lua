@@ -153,12 +153,8 @@ for i = 1, #DEFAULTS do
 end
 local parse_client = options.parser("http.client", CLIENT_SPEC)
 
-local BUDGET_SPEC = {
-  ratio = { "number", min = 0, limit = 1e9, default = 0.2 },
-  min_retries_per_s = { "number", min = 0, limit = 1e9, default = 10 },
-  ttl_ms = { "integer", min = 10, limit = check.MS_MAX, default = 10000 },
-}
-local parse_budget = options.parser("http.client.retry.budget", BUDGET_SPEC)
+local parse_budget = options.parser("http.client.retry.budget",
+                                    retry.BUDGET_SPEC)
 
 local ANY = { check = function() return nil end }
 local parse_retry = retry_policy._options_parser("http.client.retry", {

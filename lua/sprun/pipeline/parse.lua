@@ -151,22 +151,40 @@ local function not_bulkhead_full(err)
   return errors.kind(err) ~= "bulkhead_full"
 end
 
-local function parse_breaker_stage(v, names, path, name)
-  if circuit_breaker.is_breaker(v) then
-    return { instance = v }
+-- What a stage that makes an object was given: "instance" and the object
+-- (is_kind says), "ref" and { ref = name } for a policy file's name of an
+-- entry of `section`, or "options" and a copy of the table, its name
+-- defaulting to the pipeline's. `what` is the entry's kind in a policy
+-- file's errors ("breaker"), `object` the object's ("a circuit breaker").
+local function stage_input(v, names, path, name, is_kind, section, what,
+                           object)
+  if is_kind(v) then
+    return "instance", v
   end
-  local r = ref(names, "breakers", "breaker", path, v)
+  local r = section and ref(names, section, what, path, v)
   if r then
-    return r
+    return "ref", r
   end
   if type(v) ~= "table" then
-    fail(path, names and "must be a breaker name or a table of options"
-         or "must be a circuit breaker or a table of options",
+    fail(path, (names and section)
+         and "must be a " .. what .. " name or a table of options"
+         or "must be " .. object .. " or a table of options",
          check.describe(v))
   end
   local o = copy(v)
   if o.name == nil then
     o.name = name
+  end
+  return "options", o
+end
+
+local function parse_breaker_stage(v, names, path, name)
+  local kind, o = stage_input(v, names, path, name, circuit_breaker.is_breaker,
+                              "breakers", "breaker", "a circuit breaker")
+  if kind == "instance" then
+    return { instance = o }
+  elseif kind == "ref" then
+    return o
   end
   if o.is_failure == nil then
     o.is_failure = not_bulkhead_full
@@ -179,20 +197,12 @@ local function parse_breaker_stage(v, names, path, name)
 end
 
 local function parse_bulkhead_stage(v, names, path, name)
-  if bulkhead.is_bulkhead(v) then
-    return { instance = v }
-  end
-  local r = ref(names, "bulkheads", "bulkhead", path, v)
-  if r then
-    return r
-  end
-  if type(v) ~= "table" then
-    fail(path, names and "must be a bulkhead name or a table of options"
-         or "must be a bulkhead or a table of options", check.describe(v))
-  end
-  local o = copy(v)
-  if o.name == nil then
-    o.name = name
+  local kind, o = stage_input(v, names, path, name, bulkhead.is_bulkhead,
+                              "bulkheads", "bulkhead", "a bulkhead")
+  if kind == "instance" then
+    return { instance = o }
+  elseif kind == "ref" then
+    return o
   end
   return { fresh = at(path, bulkhead.new, o), opts = o }
 end
@@ -209,16 +219,11 @@ end
 
 local function parse_adaptive_stage(v, path, name)
   local adaptive_limit = require "sprun.adaptive_limit"
-  if adaptive_limit.is_adaptive_limit(v) then
-    return v
-  end
-  if type(v) ~= "table" then
-    fail(path, "must be an adaptive limit or a table of options",
-         check.describe(v))
-  end
-  local o = copy(v)
-  if o.name == nil then
-    o.name = name
+  local kind, o = stage_input(v, nil, path, name,
+                              adaptive_limit.is_adaptive_limit, nil, nil,
+                              "an adaptive limit")
+  if kind == "instance" then
+    return o
   end
   return at(path, adaptive_limit.new, o)
 end
@@ -227,27 +232,20 @@ end
 -- may wait for its slot; 0 by default: refused at once).
 local function parse_rate_stage(v, names, path, name)
   local rate_limiter = require "sprun.rate_limiter"
-  if rate_limiter.is_rate_limiter(v) then
-    return { limiter = v, wait_ms = 0 }
+  local kind, o = stage_input(v, names, path, name,
+                              rate_limiter.is_rate_limiter, "rate_limiters",
+                              "rate limiter", "a rate limiter")
+  if kind == "instance" then
+    return { limiter = o, wait_ms = 0 }
+  elseif kind == "ref" then
+    return { ref = o.ref, wait_ms = 0 }
   end
-  local r = ref(names, "rate_limiters", "rate limiter", path, v)
-  if r then
-    return { ref = r.ref, wait_ms = 0 }
-  end
-  if type(v) ~= "table" then
-    fail(path, names and "must be a rate limiter name or a table of options"
-         or "must be a rate limiter or a table of options", check.describe(v))
-  end
-  local o = copy(v)
   local wait = o.max_wait_ms
   o.max_wait_ms = nil
   if wait ~= nil and (type(wait) ~= "number" or not (wait >= 0)
                       or wait > check.MS_MAX) then
     fail(path_plus(path, "max_wait_ms"), "must be a number >= 0",
          check.describe(wait))
-  end
-  if o.name == nil then
-    o.name = name
   end
   return { limiter = at(path, rate_limiter.new, o), wait_ms = wait or 0 }
 end

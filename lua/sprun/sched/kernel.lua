@@ -197,7 +197,7 @@ local function new_task(s, co, parent, state)
   task[TOKEN] = task_token(s, task)
   s.live = s.live + 1
   if parent then
-    -- A deadline (loop ms) is inherited: see deadline() below.
+    -- A deadline (loop ms) is inherited: see sched/deadline.lua.
     local dl = parent.deadline
     if dl then
       task.deadline = dl
@@ -301,70 +301,6 @@ local function existing_task()
     return t
   end
   return nil
-end
-
--- The deadline (loop ms) of the code running now, or nil: a task's own
--- (inherited from its parent, set by a timeout or a deadline_ms), or for
--- an inline run without a task the nearest of its timeout's and those
--- below it. sprun.deadline() is what is left of it. Inline runs nest on
--- the C stack, so while run d is the deepest, the code running is its own
--- (or a coroutine it runs): no coroutine.running, which the JIT does not
--- compile, on a retry's path.
-local function deadline()
-  local s = S
-  if s == nil then
-    return nil
-  end
-  local d = s.idepth
-  if d == 0 then
-    local t = s.cur
-    return t and t.deadline or nil
-  end
-  local dl = nil
-  for j = d, 1, -1 do
-    local x = s.idl[j]
-    if x and not (dl and dl <= x) then
-      dl = x
-    end
-    local tj = s.itask[j]
-    if tj then
-      x = tj.deadline
-      return x and dl and (x < dl and x or dl) or x or dl
-    end
-  end
-  local x = s.ibase.deadline
-  return x and dl and (x < dl and x or dl) or x or dl
-end
-_M.deadline = deadline
-
--- A timeout of `ms` (nil: none) for I/O made now, capped by what is left
--- of the deadline of the code running now (process.run, tcp.connect,
--- http, pool calls): never below min_ms (http's 1), nil when neither.
-local clock_now = require("sprun.clock").now
-function _M.capped(ms, min_ms)
-  local dl = deadline()
-  if dl == nil then
-    return ms
-  end
-  local left = dl - clock_now()
-  if min_ms and left < min_ms then
-    left = min_ms
-  elseif left < 0 then
-    left = 0
-  end
-  if ms == nil or left < ms then
-    return left
-  end
-  return ms
-end
-
--- Sets the deadline of task `task` to `at` (loop ms) unless it has an
--- earlier one.
-function _M.cap_deadline(task, at)
-  local dl = task.deadline
-  if not (dl and dl <= at) then
-    task.deadline = at
-  end
 end
 
 --- Waits ----------------------------------------------------------------
@@ -619,5 +555,7 @@ require("sprun.sched.upkeep").install(_M, function() return S end,
                                       new_token, t_after)
 -- block, has_waiters and wake: see sched/waiters.lua.
 require("sprun.sched.waiters").install(_M)
+-- deadline, capped and cap_deadline: see sched/deadline.lua.
+require("sprun.sched.deadline").install(_M, function() return S end)
 
 return _M
