@@ -157,6 +157,23 @@ local function within_deadline(deadline_ms, policy, pool, operation, fname,
                      cb, n, a1, a2, a3, args }))
 end
 
+-- The retry loop of a call from plain Lua code, as the main task of a run
+-- of its own: its arguments travel in one table, refilled by each such
+-- call (none can start while another runs: inside the run, a loop is
+-- running) and emptied as soon as they are taken.
+local OUTSIDE = {}
+
+local function retry_outside(o)
+  local policy, pool, operation, fname, fn, cb = o[1], o[2], o[3], o[4],
+                                                 o[5], o[6]
+  local n, a1, a2, a3, args = o[7], o[8], o[9], o[10], o[11]
+  for i = 1, 11 do
+    o[i] = false
+  end
+  return retry_run(policy, pool, operation, false, fname, call_attempt, fn,
+                   cb, n, a1, a2, a3, args)
+end
+
 -- Runs the loop: in the calling task, or, called from plain Lua code with
 -- no loop running, in a loop of its own. Inside a running loop the first
 -- attempt runs where it is called; a wait before the next one needs a task.
@@ -174,8 +191,10 @@ local function retry(policy, fn, cb, pool, operation, deadline_ms, ...)
                          operation, fname, fn, cb, n, a1, a2, a3, args)
   end
   if kernel.running() == nil then
-    return sched.in_task(retry_run, policy, pool, operation, false, fname,
-                         call_attempt, fn, cb, n, a1, a2, a3, args)
+    local o = OUTSIDE
+    o[1], o[2], o[3], o[4], o[5], o[6] = policy, pool, operation, fname, fn, cb
+    o[7], o[8], o[9], o[10], o[11] = n, a1, a2, a3, args
+    return sched.in_task(retry_outside, o)
   end
   return retry_run(policy, pool, operation, false, fname, call_attempt, fn,
                    cb, n, a1, a2, a3, args)

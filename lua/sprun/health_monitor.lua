@@ -151,7 +151,8 @@ function _M.record_crash(self, worker_id, info)
     end
   end
   C.sp_health_record(self._h, slot, self._clock())
-  if self._cleanup_sched == nil then
+  -- Armed once per run: a cleanup armed by an earlier run ended with it.
+  if self._cleanup_sched ~= kernel.running() then
     arm_cleanup(self)
   end
   local reason = info and info.reason

@@ -157,7 +157,7 @@ b, pol, seed, run = tonumber(b), tonumber(pol), tonumber(seed), tonumber(run)
 H.record { name = "outside a loop: bare call", ns = b }
 H.record { name = "outside a loop: execute_with_retry, a policy", ns = pol,
            bare = b, target = { ns = 1000 },
-           note = "each call runs a loop of its own, kept between calls" }
+           note = "each call runs a run of its own; its loop and state are kept between calls" }
 H.record { name = "outside a loop: execute_with_retry, options literal",
            ns = seed, bare = b, target = { ns = 1000 } }
 H.record { name = "outside a loop: sprun.run(fn)", ns = run, bare = b }

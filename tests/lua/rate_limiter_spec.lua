@@ -493,15 +493,20 @@ describe("rate_limiter", function()
 
   describe("take()'s hot path", function()
     it("allocates nothing, admitted or refused, keyed or not", function()
+      -- The least of two measures after a long warm-up: a trace compiled
+      -- during a measure is counted by the collector too.
       local function bytes(f)
-        f(1000)
-        collectgarbage("collect")
-        collectgarbage("stop")
-        local kb0 = collectgarbage("count")
-        f(100000)
-        local kb = collectgarbage("count") - kb0
-        collectgarbage("restart")
-        return kb
+        f(20000)
+        local best = math.huge
+        for _ = 1, 2 do
+          collectgarbage("collect")
+          collectgarbage("stop")
+          local kb0 = collectgarbage("count")
+          f(100000)
+          best = math.min(best, collectgarbage("count") - kb0)
+          collectgarbage("restart")
+        end
+        return best
       end
       local open = rl.new { rate = 1e9, burst = 1e9, per_ms = 1 }
       local shut = rl.new { rate = 1e-6, burst = 1 }

@@ -557,3 +557,68 @@ describe("the loop a run leaves with nothing in it", function()
     assert.are_not.equal(h1, h2)
   end)
 end)
+
+describe("the state a run leaves with nothing in it", function()
+  it("is taken back by the next real-time run, each run with an identity "
+     .. "of its own", function()
+    local s1, s2, id1, id2
+    sp.run(function() s1, id1 = kernel.state(), kernel.running() end)
+    sp.run(function() s2, id2 = kernel.state(), kernel.running() end)
+    assert.are.equal(s1, s2)
+    assert.are_not.equal(id1, id2)
+    assert.is_nil(kernel.running())
+    -- A virtual run has a state of its own.
+    local sv
+    sp.run(VIRTUAL, function() sv = kernel.state() end)
+    assert.are_not.equal(s1, sv)
+  end)
+
+  it("starts clean after a run whose main task raised", function()
+    assert.has_error(function()
+      sp.run(function()
+        sp.spawn(function() sp.sleep(10) end)
+        error("first run fails", 0)
+      end)
+    end, "first run fails")
+    local s = kernel.state
+    local r = run(function()
+      local st = s()
+      return { st.live, st.main_failed, st.stop_status, st.idepth,
+               sp.spawn(function(x) return x + 1 end, 41):await() }
+    end)
+    -- live counts the main task only.
+    assert.are.same({ 1, false, false, 0, 42 }, r)
+  end)
+
+  it("never gives an earlier run's task token to a new task: cancelling a "
+     .. "finished task from an earlier run touches nothing", function()
+    local old = sp.run(function()
+      local t = sp.spawn(function() return "old" end)
+      t:await()
+      return t
+    end)
+    local r = run(function()
+      local t = sp.spawn(function() sp.sleep(20) return "new" end)
+      old:cancel()
+      return { t:await(), old:status() }
+    end)
+    assert.are.same({ "new", "done" }, r)
+  end)
+
+  it("keeps a health monitor's cleanup to the run that armed it: the next "
+     .. "run arms its own", function()
+    local m = sp.health_monitor.start_link {
+      name = "reuse_hm", pool = "p", crash_window_ms = 30,
+      check_interval_ms = 10 }
+    local armed = {}
+    for i = 1, 2 do
+      sp.run(function()
+        m:record_crash("w" .. i)
+        -- The cleanup is a background timer of this run (an I/O token).
+        armed[i] = next(kernel.state().io_tokens) ~= nil
+      end)
+    end
+    assert.are.same({ true, true }, armed)
+    h.assert_no_handles()
+  end)
+end)

@@ -27,7 +27,6 @@
 
 local core = require "sprun.core"
 local errors = require "sprun.errors"
-local ffi = require "ffi"
 local kernel = require "sprun.sched.kernel"
 local IO_TOKEN0 = kernel.IO_TOKEN0
 local task_m = require "sprun.sched.task"
@@ -39,6 +38,7 @@ local check = require "sprun.check"
 local options = require "sprun.options"
 local tables = require "sprun.tables"
 local clock = require "sprun.clock"
+local state_m = require "sprun.sched.state"
 
 local select = select
 local type = type
@@ -202,57 +202,9 @@ local function dispatch(token, kind, a, b, data, handle)
   obj:_event(kind, a, b, data, handle)
 end
 
--- Opens a loop and makes it the running one: its state, with the fields
--- sched/ works on. opts: { clock = "real" | "virtual" }.
--- A real-time loop that the last run left with nothing in it, kept
--- (parked) for the next run: making a loop and freeing it are most of
--- what a call from plain Lua code (executor.execute_with_retry outside
--- any loop) would cost. Closed by the collector, or by the next run that
--- cannot use it.
-local spare, spare_h = false, false
-
+-- Opens a loop and makes it the running one (sched/state.lua).
 local function open(opts)
-  local virtual = opts ~= nil and opts.clock == "virtual" or false
-  local s = {
-    virtual = virtual,
-    tokens = {},
-    io_tokens = {},  -- processes, sockets, background timers, signals
-    ntokens = 0,     -- task tokens handed out so far
-    free = {},       -- task tokens free again (a stack)
-    nfree = 0,
-    next_token = kernel.IO_TOKEN0,
-    q_task = {}, q_why = {}, q_head = 1, q_tail = 0,
-    live = 0,        -- unfinished tasks
-    spawns = 0,      -- spawned since the last resume returned (bulk_begin)
-    bursts = 0,      -- bursts of spawns over, to end when the queue is empty
-    -- Work to do once the ready tasks have run, before the loop polls
-    -- (kernel.at_turn_end): fn[i](arg[i]) for i = 1, nturn.
-    nturn = 0, turn_fn = {}, turn_arg = {},
-    run_end = {},    -- { fn, arg } to call when the run ends (at_run_end)
-    stop_status = nil, -- the exit status once a shutdown began (signal, os.exit)
-    stop_name = nil,   -- what began it: "SIGINT", ..., "os.exit"
-    cur = false,     -- the task whose coroutine runs now (see current)
-    -- The inline runs in progress (inline.lua), innermost last: each
-    -- one's coroutine, its task once it has one (else false; entries
-    -- above idepth are stale) with the timer seq reserved for its
-    -- caller's timeout, whether it is a group's child, and the task that
-    -- started the outermost one.
-    idepth = 0,
-    ico = {}, itask = {}, iseq = {}, igroup = {}, ibase = false,
-    idl = {},        -- each inline run's deadline (loop ms), or false
-    loop = false,
-    h = false,       -- the loop for the sp_lua_timer_* functions
-    running = true,
-  }
-  if not virtual and spare then
-    s.loop, s.h, spare = spare, spare_h, false
-    s.loop:unpark()
-  else
-    s.loop = core.loop_new(virtual, dispatch, true)
-    s.h = ffi.cast("void *", s.loop:handle())
-  end
-  kernel.enter(s)
-  return s
+  return state_m.open(opts, dispatch)
 end
 
 --- The loop -------------------------------------------------------------
@@ -322,13 +274,15 @@ local function settle(s)
   end
 end
 
--- Runs `fn(...)` as the main task on a new loop until every task is done;
+-- Runs `fn(...)` as the main task on a new loop until every task is done
+-- (the arguments as spawn_in takes them: n, the first three, and all of
+-- them in a list when there are more than three);
 -- returns the main task and the signal that stopped the run, or raises
 -- the error that broke the loop. opts: { clock, signals, shutdown_grace_ms,
 -- on_sighup }.
-local function run_main(opts, fn, args)
+local function run_main(opts, fn, n, a1, a2, a3, args)
   local s = open(opts)
-  local main = spawn_in(s, nil, fn, args.n, args[1], args[2], args[3], args)
+  local main = spawn_in(s, nil, fn, n, a1, a2, a3, args)
   kernel.quiet(main)
   s.main = main
   local signals = opts ~= nil and opts.signals
@@ -346,17 +300,14 @@ local function run_main(opts, fn, args)
     pcall(drain, s)
   end
   kernel.run_end(s)
-  pcall(drain, s)
+  if s.q_head <= s.q_tail then
+    pcall(drain, s)
+  end
   pcall(settle, s)
   _M.last_run = {
-    handles = s.loop:handle_count()
+    handles = state_m.close(s, signals)
               - (signals and #shutdown.STOP_SIGNALS or 0),
   }
-  if s.virtual or signals or spare or not s.loop:park() then
-    s.loop:close()
-  else
-    spare, spare_h = s.loop, s.h
-  end
   kernel.leave()
   coro.trim()
   -- Bulk work cut short by an error ends with the loop.
@@ -410,6 +361,8 @@ end
 -- and returns its values (or raises its error). Inside a running loop,
 -- fn runs as a child task of the caller instead. opts: { clock = "real" |
 -- "virtual", signals = false, shutdown_grace_ms = 5000 }.
+local main_outcome
+
 function _M.run(fn, ...)
   local opts, raw = nil, nil
   local args
@@ -433,7 +386,13 @@ function _M.run(fn, ...)
     end
     return run_nested(s, fn, args)
   end
-  local main, stop_status = run_main(opts, fn, args)
+  return main_outcome(run_main(opts, fn, args.n, args[1], args[2], args[3],
+                               args))
+end
+
+-- What sprun.run returns once its run is over: the main task's values,
+-- or its error raised.
+main_outcome = function(main, stop_status)
   if stop_status then
     -- A signal or os.exit shut the run down (signals = true): exit as the
     -- sprun executable does, now that the tasks are done and the loop is
@@ -483,7 +442,9 @@ function _M.main(opts, chunk, ...)
     o[k] = v
   end
   o.signals = true
-  local main, stop_status = run_main(o, chunk, tables.pack(...))
+  local args = tables.pack(...)
+  local main, stop_status = run_main(o, chunk, args.n, args[1], args[2],
+                                     args[3], args)
   if stop_status then
     return stop_status
   end
@@ -500,11 +461,20 @@ end
 -- Runs fn(...) as a task: inside a running loop it calls it (the caller
 -- is a task already); outside, it runs a loop until fn is done. What
 -- every function that must work from plain Lua code too is built on.
+local function in_task_args(fn, n, a1, a2, a3, args)
+  return main_outcome(run_main(nil, fn, n, a1, a2, a3, args))
+end
+
 function _M.in_task(fn, ...)
   if kernel.in_context() then
     return fn(...)
   end
-  return _M.run(fn, ...)
+  if state() ~= nil then
+    return _M.run(fn, ...) -- raises: not called from a task
+  end
+  local n = select("#", ...)
+  local a1, a2, a3 = ...
+  return in_task_args(fn, n, a1, a2, a3, n > 3 and tables.pack(...))
 end
 
 -- The body of sprun.spawn once its arguments are taken apart (a tail call

@@ -416,10 +416,11 @@ _M.spawn_in = spawn_in
 
 --- The API for the rest of sprun -----------------------------------------
 
--- The running loop, an opaque value to compare (a monitor's upkeep timer
--- belongs to one loop), or nil.
+-- The running run, an opaque value to compare (a monitor's upkeep timer
+-- belongs to one run), or nil.
 function _M.running()
-  return S
+  local s = S
+  return s and s.run_id
 end
 
 -- The running loop's C object (sprun.core's loop: spawn, tcp_connect,

@@ -76,7 +76,7 @@ function _M.watch_signals(s, grace_ms, on_sighup)
       if signum == core.signals.SIGHUP and on_sighup then
         return on_sighup()
       end
-      if s.stop_status == nil then
+      if not s.stop_status then
         begin_stop(s, 128 + signum, name, grace_ms)
       else
         hard_exit(s, format("%s after %s", name, s.stop_name))
@@ -109,7 +109,7 @@ function _M.intercept_exit(s, grace_ms)
       io.stdout:flush()
       return exit(code, close)
     end
-    if s.stop_status == nil then
+    if not s.stop_status then
       begin_stop(s, os_exit_status(code), "os.exit", grace_ms)
     end
     cancel(task)
