@@ -49,6 +49,7 @@ local LAZY = { pool = "sprun.pool", http = "sprun.http",
                redis = "sprun.redis", fleet = "sprun.fleet" }
 LAZY.adaptive_limit = "sprun.adaptive_limit"
 LAZY.rate_limiter = "sprun.rate_limiter"
+LAZY.trace = "sprun.trace"
 setmetatable(_M, { __index = function(t, k)
   local name = LAZY[k]
   if name then
