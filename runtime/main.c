@@ -44,6 +44,8 @@ typedef struct {
   const char *policy;    /* --policy PATH, or NULL */
   const char *telemetry_level; /* --telemetry-level LEVEL, or NULL */
   double shutdown_grace_ms;    /* --shutdown-grace-ms MS, or -1 */
+  const char *trace;           /* --trace FILE, or NULL */
+  double trace_buffer;         /* --trace-buffer N, or -1 */
 } options_t;
 
 static const char usage_text[] =
@@ -68,6 +70,10 @@ static const char usage_text[] =
     "                   while the script runs\n"
     "  --policy PATH    load the policy file PATH before the script (see\n"
     "                   sprun.policy.default()); SIGHUP reloads it\n"
+    "  --trace FILE     write a trace of the run (Chrome Trace Event\n"
+    "                   Format JSON, for Perfetto) to FILE at its end\n"
+    "  --trace-buffer N keep the newest N events in the trace (default\n"
+    "                   100000; what is dropped is counted in the file)\n"
     "  --shutdown-grace-ms MS\n"
     "                   after SIGINT, SIGTERM, SIGHUP or os.exit, how long\n"
     "                   the cancelled tasks may take to end (default 5000)\n"
@@ -169,6 +175,7 @@ static int parse_options(int argc, char **argv, options_t *o) {
 
   memset(o, 0, sizeof(*o));
   o->shutdown_grace_ms = -1;
+  o->trace_buffer = -1;
   for (i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (a[0] != '-' || a[1] == '\0')
@@ -228,6 +235,24 @@ static int parse_options(int argc, char **argv, options_t *o) {
       if (v == NULL || v[0] == '\0')
         return usage_error("option '%s' needs a file", "--policy");
       o->policy = v;
+      continue;
+    }
+    if ((v = option_value(argc, argv, &i, "--trace", &missing)) != NULL ||
+        missing) {
+      if (v == NULL || v[0] == '\0')
+        return usage_error("option '%s' needs a file", "--trace");
+      o->trace = v;
+      continue;
+    }
+    if ((v = option_value(argc, argv, &i, "--trace-buffer", &missing))
+            != NULL || missing) {
+      o->trace_buffer = v != NULL ? parse_ms(v) : -1;
+      if (o->trace_buffer < 1 || o->trace_buffer > 10000000) {
+        fprintf(stderr, "sprun: option '--trace-buffer' must be a whole "
+                "number from 1 to 10000000, got '%s' (see sprun -h)\n",
+                v != NULL ? v : "");
+        return EXIT_USAGE;
+      }
       continue;
     }
     if ((v = option_value(argc, argv, &i, "--shutdown-grace-ms", &missing))
@@ -429,6 +454,14 @@ static int run(lua_State *L, int argc, char **argv, const options_t *o) {
   if (o->telemetry_level != NULL) {
     lua_pushstring(L, o->telemetry_level);
     lua_setfield(L, -2, "telemetry_level");
+  }
+  if (o->trace != NULL) {
+    lua_pushstring(L, o->trace);
+    lua_setfield(L, -2, "trace");
+  }
+  if (o->trace_buffer >= 1) {
+    lua_pushnumber(L, o->trace_buffer);
+    lua_setfield(L, -2, "trace_buffer");
   }
   if (o->shutdown_grace_ms >= 0) {
     lua_pushnumber(L, o->shutdown_grace_ms);

@@ -7,7 +7,9 @@
 -- telemetry (--telemetry=DEST: "stderr", "stdout" or a path); log_events
 -- (--log-events); metrics_host and metrics_port (--metrics=HOST:PORT);
 -- telemetry_level (--telemetry-level: what both sinks write);
--- shutdown_grace_ms (--shutdown-grace-ms).
+-- shutdown_grace_ms (--shutdown-grace-ms); trace (--trace FILE) and
+-- trace_buffer (--trace-buffer N): a sprun.trace of the whole run, written
+-- to FILE at its end.
 --
 -- In this order: the policy file is loaded (a broken one exits 2 before
 -- the script runs), the telemetry sinks are attached (a JSON-lines path
@@ -29,6 +31,7 @@ local find = string.find
 local format = string.format
 local io_stderr = io.stderr
 local io_stdout = io.stdout
+local io_open = io.open
 
 local _M = {}
 
@@ -74,7 +77,37 @@ function _M.main(opts, chunk, ...)
   if opts.metrics_host ~= nil then
     chunk = with_metrics(opts.metrics_host, opts.metrics_port, chunk)
   end
-  return sched.main(opts, chunk, ...)
+  if opts.trace == nil then
+    return sched.main(opts, chunk, ...)
+  end
+  -- A trace file that cannot be written is known before the script runs.
+  local f, ferr = io_open(opts.trace, "w")
+  if f == nil then
+    return 2, "sprun: --trace: cannot write " .. ferr
+  end
+  f:close()
+  -- Started in the main task, so that its times count from the run's
+  -- start on the run's clock; written whatever the run's outcome (an
+  -- error, a signal, os.exit).
+  local tracer, script = nil, chunk
+  chunk = function(...)
+    tracer = require("sprun.trace").start {
+      path = opts.trace, buffer = opts.trace_buffer,
+    }
+    return script(...)
+  end
+  local status, message = sched.main(opts, chunk, ...)
+  if tracer == nil then
+    return status, message
+  end
+  local ok, err = tracer:stop()
+  if not ok then
+    io_stderr:write("sprun: --trace: ", err.message, "\n")
+    if status == 0 then
+      status = 2
+    end
+  end
+  return status, message
 end
 
 return _M

@@ -17,9 +17,14 @@
 --     metadata as args;
 --   - a breaker's state is also a counter ("ph" = "C"), set at each
 --     transition: 0 closed (or disabled), 1 half-open, 2 open (opened,
---     forced open, isolated).
--- Times are the loop's ms (virtual under a virtual clock, so a virtual
--- run gives the same document each time) as the format's µs.
+--     forced open, isolated);
+--   - an event that measured a duration (a breaker's call, an HTTP
+--     request, a retried call, a hedge) is also an async slice ("b"/"e",
+--     one id each) ending at the event;
+--   - the events in time order, each track's metadata first.
+-- Times are the loop's ms since start (virtual under a virtual clock) as
+-- the format's µs. Measured durations (duration_ms) are real time, so a
+-- virtual run's document differs from run to run in those args only.
 --
 -- The trap: handlers get the emitter's tables, which an emitter may reuse;
 -- an entry keeps copies of their plain values (strings, numbers, booleans,
@@ -201,10 +206,10 @@ function Tracer:document()
   end
   events[1] = { ph = "M", name = "process_name", pid = 1, tid = 0,
                 args = { name = "sprun" } }
-  local entries = self:entries()
+  local entries, nslices = self:entries(), 0
   for i = 1, #entries do
     local e = entries[i]
-    local ts, name, m, md = e[1] * 1000, e[2], e[3], e[4]
+    local ts, name, m, md = (e[1] - self.t0) * 1000, e[2], e[3], e[4]
     local component, rest = split(name)
     local who = owner(md)
     local label = who and component .. " " .. tostring(who) or component
@@ -212,6 +217,19 @@ function Tracer:document()
     local args = merge(merge({}, m), md)
     events[#events + 1] = { ph = "i", s = "t", name = rest, cat = component,
                             ts = ts, pid = 1, tid = tid, args = args }
+    local dur = m and (m.duration_ms or m.total_duration_ms)
+    if type(dur) == "number" and dur > 0 then
+      -- What took time is also an async slice ending at the event: calls
+      -- overlap on one track, which only async events may.
+      nslices = nslices + 1
+      local start = ts - dur * 1000
+      local slice = label .. " " .. rest
+      events[#events + 1] = { ph = "b", name = slice, cat = component,
+                              id = nslices, ts = start > 0 and start or 0,
+                              pid = 1, tid = tid }
+      events[#events + 1] = { ph = "e", name = slice, cat = component,
+                              id = nslices, ts = ts, pid = 1, tid = tid }
+    end
     local state = component == "circuit_breaker" and STATE[rest]
     if state then
       events[#events + 1] = { ph = "C", name = "breaker " .. tostring(who),
@@ -219,6 +237,23 @@ function Tracer:document()
                               args = { state = state } }
     end
   end
+  -- In time order (a slice begins before the event that ends it); the
+  -- metadata first, and equal times in the order they were made.
+  local order = {}
+  for i = 1, #events do
+    order[events[i]] = i
+  end
+  sort(events, function(a, b)
+    local ma, mb = a.ph == "M", b.ph == "M"
+    if ma ~= mb then
+      return ma
+    end
+    local ta, tb = a.ts or 0, b.ts or 0
+    if ta ~= tb then
+      return ta < tb
+    end
+    return order[a] < order[b]
+  end)
   return {
     traceEvents = events,
     displayTimeUnit = "ms",

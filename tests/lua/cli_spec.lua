@@ -185,6 +185,62 @@ describe("sprun executable", function()
       end
     end)
 
+  it("--trace writes the run's trace at its end, also after an error; "
+     .. "--trace-buffer bounds it", function()
+    local cjson = require "cjson"
+    local code = "local s = require('sprun'); local cb = "
+      .. "s.circuit_breaker.start_link { name = 'db', failure_threshold = 1,"
+      .. " reset_timeout_ms = 500 }; cb:call(function() return nil, 'e' end);"
+      .. " s.sleep(600); cb:call(function() return 1 end)"
+    local function states(doc)
+      local out = {}
+      for _, e in ipairs(doc.traceEvents) do
+        if e.ph == "C" then out[#out + 1] = e.args.state .. "@" .. e.ts end
+      end
+      return table.concat(out, " ")
+    end
+    local path = dir .. "/t.json"
+    local r = h.sprun_run { "--virtual-time", "--trace", path, "-e", code }
+    assert.are.same({ code = 0, stdout = "", stderr = "" }, r)
+    local doc = cjson.decode(h.read_file(path))
+    -- Opened at 0, half-open at the reset timeout, closed by the probe.
+    assert.are.equal("2@0 1@500000 0@600000", states(doc))
+    assert.are.equal(0, doc.otherData.dropped_events)
+    -- Two events kept: the last transition's instant and counter are the
+    -- closed ones; the rest was dropped and counted.
+    r = h.sprun_run { "--virtual-time", "--trace=" .. path,
+                      "--trace-buffer=2", "-e", code }
+    assert.are.equal(0, r.code)
+    doc = cjson.decode(h.read_file(path))
+    assert.are.equal(doc.otherData.recorded + doc.otherData.dropped_events,
+                     7)
+    assert.are.equal(2, doc.otherData.recorded)
+    r = h.sprun_run { "--trace", path, "-e", code .. "; error('boom')" }
+    assert.are.equal(1, r.code)
+    doc = cjson.decode(h.read_file(path))
+    assert.matches("^2@%d+ 1@%d+ 0@%d+$", states(doc))
+  end)
+
+  it("--trace and --trace-buffer refuse what they cannot use", function()
+    local function stderr_of(args)
+      local r = h.sprun_run(args)
+      assert.are.equal(2, r.code)
+      return r.stderr
+    end
+    assert.are.equal("sprun: option '--trace' needs a file (see sprun -h)\n",
+                     stderr_of { "--trace" })
+    assert.are.equal("sprun: option '--trace' needs a file (see sprun -h)\n",
+                     stderr_of { "--trace=", "-e", "" })
+    for _, bad in ipairs { "0", "1.5", "x", "10000001" } do
+      assert.are.equal("sprun: option '--trace-buffer' must be a whole "
+        .. "number from 1 to 10000000, got '" .. bad .. "' (see sprun -h)\n",
+        stderr_of { "--trace-buffer", bad, "-e", "" })
+    end
+    assert.are.equal("sprun: --trace: cannot write " .. dir
+      .. "/no/t.json: No such file or directory\n",
+      stderr_of { "--trace", dir .. "/no/t.json", "-e", "print(1)" })
+  end)
+
   it("--telemetry-level sets what the sinks write", function()
     local code = "local cb = require('sprun').circuit_breaker.start_link "
       .. "{ name = 'x', failure_threshold = 1 }; cb:call(function() return "

@@ -19,18 +19,16 @@ local function ok()
   return "fine"
 end
 
--- A breaker named db taken through opened (at t0 + 0), half_open and
--- closed (at t0 + 1000), under virtual time; returns t0.
+-- A breaker named db taken through opened (now), half_open and closed
+-- (1000 ms later), under virtual time.
 local function breaker_story()
   local cb = sprun.circuit_breaker.start_link {
     name = "db", failure_threshold = 2, reset_timeout_ms = 1000,
   }
-  local t0 = sprun.now()
   cb:call(fail)
   cb:call(fail)
   sprun.sleep(1000)
   assert(cb:call(ok) == "fine")
-  return t0
 end
 
 -- The document's events of phase ph on the track labelled label.
@@ -54,17 +52,18 @@ end
 describe("sprun.trace", function()
   it("records a breaker's transitions as instants and a state counter on "
      .. "its track, at the loop's times in µs", function()
-    local doc, t0
+    local doc
     vrun(function()
+      sprun.sleep(250) -- times count from the trace's start
       local t = trace.start()
-      t0 = breaker_story()
+      breaker_story()
       doc = t:stop()
     end)
     local names, ts = {}, {}
     for _, e in ipairs(on_track(doc, "circuit_breaker db", "i")) do
       if e.name == "opened" or e.name == "half_open" or e.name == "closed" then
         names[#names + 1] = e.name
-        ts[#ts + 1] = e.ts - t0 * 1000
+        ts[#ts + 1] = e.ts
       end
     end
     assert.are.same({ "opened", "half_open", "closed" }, names)
@@ -126,6 +125,39 @@ describe("sprun.trace", function()
     assert.are.same({ 3, 4, 5 }, attempts)
     assert.are.equal(2, doc.otherData.dropped_events)
     assert.are.equal(3, doc.otherData.buffer)
+  end)
+
+  it("what took time is an async slice ending at its event: overlapping "
+     .. "ones on one track, each b with its e, ids unique", function()
+    local doc
+    vrun(function()
+      local t = trace.start()
+      local md = { origin = "http://127.0.0.1:1", method = "GET" }
+      sprun.sleep(300)
+      telemetry.emit("sprun.http.request", { duration_ms = 250 }, md)
+      sprun.sleep(100)
+      telemetry.emit("sprun.http.request", { duration_ms = 200 }, md)
+      telemetry.emit("sprun.http.request", { duration_ms = 0 }, md)
+      doc = t:stop()
+    end)
+    local open, seen, got, last = {}, {}, {}, -1
+    for _, e in ipairs(doc.traceEvents) do
+      if e.ph ~= "M" then
+        assert.is_true(e.ts >= last)
+        last = e.ts
+      end
+      if e.ph == "b" then
+        assert.is_nil(seen[e.id])
+        seen[e.id], open[e.id] = true, e
+      elseif e.ph == "e" then
+        local b = assert(open[e.id], "an e without its b")
+        open[e.id] = nil
+        got[#got + 1] = b.name .. " " .. b.ts .. "-" .. e.ts
+      end
+    end
+    assert.are.same({}, open)
+    assert.are.same({ "http http://127.0.0.1:1 request 50000-300000",
+                      "http http://127.0.0.1:1 request 200000-400000" }, got)
   end)
 
   it("stops recording at stop; a second stop gives the same document",
