@@ -150,8 +150,9 @@ test: deps
 
 demo: deps
 	@$(MAKE) --no-print-directory build
-	$(BIN) scripts/demo.lua
+	$(BIN) --trace $(BUILD)/demo-trace.json scripts/demo.lua
 	$(BIN) scripts/pool_demo.lua
+	@echo "the demo's trace: $(BUILD)/demo-trace.json (open it in ui.perfetto.dev)"
 
 BENCHES := $(filter-out scripts/bench/harness.lua scripts/bench/summary.lua \
              scripts/bench/procs.lua,\

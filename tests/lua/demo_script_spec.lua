@@ -71,7 +71,8 @@ describe("the demo", function()
     local mk = helpers.read_file(helpers.root .. "/Makefile")
     local target = mk:match("\ndemo:[^\n]*\n(.-)\n\n")
     assert.truthy(target, "no demo target in the Makefile")
-    assert.truthy(target:find("\t$(BIN) scripts/demo.lua", 1, true), target)
+    assert.truthy(target:find("\t$(BIN) --trace $(BUILD)/demo-trace.json "
+                              .. "scripts/demo.lua", 1, true), target)
   end)
 
   it("exits 0 with nothing on stderr, in well under 15 seconds", function()
@@ -197,4 +198,40 @@ describe("the demo", function()
     -- Whatever the seed, the breaker ends closed after the outage.
     assert.truthy(find_line(other, "breaker: half_open -> closed"))
   end)
+
+  it("with --trace (as make demo runs it) writes a trace of the story: "
+     .. "its breaker, retries and worker on tracks, each slice closed",
+     function()
+      local dir = helpers.tmpdir()
+      local path = dir .. "/demo-trace.json"
+      local words = { "env -u LD_PRELOAD", helpers.shell_quote(helpers.sprun),
+                      "--trace", helpers.shell_quote(path),
+                      helpers.shell_quote(DEMO) }
+      local r = helpers.run(table.concat(words, " "))
+      assert.are.equal(0, r.code, r.stderr)
+      local doc = require("cjson").decode(helpers.read_file(path))
+      helpers.rmrf(dir)
+      assert.are.same({ "circuit_breaker worker_pool", "retry default",
+                        "worker demo" }, sprun.trace.track_names(doc))
+      local _, by_ph = helpers.trace_structure(doc)
+      local states, crashes = {}, 0
+      for _, e in ipairs(by_ph.C) do
+        states[#states + 1] = e.args.state
+      end
+      for _, e in ipairs(by_ph.i) do
+        if e.cat == "worker" and e.name == "crash" then
+          crashes = crashes + 1
+        end
+      end
+      -- The story's outage: the breaker opens, probes, and ends closed.
+      assert.are.equal(2, states[1])
+      assert.are.equal(0, states[#states])
+      -- One crash instant for each crash the story recorded.
+      local recorded = 0
+      for _ in r.stdout:gmatch("crash recorded") do
+        recorded = recorded + 1
+      end
+      assert.is_true(recorded > 0)
+      assert.are.equal(recorded, crashes)
+    end)
 end)

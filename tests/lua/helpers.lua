@@ -269,4 +269,31 @@ function _M.run_guarded(fn, limit_ms)
   return unpack(r, 2, r.n)
 end
 
+-- Checks a sprun.trace document's structure (raises on the first fault):
+-- every event but the metadata in time order, each slice's "b" with one
+-- "e" of its id, ids unique. Returns its slices as "name b.ts-e.ts" in the
+-- order they ended, and the other events by phase ({ C = {...}, ... }).
+function _M.trace_structure(doc)
+  local open, seen, slices, by_ph, last = {}, {}, {}, {}, -1
+  for _, e in ipairs(doc.traceEvents) do
+    if e.ph ~= "M" then
+      assert(e.ts >= last, "out of order at ts " .. tostring(e.ts))
+      last = e.ts
+    end
+    if e.ph == "b" then
+      assert(not seen[e.id], "slice id " .. tostring(e.id) .. " reused")
+      seen[e.id], open[e.id] = true, e
+    elseif e.ph == "e" then
+      local b = assert(open[e.id], "an e without its b")
+      open[e.id] = nil
+      slices[#slices + 1] = b.name .. " " .. b.ts .. "-" .. e.ts
+    else
+      by_ph[e.ph] = by_ph[e.ph] or {}
+      table.insert(by_ph[e.ph], e)
+    end
+  end
+  assert(next(open) == nil, "a b without its e")
+  return slices, by_ph
+end
+
 return _M

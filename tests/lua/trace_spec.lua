@@ -140,22 +140,7 @@ describe("sprun.trace", function()
       telemetry.emit("sprun.http.request", { duration_ms = 0 }, md)
       doc = t:stop()
     end)
-    local open, seen, got, last = {}, {}, {}, -1
-    for _, e in ipairs(doc.traceEvents) do
-      if e.ph ~= "M" then
-        assert.is_true(e.ts >= last)
-        last = e.ts
-      end
-      if e.ph == "b" then
-        assert.is_nil(seen[e.id])
-        seen[e.id], open[e.id] = true, e
-      elseif e.ph == "e" then
-        local b = assert(open[e.id], "an e without its b")
-        open[e.id] = nil
-        got[#got + 1] = b.name .. " " .. b.ts .. "-" .. e.ts
-      end
-    end
-    assert.are.same({}, open)
+    local got = h.trace_structure(doc)
     assert.are.same({ "http http://127.0.0.1:1 request 50000-300000",
                       "http http://127.0.0.1:1 request 200000-400000" }, got)
   end)
