@@ -25,7 +25,7 @@ HIREDIS_LIBS = $(shell pkg-config --libs hiredis 2>/dev/null)
 # Debian packages the build and the tests need (checked by `make deps`).
 DEPS := libluajit-5.1-dev luajit libuv1-dev lua-busted pkg-config prometheus \
         lua-cjson python3 libcurl4-openssl-dev nginx-light openssl \
-        libhiredis-dev redis-server
+        libhiredis-dev redis-server chromium libxml2-utils
 
 CORE_SRC := $(wildcard runtime/core/*.c)
 # The module is one translation unit: module.c #includes the other files of
@@ -59,7 +59,7 @@ LIB := $(BUILD)/libsprun.a
 CTEST := $(BUILD)/test-core
 
 .PHONY: all deps build test demo bench install uninstall clean help \
-        check valgrind fuzz
+        check valgrind fuzz screenshot
 
 all: deps
 	@$(MAKE) --no-print-directory build
@@ -72,6 +72,7 @@ help:
 	@echo "  make test       deps + build + every test (C and busted)"
 	@echo "  make demo       deps + build + run scripts/demo.lua through sprun"
 	@echo "  make bench      deps + build + the benchmarks in scripts/bench/"
+	@echo "  make screenshot docs/report.png: the demo's report in headless Chromium"
 	@echo "  make soak       deps + build + scripts/soak.lua (1,000,000 calls) and"
 	@echo "                  scripts/soak_pool.lua (1,000,000 pool calls, chaos)"
 	@echo "  make install    install under PREFIX (default /usr/local)"
@@ -150,9 +151,21 @@ test: deps
 
 demo: deps
 	@$(MAKE) --no-print-directory build
-	$(BIN) --trace $(BUILD)/demo-trace.json scripts/demo.lua
-	$(BIN) scripts/pool_demo.lua
+	$(BIN) --trace $(BUILD)/demo-trace.json --report $(BUILD)/demo-report.html scripts/demo.lua
+	$(BIN) --report $(BUILD)/pool-demo-report.html scripts/pool_demo.lua
 	@echo "the demo's trace: $(BUILD)/demo-trace.json (open it in ui.perfetto.dev)"
+	@echo "the demos' reports: $(BUILD)/demo-report.html and $(BUILD)/pool-demo-report.html (open them in a browser)"
+
+# docs/report.png, the README's picture: the first demo's report under a
+# virtual clock, rendered by headless Chromium at a fixed size.
+screenshot: deps
+	@$(MAKE) --no-print-directory build
+	$(BIN) --virtual-time --report $(BUILD)/screenshot-report.html scripts/demo.lua >/dev/null
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars \
+	  --no-first-run --user-data-dir=$(BUILD)/chromium-profile \
+	  --window-size=1280,1000 --screenshot=docs/report.png \
+	  file://$(CURDIR)/$(BUILD)/screenshot-report.html 2>/dev/null
+	@echo "docs/report.png: the report of scripts/demo.lua"
 
 BENCHES := $(filter-out scripts/bench/harness.lua scripts/bench/summary.lua \
              scripts/bench/procs.lua,\

@@ -46,6 +46,7 @@ typedef struct {
   double shutdown_grace_ms;    /* --shutdown-grace-ms MS, or -1 */
   const char *trace;           /* --trace FILE, or NULL */
   double trace_buffer;         /* --trace-buffer N, or -1 */
+  const char *report;          /* --report FILE, or NULL */
 } options_t;
 
 static const char usage_text[] =
@@ -72,8 +73,10 @@ static const char usage_text[] =
     "                   sprun.policy.default()); SIGHUP reloads it\n"
     "  --trace FILE     write a trace of the run (Chrome Trace Event\n"
     "                   Format JSON, for Perfetto) to FILE at its end\n"
-    "  --trace-buffer N keep the newest N events in the trace (default\n"
-    "                   100000; what is dropped is counted in the file)\n"
+    "  --trace-buffer N keep the newest N events for --trace and --report\n"
+    "                   (default 100000; what is dropped is counted)\n"
+    "  --report FILE    write a report of the run (one HTML file, its\n"
+    "                   timeline in SVG) to FILE at its end\n"
     "  --shutdown-grace-ms MS\n"
     "                   after SIGINT, SIGTERM, SIGHUP or os.exit, how long\n"
     "                   the cancelled tasks may take to end (default 5000)\n"
@@ -242,6 +245,13 @@ static int parse_options(int argc, char **argv, options_t *o) {
       if (v == NULL || v[0] == '\0')
         return usage_error("option '%s' needs a file", "--trace");
       o->trace = v;
+      continue;
+    }
+    if ((v = option_value(argc, argv, &i, "--report", &missing)) != NULL ||
+        missing) {
+      if (v == NULL || v[0] == '\0')
+        return usage_error("option '%s' needs a file", "--report");
+      o->report = v;
       continue;
     }
     if ((v = option_value(argc, argv, &i, "--trace-buffer", &missing))
@@ -458,6 +468,10 @@ static int run(lua_State *L, int argc, char **argv, const options_t *o) {
   if (o->trace != NULL) {
     lua_pushstring(L, o->trace);
     lua_setfield(L, -2, "trace");
+  }
+  if (o->report != NULL) {
+    lua_pushstring(L, o->report);
+    lua_setfield(L, -2, "report");
   }
   if (o->trace_buffer >= 1) {
     lua_pushnumber(L, o->trace_buffer);

@@ -46,6 +46,7 @@ local getmetatable = getmetatable
 local check_self = check.self
 local check_func = check.func
 local hrtime = clock.hrtime
+local ticks_ns = clock.ticks_ns
 local enabled = telemetry.enabled
 local observed = telemetry.observed
 local emit = telemetry.emit
@@ -299,7 +300,7 @@ end
 -- a failure comes before the transition it causes.
 local function observed_finish(self, generation, state, started, timed, ok,
                                 ...)
-  local ms = (hrtime() - started) / 1e6
+  local ms = (ticks_ns() - started) / 1e6
   local err
   if not ok then
     err = ...
@@ -363,7 +364,7 @@ local function observed_call(self, fn, ...)
     emit(CALL_ALLOWED, {}, { pool = self._name, state = state })
   end
   local timed = self._timed and start_time(self) or false
-  return observed_finish(self, generation, state, hrtime(), timed,
+  return observed_finish(self, generation, state, ticks_ns(), timed,
                          pcall(fn, ...))
 end
 

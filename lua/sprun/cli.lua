@@ -9,7 +9,8 @@
 -- telemetry_level (--telemetry-level: what both sinks write);
 -- shutdown_grace_ms (--shutdown-grace-ms); trace (--trace FILE) and
 -- trace_buffer (--trace-buffer N): a sprun.trace of the whole run, written
--- to FILE at its end.
+-- to FILE at its end; report (--report FILE): the sprun.report page of the
+-- same recording, written to FILE at its end.
 --
 -- In this order: the policy file is loaded (a broken one exits 2 before
 -- the script runs), the telemetry sinks are attached (a JSON-lines path
@@ -77,35 +78,63 @@ function _M.main(opts, chunk, ...)
   if opts.metrics_host ~= nil then
     chunk = with_metrics(opts.metrics_host, opts.metrics_port, chunk)
   end
-  if opts.trace == nil then
+  if opts.trace == nil and opts.report == nil then
     return sched.main(opts, chunk, ...)
   end
-  -- A trace file that cannot be written is known before the script runs.
-  local f, ferr = io_open(opts.trace, "w")
-  if f == nil then
-    return 2, "sprun: --trace: cannot write " .. ferr
+  -- A file that cannot be written is known before the script runs.
+  for _, o in ipairs { { "--trace", opts.trace }, { "--report", opts.report } } do
+    if o[2] ~= nil then
+      local f, ferr = io_open(o[2], "w")
+      if f == nil then
+        return 2, "sprun: " .. o[1] .. ": cannot write " .. ferr
+      end
+      f:close()
+    end
   end
-  f:close()
-  -- Started in the main task, so that its times count from the run's
-  -- start on the run's clock; written whatever the run's outcome (an
-  -- error, a signal, os.exit).
-  local tracer, script = nil, chunk
+  -- One recording for both, started in the main task, so that its times
+  -- count from the run's start on the run's clock; written whatever the
+  -- run's outcome (an error, a signal, os.exit).
+  local tracer, t1, virtual, script = nil, nil, false, chunk
+  local function run_end()
+    t1, virtual = require("sprun.report").now()
+  end
   chunk = function(...)
     tracer = require("sprun.trace").start {
       path = opts.trace, buffer = opts.trace_buffer,
     }
+    if opts.report ~= nil then
+      -- The span drawn ends when every task is done, on the run's clock;
+      -- what the loop's handles report after (a killed child reaped) is
+      -- drawn too.
+      require("sprun.sched.kernel").at_run_end(run_end)
+    end
     return script(...)
   end
   local status, message = sched.main(opts, chunk, ...)
   if tracer == nil then
     return status, message
   end
+  local failed = false
   local ok, err = tracer:stop()
   if not ok then
     io_stderr:write("sprun: --trace: ", err.message, "\n")
-    if status == 0 then
-      status = 2
+    failed = true
+  end
+  if opts.report ~= nil then
+    local report = require "sprun.report"
+    local name = type(arg) == "table" and arg[0]
+    local page = report.render(tracer, {
+      title = "sprun " .. (type(name) == "string" and name or "run"),
+      t1 = t1 or tracer.t0, virtual = virtual,
+    })
+    ok, err = report.write(opts.report, page)
+    if not ok then
+      io_stderr:write("sprun: --report: ", err.message, "\n")
+      failed = true
     end
+  end
+  if failed and status == 0 then
+    status = 2
   end
   return status, message
 end

@@ -298,13 +298,24 @@ local function batch_entry(n, values)
   return { ok = true, values = values, n = n, value = values[1] }
 end
 
+-- sprun.batch.item, one per item (executor/batch.lua, loaded when a
+-- handler is first attached to it). Each call is numbered (`batch` in the
+-- event), handler or not.
+local enabled = require("sprun.telemetry").enabled
+local BATCH_EVENT = "sprun.batch.item"
+local batches = 0
+
 -- The items run as children of the calling task, at most max_concurrency
 -- at a time, each inline until it waits and with its own timeout
 -- (sched/group.lua).
-local function batch_in_task(fns, o)
+local function batch_in_task(fns, o, id)
   local n = #fns
-  return group.run(fns, o.timeout_ms, min(o.max_concurrency or n, n),
-                         batch_entry)
+  local limit = min(o.max_concurrency or n, n)
+  if enabled[BATCH_EVENT] then
+    return require("sprun.executor.batch").run(fns, o.timeout_ms, limit,
+                                               batch_entry, id, "default")
+  end
+  return group.run(fns, o.timeout_ms, limit, batch_entry)
 end
 
 -- Raises at the level of execute_batch's caller (3: this function, then
@@ -340,10 +351,11 @@ function _M.execute_batch(fns, opts)
   check_fns(fns)
   local o = parse_batch(opts)
   kernel.check_caller("executor.execute_batch")
+  batches = batches + 1
   if #fns == 0 then
     return {}
   end
-  return sched.in_task(batch_in_task, fns, o)
+  return sched.in_task(batch_in_task, fns, o, batches)
 end
 
 --- execute_with_protection ------------------------------------------------

@@ -31,10 +31,17 @@ local unpack = unpack
 local select = select
 local now = clock.now
 local enabled = telemetry.enabled
+local observed = telemetry.observed
 local emit = telemetry.emit
 
+local HEDGE_EVENTS = "sprun.hedge"
 local STARTED_EVENT = "sprun.hedge.started"
 local WON_EVENT = "sprun.hedge.won"
+
+-- `call` (the events' metadata) numbers a hedged call, the same in all
+-- its events (a trace links them): counted only for calls that began with
+-- a hedge event observed, nil in the others.
+local calls = 0
 
 local _M = {}
 
@@ -66,7 +73,7 @@ local function start(h, me, i, fn, n, args)
   h.next_at = now() + h.delay_ms
   if i > 1 and enabled[STARTED_EVENT] then
     emit(STARTED_EVENT, { attempt = i, after_ms = now() - h.t0 },
-         { name = h.name })
+         { name = h.name, call = h.call or nil })
   end
 end
 
@@ -99,8 +106,13 @@ function _M.run(o, budget, fn, n, args)
   local me = kernel.need_task("executor.execute_hedged")
   local hedge_on = o.hedge_on
   local h = { done = {}, ndone = 0, tasks = {}, started = 1, t0 = now(),
-              name = o.name, delay_ms = o.delay_ms, next_at = false }
+              name = o.name, delay_ms = o.delay_ms, next_at = false,
+              call = false }
   h.next_at = h.t0 + h.delay_ms
+  if observed[HEDGE_EVENTS] then
+    calls = calls + 1
+    h.call = calls
+  end
   if budget then
     budget:deposit()
   end
@@ -128,7 +140,7 @@ function _M.run(o, budget, fn, n, args)
           if enabled[WON_EVENT] then
             emit(WON_EVENT, { attempt = i, cancelled = losers,
                               duration_ms = now() - h.t0 },
-                 { name = h.name })
+                 { name = h.name, call = h.call or nil })
           end
           return unpack(r, 2, r.n)
         end

@@ -50,6 +50,7 @@ local LAZY = { pool = "sprun.pool", http = "sprun.http",
 LAZY.adaptive_limit = "sprun.adaptive_limit"
 LAZY.rate_limiter = "sprun.rate_limiter"
 LAZY.trace = "sprun.trace"
+LAZY.report = "sprun.report"
 setmetatable(_M, { __index = function(t, k)
   local name = LAZY[k]
   if name then

@@ -36,7 +36,7 @@ local floor = math.floor
 local min = math.min
 local type = type
 local setmetatable = setmetatable
-local hrtime = clock.hrtime
+local ticks_ns = clock.ticks_ns
 local now = clock.now
 local deadline = kernel.deadline
 local raised = errors.raised
@@ -52,9 +52,12 @@ local _M = {}
 --- Events --------------------------------------------------------------------
 
 -- Each costs one table lookup while nothing is attached. `started_ns` is
--- hrtime() when the first attempt began, or false when no retry event had
+-- ticks_ns() when the first attempt began, or false when no retry event had
 -- a handler then (the loop reads no clock): a handler attached since sees
 -- a duration of 0. `pool` defaults to "default", as a health monitor's.
+-- `call` (metadata) numbers the loop, the same in all its events (a
+-- trace links them): counted only for loops that began with a retry event
+-- observed, nil in the others.
 local RETRY_EVENTS = "snakepit.retry"
 local RETRY_ATTEMPT = "snakepit.retry.attempt"
 local RETRY_BACKOFF = "snakepit.retry.backoff"
@@ -66,7 +69,7 @@ local function elapsed_ms(started_ns)
   if not started_ns then
     return 0
   end
-  return (hrtime() - started_ns) / 1e6
+  return (ticks_ns() - started_ns) / 1e6
 end
 
 -- The message of an attempt's error: an error object's own message, any
@@ -80,39 +83,57 @@ end
 
 -- Attempt number `attempt` failed with `err`; the next one starts in
 -- delay_ms.
-function _M.emit_attempt(pool, operation, attempt, delay_ms, err)
+function _M.emit_attempt(pool, operation, attempt, delay_ms, err, call)
   if enabled[RETRY_ATTEMPT] then
     emit(RETRY_ATTEMPT, { attempt = attempt, delay_ms = delay_ms },
          { pool = pool or "default", operation = operation, error = err,
            error_kind = err ~= nil and errors.kind(err) or nil,
-           error_message = err ~= nil and error_message(err) or nil })
+           error_message = err ~= nil and error_message(err) or nil,
+           call = call })
   end
   if enabled[RETRY_BACKOFF] then
     emit(RETRY_BACKOFF, { delay_ms = delay_ms },
-         { pool = pool or "default", attempt = attempt })
+         { pool = pool or "default", attempt = attempt, call = call })
   end
 end
 local emit_attempt = _M.emit_attempt
 
 -- Attempt number `attempts` succeeded.
-function _M.emit_success(pool, attempts, started_ns)
+function _M.emit_success(pool, attempts, started_ns, call)
   if enabled[RETRY_SUCCESS] then
     emit(RETRY_SUCCESS, { attempts = attempts,
                           total_duration_ms = elapsed_ms(started_ns) },
-         { pool = pool or "default" })
+         { pool = pool or "default", call = call })
   end
 end
 local emit_success = _M.emit_success
 
 -- The attempts ran out; last_error is the error of the last one.
-function _M.emit_exhausted(pool, attempts, started_ns, last_error)
+function _M.emit_exhausted(pool, attempts, started_ns, last_error, call)
   if enabled[RETRY_EXHAUSTED] then
     emit(RETRY_EXHAUSTED, { attempts = attempts,
                             total_duration_ms = elapsed_ms(started_ns) },
-         { pool = pool or "default", last_error = last_error })
+         { pool = pool or "default", last_error = last_error, call = call })
   end
 end
 local emit_exhausted = _M.emit_exhausted
+
+-- A loop's `started` (see the loop below): false, or { ticks_ns() as its
+-- first attempt began, its call number }.
+local calls = 0
+
+local function begin()
+  calls = calls + 1
+  return { ticks_ns(), calls }
+end
+
+local function ns_of(started)
+  return started and started[1]
+end
+
+local function call_of(started)
+  return started and started[2] or nil
+end
 
 --- Retry budget --------------------------------------------------------------
 
@@ -204,7 +225,8 @@ end
 --   budget         a budget, or false
 --   fname          the API function, named if a backoff is asked for
 --                  outside a task
---   started        see the events above
+--   started        false, or (a retry event observed as the loop began)
+--                  { ticks_ns() then, the loop's call }: see begin
 --   k              the attempt being made, from 1
 --   attempt, x1 ... x7   the attempt function and its arguments
 local attempt_done
@@ -229,7 +251,7 @@ end
 -- attempt.
 local function next_attempt(p, pool, op, budget, fname, started, k, attempt,
                             x1, x2, x3, x4, x5, x6, x7, delay, err)
-  emit_attempt(pool, op, k, delay, err)
+  emit_attempt(pool, op, k, delay, err, call_of(started))
   if delay > 0 then
     check_caller(fname)
     sched.sleep(delay)
@@ -256,7 +278,7 @@ end
 local function retry_result(p, pool, op, budget, fname, started, k, attempt,
                             x1, x2, x3, x4, x5, x6, x7, ...)
   if not p:_more(k) then
-    emit_exhausted(pool, k, started, nil)
+    emit_exhausted(pool, k, ns_of(started), nil, call_of(started))
     return ...
   end
   if refused(budget, pool, k, nil) then
@@ -282,7 +304,7 @@ attempt_done = function(p, pool, op, budget, fname, started, k, attempt,
                             x1, x2, x3, x4, x5, x6, x7, ...)
       end
       if enabled[RETRY_SUCCESS] then
-        emit_success(pool, k, started)
+        emit_success(pool, k, ns_of(started), call_of(started))
       end
       return ...
     end
@@ -296,7 +318,7 @@ attempt_done = function(p, pool, op, budget, fname, started, k, attempt,
     return nil, err
   end
   if not p:_more(k) then
-    emit_exhausted(pool, k, started, err)
+    emit_exhausted(pool, k, ns_of(started), err, call_of(started))
     return nil, with_details(err, "retries_exhausted", true, "attempts", k)
   end
   if refused(budget, pool, k, err) then
@@ -334,7 +356,7 @@ end
 -- task or where its first attempt may run (a backoff needs a task).
 function _M.run(p, pool, op, budget, fname, attempt, x1, x2, x3, x4, x5, x6,
                 x7)
-  local started = observed[RETRY_EVENTS] and hrtime() or false
+  local started = observed[RETRY_EVENTS] and begin() or false
   return run_attempt(p, pool, op, budget, fname, started, 1, attempt,
                      x1, x2, x3, x4, x5, x6, x7)
 end

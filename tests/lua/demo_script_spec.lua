@@ -72,7 +72,11 @@ describe("the demo", function()
     local target = mk:match("\ndemo:[^\n]*\n(.-)\n\n")
     assert.truthy(target, "no demo target in the Makefile")
     assert.truthy(target:find("\t$(BIN) --trace $(BUILD)/demo-trace.json "
+                              .. "--report $(BUILD)/demo-report.html "
                               .. "scripts/demo.lua", 1, true), target)
+    assert.truthy(target:find("\t$(BIN) --report "
+                              .. "$(BUILD)/pool-demo-report.html "
+                              .. "scripts/pool_demo.lua", 1, true), target)
   end)
 
   it("exits 0 with nothing on stderr, in well under 15 seconds", function()
@@ -211,8 +215,17 @@ describe("the demo", function()
       assert.are.equal(0, r.code, r.stderr)
       local doc = require("cjson").decode(helpers.read_file(path))
       helpers.rmrf(dir)
-      assert.are.same({ "circuit_breaker worker_pool", "retry default",
-                        "worker demo" }, sprun.trace.track_names(doc))
+      -- A track per worker the health monitor recorded a crash of, as
+      -- the story's account lists them.
+      local tracks = { "batch default", "circuit_breaker worker_pool",
+                       "process sh", "retry default", "tasks" }
+      for id in r.stdout:gmatch("\n%[[ %d]+ ms%]   (%S+) +%d+ crash%(es%)")
+      do
+        tracks[#tracks + 1] = "worker demo " .. id
+      end
+      table.sort(tracks)
+      assert.is_true(#tracks > 5, r.stdout)
+      assert.are.same(tracks, sprun.trace.track_names(doc))
       local _, by_ph = helpers.trace_structure(doc)
       local states, crashes = {}, 0
       for _, e in ipairs(by_ph.C) do

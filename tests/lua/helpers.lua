@@ -270,30 +270,73 @@ function _M.run_guarded(fn, limit_ms)
 end
 
 -- Checks a sprun.trace document's structure (raises on the first fault):
--- every event but the metadata in time order, each slice's "b" with one
--- "e" of its id, ids unique. Returns its slices as "name b.ts-e.ts" in the
--- order they ended, and the other events by phase ({ C = {...}, ... }).
+-- every event but the metadata in time order; async slices nested per
+-- (cat, id): each "e" ends the innermost open "b" of its cat and id (and
+-- names it), every "b" has its "e", and an id whose slices all ended is
+-- not used again; each flow id (per cat) has one "s" first, one "f" last
+-- (with "bp" = "e"), only "t" between, at times in order. Returns its
+-- slices as "name b.ts-e.ts" in the order they ended, the other events by
+-- phase ({ C = {...}, ... }), and the flows in the order they began, each
+-- { id, cat, phases = "s t f", ts = { ... }, tids = { ... } }.
 function _M.trace_structure(doc)
-  local open, seen, slices, by_ph, last = {}, {}, {}, {}, -1
+  local open, closed, slices, by_ph, last = {}, {}, {}, {}, -1
+  local flows, flow_of = {}, {}
   for _, e in ipairs(doc.traceEvents) do
     if e.ph ~= "M" then
       assert(e.ts >= last, "out of order at ts " .. tostring(e.ts))
       last = e.ts
     end
+    local key = tostring(e.cat) .. " " .. tostring(e.id)
     if e.ph == "b" then
-      assert(not seen[e.id], "slice id " .. tostring(e.id) .. " reused")
-      seen[e.id], open[e.id] = true, e
+      assert(e.id ~= nil, "a b without an id")
+      assert(not closed[key], "slice id " .. key .. " reused")
+      open[key] = open[key] or {}
+      table.insert(open[key], e)
     elseif e.ph == "e" then
-      local b = assert(open[e.id], "an e without its b")
-      open[e.id] = nil
+      local stack = assert(open[key], "an e without its b (" .. key .. ")")
+      local b = table.remove(stack)
+      assert(b.name == e.name, "slice " .. key .. ": e of " .. e.name
+             .. " ends " .. b.name)
+      if #stack == 0 then
+        open[key], closed[key] = nil, true
+      end
       slices[#slices + 1] = b.name .. " " .. b.ts .. "-" .. e.ts
     else
+      if e.ph == "s" or e.ph == "t" or e.ph == "f" then
+        assert(e.id ~= nil, "a flow event without an id")
+        local f = flow_of[key]
+        if e.ph == "s" then
+          assert(f == nil, "flow " .. key .. " has a second s")
+          f = { id = e.id, cat = e.cat, phases = {}, ts = {}, tids = {} }
+          flow_of[key] = f
+          flows[#flows + 1] = f
+        else
+          assert(f ~= nil, "flow " .. key .. ": " .. e.ph .. " before its s")
+          assert(not f.ended, "flow " .. key .. ": " .. e.ph .. " after its f")
+        end
+        if #f.ts > 0 then
+          assert(e.ts >= f.ts[#f.ts], "flow " .. key .. " steps out of order")
+        end
+        if e.ph == "f" then
+          assert(e.bp == "e", "flow " .. key .. ": f without bp = e")
+          f.ended = true
+        end
+        table.insert(f.phases, e.ph)
+        table.insert(f.ts, e.ts)
+        table.insert(f.tids, e.tid)
+      end
       by_ph[e.ph] = by_ph[e.ph] or {}
       table.insert(by_ph[e.ph], e)
     end
   end
   assert(next(open) == nil, "a b without its e")
-  return slices, by_ph
+  for _, f in ipairs(flows) do
+    assert(f.ended, "flow " .. tostring(f.cat) .. " " .. tostring(f.id)
+           .. " without its f")
+    f.phases = table.concat(f.phases, " ")
+    f.ended = nil
+  end
+  return slices, by_ph, flows
 end
 
 return _M

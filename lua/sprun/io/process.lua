@@ -21,6 +21,8 @@ local stream = require "sprun.io.stream"
 local errors = require "sprun.errors"
 local check = require "sprun.check"
 local options = require "sprun.options"
+local telemetry = require "sprun.telemetry"
+local clock = require "sprun.clock"
 local ffi = require "ffi"
 
 local type = type
@@ -32,11 +34,16 @@ local setmetatable = setmetatable
 local concat = table.concat
 local find = string.find
 local format = string.format
+local match = string.match
+local now = clock.now
+local enabled = telemetry.enabled
+local emit = telemetry.emit
 
 local EV_PROC_STDOUT = core.EV_PROC_STDOUT
 local EV_PROC_STDERR = core.EV_PROC_STDERR
 local EV_PROC_CHANNEL = core.EV_PROC_CHANNEL
 local EV_PROC_EXIT = core.EV_PROC_EXIT
+local EV_CLOSED = core.EV_CLOSED
 local WAKE_TIMER = kernel.WAKE_TIMER
 
 pcall(ffi.cdef, "extern char **environ;")
@@ -166,6 +173,35 @@ end
 
 local current = kernel.need_task
 
+-- Telemetry: sprun.process.started and sprun.process.exited, one pair
+-- per child (the pool's workers included). With no handler each costs
+-- one table lookup.
+
+local STARTED_EVENT = "sprun.process.started"
+local EXITED_EVENT = "sprun.process.exited"
+
+-- A child in events: the basename of its program.
+local function program_name(file)
+  return match(file, "([^/]*)$")
+end
+
+-- The child is reaped: its exit (code or signal), or, for a child
+-- killed by closing it (its task was cancelled, a timeout), the end of
+-- its handle, after the SIGKILL that closing sends.
+local function report_exit(self)
+  if self.reported then
+    return
+  end
+  self.reported = true
+  if enabled[EXITED_EVENT] then
+    local pid = self._pid
+    emit(EXITED_EVENT, { pid = pid, lifetime_ms = now() - self.started_at,
+                         code = self.code },
+         { name = program_name(self.file), pid = pid,
+           signal = self.signal or (not self.exited and "SIGKILL" or nil) })
+  end
+end
+
 -- `hooks`, for the worker pool (internal): { stdout, stderr, channel =
 -- function(data) (nil at the end), exit = function(code, signal) }, called
 -- from the loop's dispatch as the events come, instead of buffering; they
@@ -189,7 +225,12 @@ local function start(task, args, o, hooks)
     return nil, spawn_error(args[1], o.cwd, pid, ename or emsg)
   end
   self.handle, self._pid = handle, pid
+  self.file, self.started_at = args[1], now()
   kernel.own(task, self)
+  if enabled[STARTED_EVENT] then
+    emit(STARTED_EVENT, { pid = pid }, { name = program_name(args[1]),
+                                         pid = pid })
+  end
   if type(o.stdin) == "string" then
     stream.write_detached(self, o.stdin)
     handle:close_stdin()
@@ -215,9 +256,13 @@ local function hooked_event(self, kind, a, b, data)
     else
       self.code = a
     end
+    report_exit(self)
     stream.close(self)
     hooks.exit(self.code, self.signal)
   else
+    if kind == EV_CLOSED then
+      report_exit(self)
+    end
     stream.event(self, kind, a)
   end
 end
@@ -248,8 +293,12 @@ function Proc:_event(kind, a, b, data)
     else
       self.code = a
     end
+    report_exit(self)
     stream.close(self)
   else
+    if kind == EV_CLOSED then
+      report_exit(self)
+    end
     stream.event(self, kind, a)
   end
 end

@@ -16,6 +16,8 @@ local errors = require "sprun.errors"
 local kernel = require "sprun.sched.kernel"
 local clock = require "sprun.clock"
 local protocol = require "sprun.pool.protocol"
+local telemetry = require "sprun.telemetry"
+local pool_events = require "sprun.pool.events"
 
 local type = type
 local ipairs = ipairs
@@ -26,6 +28,8 @@ local now = clock.now
 local wait_or_cancel = kernel.wait_or_cancel
 local wake_task = kernel.wake_task
 local WAKE_TIMER = kernel.WAKE_TIMER
+local enabled = telemetry.enabled
+local REQUEST_EVENT = pool_events.REQUEST
 
 local _M = {}
 
@@ -129,6 +133,9 @@ local function send(pool, w, req)
     w:hold(true)
   end
   w:send(req.json)
+  if enabled[REQUEST_EVENT] then
+    req.sent_ns = pool_events.ticks_ns()
+  end
   pool._stats:queue_wait(t - req.queued_at)
   if req.session then
     remember_session(pool, req.session, w.slot)
@@ -174,17 +181,9 @@ function _M.dispatch(pool)
 end
 local dispatch = _M.dispatch
 
--- Requests waiting in the queue.
-function _M.queued(pool)
-  local q = pool._queue
-  local n = 0
-  for i = q.head, q.tail do
-    if q[i].state == "queued" then
-      n = n + 1
-    end
-  end
-  return n
-end
+-- Requests waiting in the queue (counted in events.lua, which the
+-- pool's events need it for).
+_M.queued = pool_events.queued
 local queued = _M.queued
 
 -- Waits for `req` to be answered: true, or false and the timeout error.
@@ -196,8 +195,12 @@ local function await(pool, req, task)
       -- for real, with its worker.
       kernel.disarm(task)
       if req.state == "sent" then
-        untrack(pool, req.worker, req)
-        req.worker:kill("timeout")
+        local w = req.worker
+        untrack(pool, w, req)
+        w:kill("timeout")
+        if enabled[REQUEST_EVENT] then
+          pool_events.request(pool, w, req, why)
+        end
       end
       req.state = "done"
       if pool._state == "draining" then
@@ -224,10 +227,14 @@ local function await(pool, req, task)
       req.state = "done"
       -- The work stops with its process (it may be stuck in C code).
       w:kill("timeout")
-      return false, pool_error(pool, errors.TIMEOUT, format(
+      local err = pool_error(pool, errors.TIMEOUT, format(
         "%s did not answer within %s ms (killed)", w.id,
         check.shortest(req.timeout_ms, 6)),
         { timeout_ms = req.timeout_ms, worker_id = w.id, pid = w.pid })
+      if enabled[REQUEST_EVENT] then
+        pool_events.request(pool, w, req, err)
+      end
+      return false, err
     end
   end
   kernel.disarm(task)

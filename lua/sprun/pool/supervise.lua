@@ -26,6 +26,7 @@ local protocol = require "sprun.pool.protocol"
 local barrier = require "sprun.pool.barrier"
 local worker = require "sprun.pool.worker"
 local requests = require "sprun.pool.requests"
+local pool_events = require "sprun.pool.events"
 
 local type = type
 local each_key = next -- never `pairs` in a loop: see tables.lua
@@ -44,6 +45,9 @@ local dispatch = requests.dispatch
 local TAINTED_EVENT = "snakepit.worker.tainted"
 local RESTARTED_EVENT = "snakepit.worker.restarted"
 local OUTPUT_EVENT = "sprun.pool.worker_output"
+local STARTED_EVENT = pool_events.STARTED
+local STOPPED_EVENT = pool_events.STOPPED
+local REQUEST_EVENT = pool_events.REQUEST
 
 local Pool = {}
 Pool.__index = Pool
@@ -150,6 +154,9 @@ function Pool:_ready(w)
       emit(RESTARTED_EVENT, {}, { pool = self._name, worker_id = slot.id })
     end
   end
+  if enabled[STARTED_EVENT] then
+    pool_events.worker_started(self, w)
+  end
   if self._o.ttl_ms then
     kernel.after(self._o.ttl_ms, function()
       if w.state == "ready" then
@@ -180,6 +187,7 @@ function Pool:_message(w, msg)
   requests.untrack(self, w, req)
   w.served = w.served + 1
   local e = msg.error
+  local err = nil
   if e ~= nil then
     local kind, message, details = "worker_error", nil, nil
     if type(e) == "table" then
@@ -189,10 +197,14 @@ function Pool:_message(w, msg)
       message = type(e.message) == "string" and e.message or nil
       details = e.details ~= protocol.null and e.details or nil
     end
-    finish(req, false, errors.error(kind, message, details))
+    err = errors.error(kind, message, details)
+    finish(req, false, err)
   else
     local v = msg.ok
     finish(req, true, v ~= protocol.null and v or nil)
+  end
+  if enabled[REQUEST_EVENT] then
+    pool_events.request(self, w, req, err)
   end
   if w.max_requests and w.served >= w.max_requests then
     w.recycle_due = w.recycle_due or "max_requests"
@@ -289,6 +301,9 @@ function Pool:_exit(w, code, signal)
     signal = signal, exit_code = code, worker_id = slot.id, pid = w.pid,
     slot = slot, at_ms = t, before_ready = w.ready_at == nil,
   }
+  if enabled[STOPPED_EVENT] then
+    pool_events.worker_stopped(self, w, code, signal, info.classification)
+  end
   if not intentional then
     record_crash(self, w, info)
   end
@@ -298,8 +313,10 @@ function Pool:_exit(w, code, signal)
   for id, req in each_key, w.inflight do
     w.inflight[id] = nil
     self._inflight = self._inflight - 1
+    local err
     if intentional then
-      finish(req, false, pool_error(self, "closed", "the pool was stopped"))
+      err = pool_error(self, "closed", "the pool was stopped")
+      finish(req, false, err)
     else
       -- Poison counts only the deaths a request can cause (the classes
       -- that taint): a plain SIGKILL from outside is nobody's fault.
@@ -307,8 +324,11 @@ function Pool:_exit(w, code, signal)
          and self._poison:crashed(requests.poison_key(req), proc_id, t) then
         self._stats.poisoned = self._stats.poisoned + 1
       end
-      finish(req, false, barrier.crash_error(self._name, slot.id, info,
-                                             req.attempt), info)
+      err = barrier.crash_error(self._name, slot.id, info, req.attempt)
+      finish(req, false, err, info)
+    end
+    if enabled[REQUEST_EVENT] then
+      pool_events.request(self, w, req, err)
     end
   end
   w.n = 0

@@ -23,6 +23,7 @@
 local errors = require "sprun.errors"
 local coro = require "sprun.sched.coro"
 local timer = require "sprun.sched.timer"
+local set_virtual = require("sprun.clock").set_virtual
 
 local co_resume = coroutine.resume
 local co_yield = coroutine.yield
@@ -173,14 +174,21 @@ local function live_tasks(s)
 end
 _M.live_tasks = live_tasks
 
+-- sprun.trace's hook, or false (see set_trace_hook): each run's state
+-- holds it in s.trace_hook.
+local trace_hook = false
+
 -- Makes `s` (sched/init.lua makes it) the running scheduler; leave()
 -- ends its run.
 function _M.enter(s)
   S = s
+  s.trace_hook = trace_hook
+  set_virtual(s.virtual)
 end
 
 function _M.leave()
   S = nil
+  set_virtual(false)
 end
 
 --- Task bodies ------------------------------------------------------------
@@ -208,6 +216,9 @@ local function new_task(s, co, parent, state)
       task[NEXT] = first
     end
     parent[CHILD] = task
+  end
+  if s.trace_hook then
+    s.trace_hook(id, parent and parent[ID] or false)
   end
   return task
 end
@@ -549,6 +560,23 @@ function _M.tasks()
     return {}
   end
   return live_tasks(S)
+end
+
+-- sprun.trace's hook: fn(id, parent_id) as a task is made (spawned, or
+-- an inline run made a task) and fn(id, parent_id, state) as it finishes
+-- (task.lua), parent_id false for a task without a parent; false: none.
+-- With none, a spawn and a finish cost one field check (s.trace_hook).
+function _M.set_trace_hook(fn)
+  trace_hook = fn or false
+  if S then
+    S.trace_hook = trace_hook
+  end
+end
+
+-- The id of the newest task made (0 before the first): a tracer records
+-- only the tasks made after it started.
+function _M.last_task_id()
+  return next_id
 end
 
 -- at_turn_end, run_turn_end, after and on_signal: see sched/upkeep.lua.

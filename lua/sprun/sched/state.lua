@@ -103,6 +103,7 @@ function _M.open(opts, dispatch)
     loop = false,
     h = false,       -- the loop for the sp_lua_timer_* functions
     running = true,
+    trace_hook = false, -- sprun.trace's hook (kernel.set_trace_hook)
   }
   if not virtual and spare then
     s.loop, s.h, spare = spare, spare_h, false

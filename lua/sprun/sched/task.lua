@@ -130,6 +130,9 @@ local function finish(task, ok, v)
     end
     task[PREV], task[NEXT] = false, false
   end
+  if s.trace_hook then
+    s.trace_hook(task[ID], parent and parent[ID] or false, task[STATE])
+  end
   -- One waiter is kept as itself, more as a list.
   local waiters = task[WAITERS]
   if waiters then
