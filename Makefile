@@ -315,6 +315,7 @@ VALGRIND_FLAGS := -q --leak-check=full \
   --suppressions=$(CURDIR)/tests/valgrind/luajit.supp \
   --suppressions=$(CURDIR)/tests/valgrind/glibc.supp
 VALGRIND_SPECS := tests/lua/sched_spec.lua tests/lua/process_spec.lua \
+  tests/lua/trace_spec.lua \
   tests/lua/tcp_spec.lua tests/lua/virtual_time_spec.lua \
   tests/lua/executor_retry_spec.lua tests/lua/executor_breaker_spec.lua \
   tests/lua/executor_timeout_spec.lua tests/lua/executor_batch_spec.lua \
@@ -333,8 +334,9 @@ VALGRIND_SPECS := tests/lua/sched_spec.lua tests/lua/process_spec.lua \
 valgrind: deps
 	@$(MAKE) --no-print-directory deps DEPS=valgrind
 	@$(MAKE) --no-print-directory build
-	@echo "== valgrind: $(BIN) scripts/demo.lua"
-	@$(VALGRIND) $(VALGRIND_FLAGS) $(BIN) scripts/demo.lua >/dev/null
+	@echo "== valgrind: $(BIN) --trace --report scripts/demo.lua"
+	@$(VALGRIND) $(VALGRIND_FLAGS) $(BIN) --trace $(BUILD)/valgrind-trace.json \
+	  --report $(BUILD)/valgrind-report.html scripts/demo.lua >/dev/null
 	@echo "== valgrind: $(CTEST)"
 	@$(VALGRIND) $(VALGRIND_FLAGS) $(CTEST) >/dev/null
 	@echo "== valgrind: $(VALGRIND_SPECS)"
