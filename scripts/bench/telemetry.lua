@@ -112,6 +112,40 @@ with_handler({ "snakepit", "worker", "crash" }, function()
          bare_crash)
 end)
 
+print("-- recorded by sprun.trace (a ring of 100,000 events, full)")
+local function with_tracer(run)
+  local t = sprun.trace.start { buffer = 100000 }
+  run()
+  return t
+end
+with_tracer(function()
+  H.case("emit site, recorded by sprun.trace", 1e6, fresh(EMIT, telemetry),
+         bare)
+end):stop()
+collectgarbage()
+local kb0 = collectgarbage("count")
+local tracer = with_tracer(function()
+  H.case("call, recorded by sprun.trace (2 events)", 1e6, fresh(CALLS, cb),
+         bare_call)
+end)
+-- What a full ring holds, and becomes: the trace document and the page.
+collectgarbage()
+local ring_kb = collectgarbage("count") - kb0
+local t0 = sprun.hrtime()
+tracer:document()
+local doc_ms = (sprun.hrtime() - t0) / 1e6
+t0 = sprun.hrtime()
+local page = sprun.report.render(tracer)
+local page_ms = (sprun.hrtime() - t0) / 1e6
+tracer:stop()
+print(("a full ring of %d events holds %.1f MiB (%.0f B an event); from it "
+       .. "the trace document takes %.0f ms, the report page (%d KiB) %.0f "
+       .. "ms"):format(#tracer:entries(), ring_kb / 1024,
+                       ring_kb * 1024 / #tracer:entries(), doc_ms,
+                       math.floor(#page / 1024), page_ms))
+page, tracer = nil, nil
+collectgarbage()
+
 print("-- with the JSON-lines sink")
 with_sink(nil, function()
   H.case("emit site, JSON-lines sink to /dev/null", 1e5,
