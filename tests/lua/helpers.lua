@@ -39,6 +39,15 @@ function _M.rmrf(path)
   os.execute("rm -rf " .. _M.shell_quote(path))
 end
 
+-- How many times `pattern` matches in s.
+function _M.count(s, pattern)
+  local n = 0
+  for _ in s:gmatch(pattern) do
+    n = n + 1
+  end
+  return n
+end
+
 -- The values given, as a list with their count in n (nils included).
 function _M.pack(...)
   return { n = select("#", ...), ... }

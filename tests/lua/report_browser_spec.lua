@@ -84,13 +84,7 @@ local function demo_run()
   return run
 end
 
-local function count(s, pattern)
-  local n = 0
-  for _ in s:gmatch(pattern) do
-    n = n + 1
-  end
-  return n
-end
+local count = helpers.count
 
 -- The events named `name` (all of them, or those pred accepts).
 local function events(name, pred)

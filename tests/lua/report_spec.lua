@@ -10,13 +10,7 @@ local STORY = "tests/golden/story.lua"
 local GOLDEN_HTML = helpers.root .. "/tests/golden/story.html"
 local GOLDEN_TRACE = helpers.root .. "/tests/golden/story.trace.json"
 
-local function count(s, pattern)
-  local n = 0
-  for _ in s:gmatch(pattern) do
-    n = n + 1
-  end
-  return n
-end
+local count = helpers.count
 
 -- Runs the story under --virtual-time from the repository's top (its path
 -- is in the page's title); returns the page and the trace's text.

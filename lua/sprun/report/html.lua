@@ -137,8 +137,19 @@ local function svg_timeline(m, out)
         .. 'height="%d"/><text class="label" x="8" y="%d">%s</text>',
         kind, LABEL, y, pw, h - 2, y + h / 2 + 4, esc(label))
   end
-  local function hidden(section)
-    local n = m.hidden[section]
+  -- A section: its heading, then draw(item) for each of its lanes (each
+  -- opens its lane with lane(); returns its height, default LANE), and
+  -- what was not drawn.
+  local function lanes(title, list, key, draw)
+    if not heading(title, #list) then
+      return
+    end
+    for i = 1, #list do
+      local h = draw(list[i]) or LANE
+      add("</g>")
+      y = y + h
+    end
+    local n = m.hidden[key]
     if n then
       add('<text class="hidden" x="8" y="%d">and %d more not drawn</text>',
           y + 14, n)
@@ -147,183 +158,148 @@ local function svg_timeline(m, out)
   end
 
   -- Breakers: a band per state, a mark per transition.
-  if heading("Circuit breakers", #m.breakers) then
-    for i = 1, #m.breakers do
-      local b = m.breakers[i]
-      lane("breaker", b.name, LANE)
-      for j = 1, #b.bands do
-        local band = b.bands[j]
-        local x1, x2 = x(band.from), x(band.to)
-        add('<rect class="band %s" x="%.1f" y="%d" width="%.1f" height="%d" '
-            .. 'fill="%s"><title>%s: %s from %s to %s (%s)</title></rect>',
-            band.state, x1, y + 4, x2 - x1 > 0 and x2 - x1 or 0.5,
-            LANE - 10, COLOUR[band.state] or "#cccccc", esc(b.name),
-            STATE_NAME[band.state] or band.state, ms_text(band.from - t0),
-            ms_text(band.to - t0), ms_text(band.to - band.from))
-      end
-      for j = 1, #b.marks do
-        local mk = b.marks[j]
-        local extra = mk.failures and format(" after %d failures",
-                                             mk.failures) or ""
-        add('<line class="mark transition" x1="%.1f" x2="%.1f" y1="%d" '
-            .. 'y2="%d"><title>%s %s at %s%s</title></line>', x(mk.t),
-            x(mk.t), y + 1, y + LANE - 3, esc(b.name), esc(mk.what),
-            ms_text(mk.t - t0), extra)
-      end
-      add("</g>")
-      y = y + LANE
+  lanes("Circuit breakers", m.breakers, "breakers", function(b)
+    lane("breaker", b.name, LANE)
+    for j = 1, #b.bands do
+      local band = b.bands[j]
+      local x1, x2 = x(band.from), x(band.to)
+      add('<rect class="band %s" x="%.1f" y="%d" width="%.1f" height="%d" '
+          .. 'fill="%s"><title>%s: %s from %s to %s (%s)</title></rect>',
+          band.state, x1, y + 4, x2 - x1 > 0 and x2 - x1 or 0.5,
+          LANE - 10, COLOUR[band.state] or "#cccccc", esc(b.name),
+          STATE_NAME[band.state] or band.state, ms_text(band.from - t0),
+          ms_text(band.to - t0), ms_text(band.to - band.from))
     end
-    hidden("breakers")
-  end
+    for j = 1, #b.marks do
+      local mk = b.marks[j]
+      local extra = mk.failures and format(" after %d failures",
+                                           mk.failures) or ""
+      add('<line class="mark transition" x1="%.1f" x2="%.1f" y1="%d" '
+          .. 'y2="%d"><title>%s %s at %s%s</title></line>', x(mk.t),
+          x(mk.t), y + 1, y + LANE - 3, esc(b.name), esc(mk.what),
+          ms_text(mk.t - t0), extra)
+    end
+  end)
 
   -- Retries: a tick per failed attempt, its backoff as a line after it.
-  if heading("Retries", #m.retries) then
-    for i = 1, #m.retries do
-      local r = m.retries[i]
-      lane("retry", "retry " .. r.name, LANE)
-      for j = 1, #r.ticks do
-        local tk = r.ticks[j]
-        local tx = x(tk.t)
-        if tk.delay and tk.delay > 0 then
-          add('<line class="backoff" x1="%.1f" x2="%.1f" y1="%d" y2="%d"/>',
-              tx, x(tk.t + tk.delay), y + LANE / 2, y + LANE / 2)
-        end
-        add('<path class="tick retry" d="M%.1f %dl-4 -8h8z"><title>attempt '
-            .. '%s failed at %s: %s%s; retry in %s</title></path>', tx,
-            y + LANE / 2, tostring(tk.attempt or "?"), ms_text(tk.t - t0),
-            esc(tk.kind or "error"),
-            tk.message and ": " .. esc(tk.message) or "", ms_text(tk.delay))
+  lanes("Retries", m.retries, "retries", function(r)
+    lane("retry", "retry " .. r.name, LANE)
+    for j = 1, #r.ticks do
+      local tk = r.ticks[j]
+      local tx = x(tk.t)
+      if tk.delay and tk.delay > 0 then
+        add('<line class="backoff" x1="%.1f" x2="%.1f" y1="%d" y2="%d"/>',
+            tx, x(tk.t + tk.delay), y + LANE / 2, y + LANE / 2)
       end
-      for j = 1, #r.ends do
-        local e = r.ends[j]
-        if e.what ~= "success" then
-          add('<text class="mark exhausted" x="%.1f" y="%d">&#215;<title>'
-              .. 'retry %s at %s after %s attempts</title></text>', x(e.t) - 4,
-              y + LANE - 6, e.what == "exhausted" and "exhausted"
-              or "budget exhausted", ms_text(e.t - t0),
-              tostring(e.attempts or "?"))
-        end
-      end
-      add("</g>")
-      y = y + LANE
+      add('<path class="tick retry" d="M%.1f %dl-4 -8h8z"><title>attempt '
+          .. '%s failed at %s: %s%s; retry in %s</title></path>', tx,
+          y + LANE / 2, tostring(tk.attempt or "?"), ms_text(tk.t - t0),
+          esc(tk.kind or "error"),
+          tk.message and ": " .. esc(tk.message) or "", ms_text(tk.delay))
     end
-    hidden("retries")
-  end
+    for j = 1, #r.ends do
+      local e = r.ends[j]
+      if e.what ~= "success" then
+        add('<text class="mark exhausted" x="%.1f" y="%d">&#215;<title>'
+            .. 'retry %s at %s after %s attempts</title></text>', x(e.t) - 4,
+            y + LANE - 6, e.what == "exhausted" and "exhausted"
+            or "budget exhausted", ms_text(e.t - t0),
+            tostring(e.attempts or "?"))
+      end
+    end
+  end)
 
   -- Workers and processes: lifetime bars, request ticks, crash marks.
-  if heading("Workers and processes", #m.workers) then
-    for i = 1, #m.workers do
-      local w = m.workers[i]
-      lane(w.kind, w.label, LANE)
-      for j = 1, #w.lives do
-        local life = w.lives[j]
-        local x1, x2 = x(life.from), x(life.to)
-        local ended = life.alive and "still running at the end"
-                      or life.signal and "killed by " .. life.signal
-                      or life.code and "exited " .. life.code
-                      or life.reason or "ended"
-        add('<rect class="life %s" x="%.1f" y="%d" width="%.1f" height="%d">'
-            .. '<title>%s: from %s to %s (%s), %s</title></rect>', w.kind, x1,
-            y + 7, x2 - x1 > 1 and x2 - x1 or 1, LANE - 16, esc(w.label),
-            ms_text(life.from - t0), ms_text(life.to - t0),
-            ms_text(life.to - life.from), esc(ended))
-      end
-      for j = 1, #w.taints do
-        local tn = w.taints[j]
-        add('<rect class="taint" x="%.1f" y="%d" width="%.1f" height="%d">'
-            .. '<title>tainted at %s for %s: %s</title></rect>', x(tn.from),
-            y + 3, x(tn.to) - x(tn.from), LANE - 8, ms_text(tn.from - t0),
-            ms_text(tn.to - tn.from), esc(tn.reason or ""))
-      end
-      for j = 1, #w.requests do
-        local rq = w.requests[j]
-        add('<line class="tick request %s" x1="%.1f" x2="%.1f" y1="%d" '
-            .. 'y2="%d"><title>request at %s: %s, %s</title></line>',
-            rq.outcome == "ok" and "ok" or "failed", x(rq.t), x(rq.t), y + 5,
-            y + LANE - 7, ms_text(rq.t - t0), esc(rq.outcome or "?"),
-            ms_text(rq.ms))
-      end
-      local ends = {}
-      for j = 1, #w.marks do
-        local mk = w.marks[j]
-        crash_mark(add, ends, x(mk.t), y, mk.class, format(
-          "crashed at %s: %s", ms_text(mk.t - t0), esc(mk.class)))
-      end
-      add("</g>")
-      y = y + LANE
+  lanes("Workers and processes", m.workers, "workers", function(w)
+    lane(w.kind, w.label, LANE)
+    for j = 1, #w.lives do
+      local life = w.lives[j]
+      local x1, x2 = x(life.from), x(life.to)
+      local ended = life.alive and "still running at the end"
+                    or life.signal and "killed by " .. life.signal
+                    or life.code and "exited " .. life.code
+                    or life.reason or "ended"
+      add('<rect class="life %s" x="%.1f" y="%d" width="%.1f" height="%d">'
+          .. '<title>%s: from %s to %s (%s), %s</title></rect>', w.kind, x1,
+          y + 7, x2 - x1 > 1 and x2 - x1 or 1, LANE - 16, esc(w.label),
+          ms_text(life.from - t0), ms_text(life.to - t0),
+          ms_text(life.to - life.from), esc(ended))
     end
-    hidden("workers")
-  end
+    for j = 1, #w.taints do
+      local tn = w.taints[j]
+      add('<rect class="taint" x="%.1f" y="%d" width="%.1f" height="%d">'
+          .. '<title>tainted at %s for %s: %s</title></rect>', x(tn.from),
+          y + 3, x(tn.to) - x(tn.from), LANE - 8, ms_text(tn.from - t0),
+          ms_text(tn.to - tn.from), esc(tn.reason or ""))
+    end
+    for j = 1, #w.requests do
+      local rq = w.requests[j]
+      add('<line class="tick request %s" x1="%.1f" x2="%.1f" y1="%d" '
+          .. 'y2="%d"><title>request at %s: %s, %s</title></line>',
+          rq.outcome == "ok" and "ok" or "failed", x(rq.t), x(rq.t), y + 5,
+          y + LANE - 7, ms_text(rq.t - t0), esc(rq.outcome or "?"),
+          ms_text(rq.ms))
+    end
+    local ends = {}
+    for j = 1, #w.marks do
+      local mk = w.marks[j]
+      crash_mark(add, ends, x(mk.t), y, mk.class, format(
+        "crashed at %s: %s", ms_text(mk.t - t0), esc(mk.class)))
+    end
+  end)
 
   -- Crashes recorded in a health monitor for no worker drawn above.
-  if heading("Crashes recorded", #m.crashes) then
-    for i = 1, #m.crashes do
-      local c = m.crashes[i]
-      lane("crashes", "health " .. c.name, LANE)
-      local ends = {}
-      for j = 1, #c.marks do
-        local mk = c.marks[j]
-        crash_mark(add, ends, x(mk.t), y, mk.class, format(
-          "%s crashed at %s: %s", esc(mk.worker), ms_text(mk.t - t0),
-          esc(mk.class)))
-      end
-      add("</g>")
-      y = y + LANE
+  lanes("Crashes recorded", m.crashes, "crashes", function(c)
+    lane("crashes", "health " .. c.name, LANE)
+    local ends = {}
+    for j = 1, #c.marks do
+      local mk = c.marks[j]
+      crash_mark(add, ends, x(mk.t), y, mk.class, format(
+        "%s crashed at %s: %s", esc(mk.worker), ms_text(mk.t - t0),
+        esc(mk.class)))
     end
-    hidden("crashes")
-  end
+  end)
 
   -- Batches: a bar per item, a row each, coloured by outcome.
-  if heading("Batches", #m.batches) then
-    for i = 1, #m.batches do
-      local b = m.batches[i]
-      local rows = b.size > 0 and b.size or #b.items
-      if rows > 20 then
-        rows = 20
-      end
-      local h = rows * 7 + 8
-      lane("batch", format("batch %d (%d items)", b.id, b.size), h)
-      for j = 1, #b.items do
-        local it = b.items[j]
-        local x1, x2 = x(it.from), x(it.to)
-        add('<rect class="bar batch %s" x="%.1f" y="%d" width="%.1f" '
-            .. 'height="5" fill="%s"><title>item %d: %s, %s (from %s)</title>'
-            .. '</rect>', it.outcome == "ok" and "ok" or "failed", x1,
-            y + 4 + ((it.index - 1) % rows) * 7, x2 - x1 > 1 and x2 - x1 or 1,
-            OUTCOME[it.outcome] or ERROR_COLOUR, it.index, esc(it.outcome),
-            ms_text(it.to - it.from), ms_text(it.from - t0))
-      end
-      add("</g>")
-      y = y + h
+  lanes("Batches", m.batches, "batches", function(b)
+    local rows = b.size > 0 and b.size or #b.items
+    if rows > 20 then
+      rows = 20
     end
-    hidden("batches")
-  end
+    local h = rows * 7 + 8
+    lane("batch", format("batch %d (%d items)", b.id, b.size), h)
+    for j = 1, #b.items do
+      local it = b.items[j]
+      local x1, x2 = x(it.from), x(it.to)
+      add('<rect class="bar batch %s" x="%.1f" y="%d" width="%.1f" '
+          .. 'height="5" fill="%s"><title>item %d: %s, %s (from %s)</title>'
+          .. '</rect>', it.outcome == "ok" and "ok" or "failed", x1,
+          y + 4 + ((it.index - 1) % rows) * 7, x2 - x1 > 1 and x2 - x1 or 1,
+          OUTCOME[it.outcome] or ERROR_COLOUR, it.index, esc(it.outcome),
+          ms_text(it.to - it.from), ms_text(it.from - t0))
+    end
+    return h
+  end)
 
   -- HTTP: a bar per request, coloured by status class.
-  if heading("HTTP", #m.http) then
-    for i = 1, #m.http do
-      local o = m.http[i]
-      lane("http", o.name, LANE)
-      for j = 1, #o.requests do
-        local rq = o.requests[j]
-        local ms = rq.ms or 0
-        local x1, x2 = x(rq.t - ms), x(rq.t)
-        local s = rq.status or 0
-        local colour = rq.outcome ~= "ok" and ERROR_COLOUR
-                       or s >= 500 and ERROR_COLOUR
-                       or s >= 400 and "#f0ad4e" or "#3a9d5d"
-        add('<rect class="bar request" x="%.1f" y="%d" width="%.1f" '
-            .. 'height="%d" fill="%s" fill-opacity="0.6"><title>%s %s: %s%s, '
-            .. '%s</title></rect>', x1, y + 6, x2 - x1 > 1 and x2 - x1 or 1,
-            LANE - 14, colour, esc(rq.method or ""), esc(rq.url or ""),
-            esc(rq.outcome), rq.status and " " .. rq.status or "",
-            ms_text(rq.ms))
-      end
-      add("</g>")
-      y = y + LANE
+  lanes("HTTP", m.http, "http", function(o)
+    lane("http", o.name, LANE)
+    for j = 1, #o.requests do
+      local rq = o.requests[j]
+      local ms = rq.ms or 0
+      local x1, x2 = x(rq.t - ms), x(rq.t)
+      local s = rq.status or 0
+      local colour = rq.outcome ~= "ok" and ERROR_COLOUR
+                     or s >= 500 and ERROR_COLOUR
+                     or s >= 400 and "#f0ad4e" or "#3a9d5d"
+      add('<rect class="bar request" x="%.1f" y="%d" width="%.1f" '
+          .. 'height="%d" fill="%s" fill-opacity="0.6"><title>%s %s: %s%s, '
+          .. '%s</title></rect>', x1, y + 6, x2 - x1 > 1 and x2 - x1 or 1,
+          LANE - 14, colour, esc(rq.method or ""), esc(rq.url or ""),
+          esc(rq.outcome), rq.status and " " .. rq.status or "",
+          ms_text(rq.ms))
     end
-    hidden("http")
-  end
+  end)
 
   if #body == 0 then
     add('<text class="empty" x="%d" y="%d">nothing to draw: no breaker, '

@@ -52,22 +52,22 @@ local function str(t, k)
   return tostring(v)
 end
 
--- A list of lanes by key, in first-seen order, at most MAX_LANES of them.
+-- A list of lanes by key, in first-seen order, at most MAX_LANES of them;
+-- and lane(key, make), the lane of key (made by make() when new), or nil
+-- for a key past the limit (counted once in hidden[name]).
 local function section(name, hidden)
   local by, list = {}, {}
   return list, function(key, make)
     local lane = by[key]
     if lane == nil then
       if #list >= MAX_LANES then
-        if by[key] == nil then
-          by[key] = false
-          hidden[name] = (hidden[name] or 0) + 1
-        end
-        return nil
+        lane = false
+        hidden[name] = (hidden[name] or 0) + 1
+      else
+        lane = make()
+        list[#list + 1] = lane
       end
-      lane = make()
       by[key] = lane
-      list[#list + 1] = lane
     end
     return lane or nil
   end
